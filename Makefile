@@ -1,0 +1,55 @@
+# wss-sessions: `make run` starts the service, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run migrate test test-embedded test-production lint format check migrations-check clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install requirements.txt
+
+migrate: $(STAMP)  ## Apply database migrations
+	$(BIN)/python manage.py migrate --noinput
+
+run: migrate  ## Start daphne on $(HOST):$(PORT) (SQLite, in-memory layer by default)
+	$(BIN)/daphne -b $(HOST) -p $(PORT) wssproject.asgi:application
+
+test: lint migrations-check test-embedded test-production  ## Run everything: lint, migrations, both test runs
+
+test-embedded: $(STAMP)  ## The suite on the embedded default (SQLite, in-memory layer)
+	$(BIN)/python -m pytest
+
+# The production path: the same suite on PostgreSQL and channels-redis, plus the
+# multi-process tests. Override the URLs to point elsewhere.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+test-production: $(STAMP)  ## The suite on PostgreSQL + Redis (must be reachable)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest
+
+lint: $(STAMP)  ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)  ## Apply ruff's formatting and fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+migrations-check: $(STAMP)  ## Fail when a model change has no migration
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+check: test  ## Alias of test
+
+clean:  ## Remove the virtualenv and local state
+	rm -rf $(VENV) db.sqlite3* staticfiles .pytest_cache

@@ -1,0 +1,51 @@
+"""The operators' view: live sessions and server instances, read-only."""
+
+from django.contrib import admin
+from django.db.models import Count
+from django.utils import timezone
+from django.utils.timesince import timesince
+
+from .models import LiveSession, ServerInstance
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows are written by the servers only."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(LiveSession)
+class LiveSessionAdmin(ReadOnlyAdmin):
+    list_display = ["id", "workspace_dir", "client_addr", "user", "created_at", "age", "instance", "instance_alive"]
+    list_select_related = ["instance", "user"]
+    search_fields = ["id", "workspace_dir"]
+    list_filter = [("created_at", admin.DateFieldListFilter)]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="age")
+    def age(self, session: LiveSession) -> str:
+        return timesince(session.created_at, timezone.now())
+
+    @admin.display(description="instance alive", boolean=True)
+    def instance_alive(self, session: LiveSession) -> bool:
+        return session.instance.is_alive
+
+
+@admin.register(ServerInstance)
+class ServerInstanceAdmin(ReadOnlyAdmin):
+    list_display = ["id", "host", "pid", "started_at", "heartbeat_at", "alive", "session_count"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(live_sessions=Count("sessions"))
+
+    @admin.display(description="alive", boolean=True)
+    def alive(self, instance: ServerInstance) -> bool:
+        return instance.is_alive
+
+    @admin.display(description="sessions")
+    def session_count(self, instance: ServerInstance) -> int:
+        return instance.live_sessions

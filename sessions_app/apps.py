@@ -1,0 +1,30 @@
+"""App configs: the sessions app, and the admin with a live-session count on its index."""
+
+from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
+from django.core import checks
+
+
+class SessionsAppConfig(AppConfig):
+    name = "sessions_app"
+    verbose_name = "Live sessions"
+    default = True
+
+    def ready(self) -> None:
+        checks.register(check_workspace_roots, "wss")
+
+
+class WssAdminConfig(admin_apps.AdminConfig):
+    default = False
+    default_site = "sessions_app.admin_site.WssAdminSite"
+
+
+def check_workspace_roots(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """WSS_WORKSPACE_ROOTS that do not exist are a configuration error at start-up."""
+    from .conf import app_settings
+    from .workspaces import roots_check
+
+    return [
+        checks.Error(problem, hint="Fix WSS_WORKSPACE_ROOTS: absolute, existing directories.", id="wss.E001")
+        for problem in roots_check(app_settings.WSS_WORKSPACE_ROOTS)
+    ]

@@ -1,0 +1,30 @@
+"""The app's knobs, read in one place with their documented defaults.
+
+Values are looked up on every access so that tests (and `override_settings`) see changes.
+`wssproject.settings` fills them from `WSS_*` environment variables.
+"""
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+DEFAULTS: dict[str, Any] = {
+    "WSS_MAX_MESSAGE_BYTES": 65536,
+    "WSS_ALLOWED_ORIGINS": [],
+    "WSS_REQUIRE_ORIGIN": False,
+    "WSS_WORKSPACE_ROOTS": [],
+    "WSS_HEARTBEAT_SECONDS": 10.0,
+    "WSS_INSTANCE_TIMEOUT_SECONDS": 30.0,
+}
+
+
+class AppSettings:
+    """Attribute access to the WSS_* settings, falling back to DEFAULTS."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"unknown app setting {name}")
+        return getattr(django_settings, name, DEFAULTS[name])
+
+
+app_settings = AppSettings()

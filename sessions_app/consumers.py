@@ -1,0 +1,100 @@
+"""The WebSocket consumer: glue only. Decode, dispatch to one handler per type, reply or close."""
+
+import logging
+from typing import Any
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from . import protocol
+from .conf import app_settings
+from .errors import InternalError, ProtocolError, SessionExists, SessionTerminated
+from .services import SessionRecord, session_close, session_create
+from .workspaces import roots_resolve, workspace_resolve
+
+logger = logging.getLogger(__name__)
+
+
+class SessionConsumer(AsyncJsonWebsocketConsumer):
+    """One WebSocket connection, holding at most one live session."""
+
+    session: SessionRecord | None = None
+
+    async def connect(self) -> None:
+        """Accept every handshake that the middleware let through."""
+        await self.accept()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Overridden: the base class raises on binary frames and bad JSON."""
+        message = None
+        try:
+            message = protocol.decode(text_data, bytes_data, limit=app_settings.WSS_MAX_MESSAGE_BYTES)
+            await HANDLERS[type(message)](self, message)
+        except ProtocolError as error:
+            if message is not None:
+                error.request_id = message.request_id
+            await self.send_error(error)
+        except Exception:
+            # No exception may escape: daphne would close with 1011 and never call disconnect().
+            logger.exception("unexpected error while handling a frame")
+            request_id = message.request_id if message is not None else None
+            await self.send_error(
+                InternalError("The server failed to handle this message; it has been logged.", request_id=request_id)
+            )
+
+    async def on_new_session(self, message: protocol.NewSession) -> None:
+        """Resolve the workspace, commit the row, then reply."""
+        if self.session is not None:
+            raise SessionExists(f"This connection already holds session {self.session.session_id}.")
+        workspace_dir = workspace_resolve(message.workspace_dir, roots=roots_resolve(app_settings.WSS_WORKSPACE_ROOTS))
+        self.session = await session_create(
+            workspace_dir=workspace_dir,
+            channel_name=self.channel_name,
+            client_addr=client_address(self.scope),
+            user_id=getattr(self.scope.get("user"), "pk", None),
+        )
+        await self.send_json(
+            protocol.new_session_reply(
+                session_id=self.session.session_id,
+                workspace_dir=self.session.workspace_dir,
+                created_at=self.session.created_at,
+                request_id=message.request_id,
+            )
+        )
+
+    async def session_terminate(self, event: dict[str, Any]) -> None:
+        """Channel-layer event `session.terminate`: an operator ended this session."""
+        if self.session is None or str(self.session.session_id) != event.get("session_id"):
+            return
+        await self.send_error(SessionTerminated("An operator terminated this session."))
+
+    async def disconnect(self, code: int) -> None:
+        """Remove the session, if any. Idempotent; never raises."""
+        session, self.session = self.session, None
+        if session is not None:
+            await session_close(session_id=session.session_id)
+
+    async def send_error(self, error: ProtocolError) -> None:
+        """Render an error frame: the one place errors reach the wire."""
+        await self.send(text_data=protocol.encode(protocol.error_reply(error)))
+        if error.close_code is not None:
+            await self.close(code=error.close_code)
+
+    @classmethod
+    async def encode_json(cls, content: dict[str, Any]) -> str:
+        """Compact JSON, ASCII-safe."""
+        return protocol.encode(content)
+
+
+# One line per client message type.
+HANDLERS = {
+    protocol.NewSession: SessionConsumer.on_new_session,
+}
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    """The peer as `host:port`, or empty when the server did not say."""
+    client = scope.get("client")
+    if not client:
+        return ""
+    host, port = client[0], client[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -1,0 +1,53 @@
+"""The live-session registry: one row per server process, one row per live session."""
+
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from .conf import app_settings
+
+
+class ServerInstance(models.Model):
+    """One running server process. Its heartbeat proves it is alive; its sessions die with it."""
+
+    id = models.UUIDField(
+        primary_key=True, default=uuid.uuid4, editable=False, help_text="Boot id, new at every start."
+    )
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid} ({str(self.id)[:8]})"
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether the heartbeat is recent enough for the reaper to leave it alone."""
+        bound = timedelta(seconds=app_settings.WSS_INSTANCE_TIMEOUT_SECONDS)
+        return timezone.now() - self.heartbeat_at <= bound
+
+
+class LiveSession(models.Model):
+    """A session held open by one WebSocket connection on one server instance."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace_dir = models.TextField(help_text="Real path of the workspace, symlinks resolved.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    channel_name = models.CharField(max_length=255, help_text="The consumer's channel-layer address.")
+    client_addr = models.CharField(max_length=64, blank=True, help_text="Client host:port as the server saw it.")
+    instance = models.ForeignKey(ServerInstance, on_delete=models.CASCADE, related_name="sessions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "live session"
+
+    def __str__(self) -> str:
+        return str(self.id)

@@ -1,0 +1,46 @@
+"""Origin policy for WebSocket handshakes.
+
+Browsers always send `Origin`; a browser origin must match ALLOWED_HOSTS or be listed
+exactly in WSS_ALLOWED_ORIGINS. Command-line and server-side clients send none and are
+allowed unless WSS_REQUIRE_ORIGIN is on. Channels' own validator refuses a missing
+Origin and refuses silently; this one logs every refusal with the origin.
+"""
+
+import logging
+from typing import Any
+from urllib.parse import ParseResult
+
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+
+from .conf import app_settings
+
+logger = logging.getLogger(__name__)
+
+
+class SessionOriginValidator(OriginValidator):
+    """OriginValidator that allows a missing Origin by default and logs refusals."""
+
+    def __init__(self, application: Any) -> None:
+        super().__init__(application, allowed_origins=[])
+
+    def valid_origin(self, parsed_origin: ParseResult | None) -> bool:
+        """Decide on one handshake, reading the settings each time."""
+        if parsed_origin is None:
+            if app_settings.WSS_REQUIRE_ORIGIN:
+                logger.warning("refused WebSocket handshake: no Origin header and WSS_REQUIRE_ORIGIN is on")
+                return False
+            return True
+        patterns = list(app_settings.WSS_ALLOWED_ORIGINS) + allowed_host_patterns()
+        if any(pattern == "*" or self.match_allowed_origin(parsed_origin, pattern) for pattern in patterns):
+            return True
+        logger.warning("refused WebSocket handshake: origin %r is not allowed", parsed_origin.geturl()[:200])
+        return False
+
+
+def allowed_host_patterns() -> list[str]:
+    """ALLOWED_HOSTS as origin patterns; in DEBUG with none set, Django's own local defaults."""
+    hosts = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not hosts:
+        hosts = [".localhost", "127.0.0.1", "[::1]"]
+    return hosts

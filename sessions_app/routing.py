@@ -1,0 +1,12 @@
+"""WebSocket URL routes."""
+
+from channels.security.websocket import WebsocketDenier
+from django.urls import re_path
+
+from .consumers import SessionConsumer
+
+websocket_urlpatterns = [
+    re_path(r"^ws/?$", SessionConsumer.as_asgi()),
+    # Any other path is refused at the handshake (403) instead of raising in the router.
+    re_path(r"", WebsocketDenier.as_asgi()),
+]

@@ -1,0 +1,133 @@
+"""Registry operations: the only code that writes sessions and instances.
+
+Async functions are what consumers call; each runs its queries off the event loop.
+Database failures surface as `Unavailable`, which the protocol reports without closing.
+"""
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from channels.db import database_sync_to_async
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+
+from .errors import Unavailable
+from .models import LiveSession, ServerInstance
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessIdentity:
+    """Who this server process is: a fresh boot id at every start."""
+
+    boot_id: uuid.UUID
+    host: str
+    pid: int
+
+
+_identity = ProcessIdentity(boot_id=uuid.uuid4(), host=socket.gethostname(), pid=os.getpid())
+_instance_registered = False
+
+
+def process_identity() -> ProcessIdentity:
+    """This process's identity (re-made after a fork, so children never share a boot id)."""
+    global _identity, _instance_registered
+    if _identity.pid != os.getpid():
+        _identity = ProcessIdentity(boot_id=uuid.uuid4(), host=socket.gethostname(), pid=os.getpid())
+        _instance_registered = False
+    return _identity
+
+
+def instance_register_sync() -> uuid.UUID:
+    """Insert or refresh this process's ServerInstance row; returns its boot id."""
+    global _instance_registered
+    identity = process_identity()
+    now = timezone.now()
+    ServerInstance.objects.update_or_create(
+        id=identity.boot_id,
+        defaults={"heartbeat_at": now},
+        create_defaults={"host": identity.host, "pid": identity.pid, "started_at": now, "heartbeat_at": now},
+    )
+    _instance_registered = True
+    return identity.boot_id
+
+
+def _session_insert(
+    *,
+    session_id: uuid.UUID,
+    workspace_dir: str,
+    created_at: datetime,
+    channel_name: str,
+    client_addr: str,
+    user_id: int | None,
+) -> None:
+    row = LiveSession(
+        id=session_id,
+        workspace_dir=workspace_dir,
+        created_at=created_at,
+        channel_name=channel_name,
+        client_addr=client_addr,
+        instance_id=process_identity().boot_id,
+        user_id=user_id,
+    )
+    with transaction.atomic():
+        row.save(force_insert=True)
+
+
+def session_create_sync(**fields) -> None:
+    """Commit one session row, registering this instance first if the registry lost it."""
+    if not _instance_registered:
+        instance_register_sync()
+    try:
+        _session_insert(**fields)
+    except IntegrityError:
+        # The instance row is gone (reaped, or the registry was reset): register again, retry once.
+        instance_register_sync()
+        _session_insert(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """What a consumer keeps about its session once the row is committed."""
+
+    session_id: uuid.UUID
+    workspace_dir: str
+    created_at: datetime
+
+
+async def session_create(
+    *, workspace_dir: str, channel_name: str, client_addr: str, user_id: int | None = None
+) -> SessionRecord:
+    """Record a new live session; the row is committed before this returns."""
+    record = SessionRecord(session_id=uuid.uuid4(), workspace_dir=workspace_dir, created_at=timezone.now())
+    try:
+        await database_sync_to_async(session_create_sync)(
+            session_id=record.session_id,
+            workspace_dir=record.workspace_dir,
+            created_at=record.created_at,
+            channel_name=channel_name,
+            client_addr=client_addr,
+            user_id=user_id,
+        )
+    except DatabaseError as error:
+        logger.warning("registry write failed: %s", error)
+        raise Unavailable("The session registry is unavailable right now; try again shortly.") from None
+    return record
+
+
+def session_delete_sync(session_id: uuid.UUID) -> None:
+    """Delete one session row; deleting a missing row is fine."""
+    LiveSession.objects.filter(pk=session_id).delete()
+
+
+async def session_close(*, session_id: uuid.UUID) -> None:
+    """Remove a session from the registry. Never raises: the reaper covers a failed delete."""
+    try:
+        await database_sync_to_async(session_delete_sync)(session_id)
+    except DatabaseError as error:
+        logger.warning("registry delete of session %s failed (the reaper will remove it): %s", session_id, error)

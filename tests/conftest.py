@@ -1,0 +1,56 @@
+"""Shared fixtures: workspaces, communicators through the real ASGI app, live servers."""
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from .servers import ServerProcess, start_server
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """An existing directory to open sessions on."""
+    path = tmp_path / "workspace"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def communicator() -> AsyncIterator[WebsocketCommunicator]:
+    """A connected WebsocketCommunicator on /ws through wssproject.asgi.application."""
+    from wssproject.asgi import application
+
+    comm = WebsocketCommunicator(application, "/ws")
+    connected, _ = await comm.connect()
+    assert connected
+    yield comm
+    await comm.disconnect()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, transactional_db) -> Iterator:
+    """Start real server processes sharing the test database; all are killed at the end."""
+    started: list[ServerProcess] = []
+
+    def factory(**kwargs) -> ServerProcess:
+        server = start_server(tmp_path, **kwargs)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def daphne_server(server_factory) -> ServerProcess:
+    """One real daphne process on a free port."""
+    return server_factory()
+
+
+def production_services_expected() -> bool:
+    """In CI the production path must run, not skip."""
+    return os.environ.get("CI", "").lower() == "true"

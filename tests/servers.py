@@ -1,0 +1,109 @@
+"""Real server processes for tests: daphne (or uvicorn) on a free loopback port."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_database_url() -> str:
+    """A URL for the database pytest-django created, so a server process shares it."""
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{params['NAME']}"
+    user = params.get("USER") or "postgres"
+    host = params.get("HOST") or "127.0.0.1"
+    port = params.get("PORT") or 5432
+    return f"postgres://{user}@{host}:{port}/{params['NAME']}"
+
+
+@dataclass
+class ServerProcess:
+    """A server subprocess with its port and log file."""
+
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 20) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def start_server(
+    log_dir: Path, *, server: str = "daphne", env: dict[str, str] | None = None, args: list[str] | None = None
+) -> ServerProcess:
+    """Start a server on a free port against the test database; wait until it accepts TCP."""
+    port = free_port()
+    full_env = {**os.environ, "DATABASE_URL": test_database_url(), "PYTHONUNBUFFERED": "1", **(env or {})}
+    if server == "daphne":
+        command = [
+            str(BIN / "daphne"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            *(args or []),
+            "wssproject.asgi:application",
+        ]
+    elif server == "uvicorn":
+        command = [
+            str(BIN / "uvicorn"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *(args or []),
+            "wssproject.asgi:application",
+        ]
+    else:
+        raise ValueError(server)
+    log_path = log_dir / f"{server}-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{server} exited early:\n{log_path.read_text(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return ServerProcess(port=port, process=process, log_path=log_path)
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{server} did not listen on {port} within 30 s:\n{log_path.read_text(errors='replace')}")

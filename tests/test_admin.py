@@ -1,0 +1,77 @@
+"""The operators' admin: read-only live sessions with a count on the index."""
+
+import uuid
+
+import pytest
+from django.utils import timezone
+
+from sessions_app.models import LiveSession, ServerInstance
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sessions():
+    instance = ServerInstance.objects.create(host="h", pid=1)
+    return [
+        LiveSession.objects.create(
+            workspace_dir=f"/srv/ws/project-{n}", channel_name=f"c{n}", client_addr="127.0.0.1:1", instance=instance
+        )
+        for n in range(3)
+    ]
+
+
+def test_index_shows_the_live_session_count(admin_client, sessions):
+    response = admin_client.get("/admin/")
+    assert response.status_code == 200
+    assert "3 live sessions" in response.content.decode()
+
+
+def test_changelist_lists_and_searches_sessions(admin_client, sessions):
+    page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
+    for session in sessions:
+        assert str(session.id) in page
+    searched = admin_client.get("/admin/sessions_app/livesession/", {"q": "project-1"}).content.decode()
+    assert str(sessions[1].id) in searched
+    assert str(sessions[0].id) not in searched
+    by_id = admin_client.get("/admin/sessions_app/livesession/", {"q": str(sessions[2].id)}).content.decode()
+    assert str(sessions[2].id) in by_id
+    assert str(sessions[0].id) not in by_id
+
+
+def test_date_filter_narrows_the_list(admin_client, sessions):
+    old = sessions[0]
+    LiveSession.objects.filter(pk=old.pk).update(created_at=timezone.now() - timezone.timedelta(days=40))
+    page = admin_client.get(
+        "/admin/sessions_app/livesession/",
+        {"created_at__gte": (timezone.now() - timezone.timedelta(days=1)).isoformat()},
+    ).content.decode()
+    assert str(sessions[1].id) in page
+    assert str(old.id) not in page
+
+
+def test_sessions_cannot_be_added_or_edited(admin_client, sessions):
+    assert admin_client.get("/admin/sessions_app/livesession/add/").status_code == 403
+    detail = admin_client.get(f"/admin/sessions_app/livesession/{sessions[0].pk}/change/")
+    assert detail.status_code == 200
+    assert 'name="_save"' not in detail.content.decode()
+    response = admin_client.post(f"/admin/sessions_app/livesession/{sessions[0].pk}/change/", {"workspace_dir": "/etc"})
+    assert response.status_code == 403
+    assert LiveSession.objects.get(pk=sessions[0].pk).workspace_dir == "/srv/ws/project-0"
+
+
+def test_admin_static_files_are_served_without_debug(client, settings):
+    settings.DEBUG = False
+    response = client.get("/static/admin/css/base.css")
+    assert response.status_code == 200
+
+
+def test_anonymous_users_are_sent_to_login(client):
+    response = client.get("/admin/sessions_app/livesession/")
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
+
+
+def test_unknown_session_detail_is_not_a_crash(admin_client):
+    response = admin_client.get(f"/admin/sessions_app/livesession/{uuid.uuid4()}/change/")
+    assert response.status_code in (302, 404)

@@ -1,0 +1,151 @@
+"""Pure tests of decoding and reply building: no database, no event loop."""
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from sessions_app import protocol
+from sessions_app.errors import (
+    InvalidJson,
+    InvalidRequest,
+    MessageTooLarge,
+    ProtocolError,
+    UnknownType,
+    UnsupportedFrame,
+)
+
+LIMIT = 65536
+
+
+def decode(obj_or_text) -> protocol.Message:
+    text = obj_or_text if isinstance(obj_or_text, str) else json.dumps(obj_or_text)
+    return protocol.decode(text, None, limit=LIMIT)
+
+
+def test_new_session_decodes_into_an_immutable_message():
+    message = decode({"type": "new_session", "workspace_dir": "/tmp", "request_id": "r1"})
+    assert message == protocol.NewSession(workspace_dir="/tmp", request_id="r1")
+    with pytest.raises(AttributeError):
+        message.workspace_dir = "/etc"
+
+
+def test_unknown_extra_fields_are_ignored():
+    assert decode({"type": "new_session", "workspace_dir": "/tmp", "colour": "blue"}).workspace_dir == "/tmp"
+
+
+@pytest.mark.parametrize(
+    ("frame", "error_class"),
+    [
+        ("not json", InvalidJson),
+        ("", InvalidJson),
+        ("[1, 2]", InvalidJson),
+        ('"a string"', InvalidJson),
+        ("42", InvalidJson),
+        ("null", InvalidJson),
+        ("[" * 30_000 + "]" * 30_000, InvalidJson),
+        ('{"type": "new_session", "n": ' + "9" * 5000 + "}", InvalidJson),
+        ('{"type": "new_session", "type": "other"}', InvalidJson),
+        ("{}", UnknownType),
+        ('{"type": 3}', UnknownType),
+        ('{"type": "launch_missiles"}', UnknownType),
+    ],
+)
+def test_bad_frames_raise_their_protocol_error(frame, error_class):
+    with pytest.raises(error_class):
+        decode(frame)
+
+
+def test_100_000_deep_nesting_is_invalid_json_when_the_limit_lets_it_through():
+    with pytest.raises(InvalidJson):
+        protocol.decode("[" * 100_000 + "]" * 100_000, None, limit=1_000_000)
+
+
+def test_binary_frame_is_unsupported():
+    with pytest.raises(UnsupportedFrame) as caught:
+        protocol.decode(None, b"\x00\x01", limit=LIMIT)
+    assert caught.value.close_code == 4415
+
+
+def test_frame_just_over_the_limit_is_too_large_and_at_the_limit_is_not():
+    body = '{"type":"new_session","workspace_dir":"/tmp","pad":"'
+    at_limit = body + "x" * (LIMIT - len(body) - 2) + '"}'
+    assert len(at_limit.encode()) == LIMIT
+    assert decode(at_limit).workspace_dir == "/tmp"
+    with pytest.raises(MessageTooLarge) as caught:
+        decode(at_limit[:-2] + 'x"}')
+    assert caught.value.close_code == 4413
+
+
+def test_size_limit_counts_utf8_bytes_not_characters():
+    # 20,000 three-byte characters: 60,000 bytes plus framing stays under; 22,000 goes over.
+    under = json.dumps({"type": "new_session", "workspace_dir": "/tmp", "pad": "€" * 20_000}, ensure_ascii=False)
+    over = json.dumps({"type": "new_session", "workspace_dir": "/tmp", "pad": "€" * 22_000}, ensure_ascii=False)
+    assert len(over) < LIMIT
+    assert decode(under).workspace_dir == "/tmp"
+    with pytest.raises(MessageTooLarge):
+        decode(over)
+
+
+@pytest.mark.parametrize(
+    "workspace_dir",
+    [None, 42, ["/tmp"], "", "relative/path", "~", "~/work", "/tmp/\x00evil", "/\ud800", "/" + "a" * 300, "/a" * 2500],
+)
+def test_bad_workspace_dir_is_an_invalid_request(workspace_dir):
+    fields = {"type": "new_session", "request_id": 9}
+    if workspace_dir is not None:
+        fields["workspace_dir"] = workspace_dir
+    with pytest.raises(InvalidRequest) as caught:
+        decode(fields)
+    assert caught.value.close_code is None
+    assert caught.value.request_id == 9
+
+
+@pytest.mark.parametrize("request_id", ["abc", 0, -5, 2**53 - 1, "x" * 128])
+def test_valid_request_ids_are_kept(request_id):
+    assert decode({"type": "new_session", "workspace_dir": "/tmp", "request_id": request_id}).request_id == request_id
+
+
+@pytest.mark.parametrize("request_id", [1.5, True, {"a": 1}, [1], 2**53, "x" * 129])
+def test_invalid_request_ids_are_refused_without_echo(request_id):
+    with pytest.raises(InvalidRequest) as caught:
+        decode({"type": "new_session", "workspace_dir": "/tmp", "request_id": request_id})
+    assert caught.value.request_id is None
+
+
+def test_unknown_type_echoes_a_readable_request_id():
+    with pytest.raises(UnknownType) as caught:
+        decode({"type": "nope", "request_id": "abc"})
+    assert protocol.error_reply(caught.value) == {
+        "type": "error",
+        "code": "unknown_type",
+        "message": caught.value.message,
+        "request_id": "abc",
+    }
+
+
+def test_error_reply_leaves_out_a_missing_request_id():
+    assert protocol.error_reply(ProtocolError("m")) == {"type": "error", "code": "invalid_request", "message": "m"}
+
+
+def test_new_session_reply_fields():
+    session_id = uuid.uuid4()
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2)))
+    reply = protocol.new_session_reply(session_id=session_id, workspace_dir="/w", created_at=moment, request_id=None)
+    assert reply == {
+        "type": "new_session",
+        "session_id": str(session_id),
+        "workspace_dir": "/w",
+        "created_at": "2026-01-02T01:04:05.678Z",
+    }
+
+
+def test_timestamps_are_utc_with_z():
+    assert protocol.format_timestamp(datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)) == "2026-05-06T07:08:09.000Z"
+
+
+def test_encode_keeps_lone_surrogates_as_ascii_escapes():
+    text = protocol.encode({"type": "error", "code": "x", "message": "\ud800"})
+    assert text.isascii()
+    assert json.loads(text)["message"] == "\ud800"
