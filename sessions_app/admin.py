@@ -1,11 +1,12 @@
 """The operators' view: live sessions and server instances, read-only."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count
 from django.utils import timezone
 from django.utils.timesince import timesince
 
 from .models import LiveSession, ServerInstance
+from .services import sessions_terminate_sync
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -25,6 +26,20 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     search_fields = ["id", "workspace_dir"]
     list_filter = [("created_at", admin.DateFieldListFilter)]
     date_hierarchy = "created_at"
+    actions = ["terminate_sessions"]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deleting a row would leave its socket open: terminating is the way to end a session.
+        return False
+
+    @admin.action(description="Terminate selected sessions", permissions=["terminate"])
+    def terminate_sessions(self, request, queryset) -> None:
+        ended = sessions_terminate_sync(list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"Terminated {ended} session{'' if ended == 1 else 's'}.", messages.SUCCESS)
+
+    def has_terminate_permission(self, request) -> bool:
+        # Terminating is the delete of this model: "Can delete live session" grants it.
+        return request.user.has_perm("sessions_app.delete_livesession")
 
     @admin.display(description="age")
     def age(self, session: LiveSession) -> str:

@@ -65,6 +65,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         """Channel-layer event `session.terminate`: an operator ended this session."""
         if self.session is None or str(self.session.session_id) != event.get("session_id"):
             return
+        session, self.session = self.session, None
+        await session_close(session_id=session.session_id)
         await self.send_error(SessionTerminated("An operator terminated this session."))
 
     async def disconnect(self, code: int) -> None:

@@ -11,7 +11,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
@@ -131,3 +133,25 @@ async def session_close(*, session_id: uuid.UUID) -> None:
         await database_sync_to_async(session_delete_sync)(session_id)
     except DatabaseError as error:
         logger.warning("registry delete of session %s failed (the reaper will remove it): %s", session_id, error)
+
+
+async def session_terminate(*, session_id: uuid.UUID | str) -> bool:
+    """End a live session wherever it lives; False when there is no such session.
+
+    A session on a live instance is told through the channel layer: its consumer removes
+    the row, sends `session_terminated` and closes with 4410. A session whose instance is
+    dead has no consumer to tell, so its row is simply deleted.
+    """
+    row = await LiveSession.objects.select_related("instance").filter(pk=session_id).afirst()
+    if row is None:
+        return False
+    if row.instance.is_alive:
+        await get_channel_layer().send(row.channel_name, {"type": "session.terminate", "session_id": str(row.id)})
+    else:
+        await row.adelete()
+    return True
+
+
+def sessions_terminate_sync(session_ids) -> int:
+    """Synchronous wrapper for the admin and management commands; returns how many were found."""
+    return sum(async_to_sync(session_terminate)(session_id=session_id) for session_id in session_ids)

@@ -75,3 +75,33 @@ def test_anonymous_users_are_sent_to_login(client):
 def test_unknown_session_detail_is_not_a_crash(admin_client):
     response = admin_client.get(f"/admin/sessions_app/livesession/{uuid.uuid4()}/change/")
     assert response.status_code in (302, 404)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terminate_action_ends_the_selected_sessions(admin_client, sessions):
+    # The instance in the fixture is alive; the consumer side is covered in test_services.
+    ServerInstance.objects.update(heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
+    response = admin_client.post(
+        "/admin/sessions_app/livesession/",
+        {"action": "terminate_sessions", "_selected_action": [str(sessions[0].pk), str(sessions[1].pk)]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "Terminated 2 sessions." in response.content.decode()
+    assert list(LiveSession.objects.values_list("pk", flat=True)) == [sessions[2].pk]
+
+
+def test_staff_without_delete_permission_cannot_terminate(client, django_user_model, sessions):
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_livesession"))
+    client.force_login(user)
+    page = client.get("/admin/sessions_app/livesession/").content.decode()
+    assert "terminate_sessions" not in page
+    response = client.post(
+        "/admin/sessions_app/livesession/",
+        {"action": "terminate_sessions", "_selected_action": [str(sessions[0].pk)]},
+    )
+    assert response.status_code in (200, 302)
+    assert LiveSession.objects.count() == 3
