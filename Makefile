@@ -29,10 +29,11 @@ run: migrate  ## Start daphne on $(HOST):$(PORT) (SQLite, in-memory layer by def
 test: lint migrations-check test-embedded test-production  ## Run everything: lint, migrations, both test runs
 
 test-embedded: $(STAMP)  ## The suite on the embedded default (SQLite, in-memory layer)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not production"
 
-# The production path: the same suite on PostgreSQL and channels-redis, plus the
-# multi-process tests. Override the URLs to point elsewhere.
+# The production path: the same suite on PostgreSQL and channels-redis, plus the tests
+# marked `production` (several server processes sharing both). Override the URLs to
+# point elsewhere.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 test-production: $(STAMP)  ## The suite on PostgreSQL + Redis (must be reachable)

@@ -54,3 +54,24 @@ def daphne_server(server_factory) -> ServerProcess:
 def production_services_expected() -> bool:
     """In CI the production path must run, not skip."""
     return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture
+def production_services(settings) -> None:
+    """Require the production path (PostgreSQL registry, channels-redis layer).
+
+    Tests marked `production` run in `make test-production`; without the services they
+    skip on a laptop but fail in CI, where they must run.
+    """
+    from django.db import connection
+
+    missing = []
+    if connection.vendor != "postgresql":
+        missing.append("DATABASE_URL is not PostgreSQL")
+    if not getattr(settings, "REDIS_URL", ""):
+        missing.append("REDIS_URL is unset")
+    if missing:
+        reason = "production path needed: " + ", ".join(missing) + " (run `make test-production`)"
+        if production_services_expected():
+            pytest.fail(reason)
+        pytest.skip(reason)
