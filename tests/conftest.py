@@ -5,9 +5,37 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import websockets.asyncio.connection
 from channels.testing import WebsocketCommunicator
 
+from .frames import check_server_frame
 from .servers import ServerProcess, start_server
+
+
+@pytest.fixture(autouse=True)
+def server_frames_match_the_schema(monkeypatch) -> None:
+    """Validate every frame a test reads from the server against docs/asyncapi.yaml.
+
+    Wraps WebsocketCommunicator.receive_output (under receive_from and receive_json_from)
+    and the websockets client's recv (under `async for` too), so tests need do nothing.
+    """
+    receive_output = WebsocketCommunicator.receive_output
+    recv = websockets.asyncio.connection.Connection.recv
+
+    async def checked_receive_output(self, timeout=1):
+        message = await receive_output(self, timeout)
+        if message.get("type") == "websocket.send":
+            check_server_frame(message["text"] if message.get("text") is not None else message["bytes"])
+        return message
+
+    async def checked_recv(self, decode=None):
+        frame = await recv(self, decode)
+        # decode=False hands text frames over as bytes: check them as the text they were.
+        check_server_frame(frame.decode() if decode is False else frame)
+        return frame
+
+    monkeypatch.setattr(WebsocketCommunicator, "receive_output", checked_receive_output)
+    monkeypatch.setattr(websockets.asyncio.connection.Connection, "recv", checked_recv)
 
 
 @pytest.fixture
