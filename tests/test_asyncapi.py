@@ -84,6 +84,7 @@ def test_binary_server_frames_are_rejected():
         check_server_frame(b"\x00")
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_communicator_reads_are_validated(communicator):
     # The autouse fixture wraps WebsocketCommunicator: a frame off the schema fails the read.
     await communicator.send_to(text_data="{not json")
