@@ -4,11 +4,11 @@ import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
 from sessions_app.models import LiveSession, ServerInstance
-from wssproject.asgi import application
+
+from .communicators import open_session
 
 
 @pytest.fixture
@@ -93,10 +93,8 @@ def test_delete_of_a_dead_instances_session_removes_it_and_unknown_is_404(admin_
 
 @pytest.mark.django_db(transaction=True)
 async def test_delete_terminates_a_live_session_through_the_channel_layer(admin_client, workspace):
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    session_id = (await comm.receive_json_from(timeout=5))["session_id"]
+    comm, reply = await open_session(workspace)
+    session_id = reply["session_id"]
     response = await sync_to_async(admin_client.delete)(f"/api/sessions/{session_id}")
     assert response.status_code == 204
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"

@@ -12,6 +12,8 @@ from channels.testing import WebsocketCommunicator
 from sessions_app import events, services
 from wssproject.asgi import application
 
+from .communicators import open_session
+
 
 def event_records(caplog, name: str) -> list[logging.LogRecord]:
     return [record for record in caplog.records if getattr(record, "event", None) == name]
@@ -25,10 +27,8 @@ def events_caplog(caplog):
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_session_logs_connect_created_and_ended_with_reason_and_duration(events_caplog, workspace):
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    session_id = (await comm.receive_json_from(timeout=5))["session_id"]
+    comm, reply = await open_session(workspace)
+    session_id = reply["session_id"]
     await comm.disconnect(code=1000)
 
     instance = str(services.process_identity().boot_id)
@@ -48,10 +48,8 @@ async def test_a_session_logs_connect_created_and_ended_with_reason_and_duration
 
 @pytest.mark.django_db(transaction=True)
 async def test_terminate_logs_session_ended_as_terminated(events_caplog, workspace):
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    session_id = (await comm.receive_json_from(timeout=5))["session_id"]
+    comm, reply = await open_session(workspace)
+    session_id = reply["session_id"]
     await services.session_terminate(session_id=session_id)
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     await comm.disconnect(code=4410)

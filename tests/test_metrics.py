@@ -9,6 +9,8 @@ from sessions_app import metrics, services
 from sessions_app.views import address_allowed
 from wssproject.asgi import application
 
+from .communicators import open_session
+
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -23,13 +25,6 @@ class Delta:
     @property
     def value(self) -> float:
         return sample(self.name, **self.labels) - self.before
-
-
-async def open_session(workspace, **kwargs) -> tuple[WebsocketCommunicator, dict]:
-    comm = WebsocketCommunicator(application, "/ws", **kwargs)
-    assert (await comm.connect())[0]
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    return comm, await comm.receive_json_from(timeout=5)
 
 
 @pytest.mark.django_db
@@ -140,3 +135,12 @@ def test_reaped_sessions_count_without_touching_the_live_gauge():
     reaped, live = Delta("wss_sessions_ended_total", reason="reaped"), Delta("wss_live_sessions")
     metrics.sessions_reaped(3)
     assert (reaped.value, live.value) == (3, 0)
+
+
+def test_a_malformed_allowed_ip_is_a_system_check_error(settings):
+    from sessions_app.apps import check_metrics_allowed_ips
+
+    settings.WSS_METRICS_ALLOWED_IPS = ["10.0.0.0/8", "localhost"]
+    (error,) = check_metrics_allowed_ips(None)
+    assert error.id == "wss.E002"
+    assert "'localhost'" in error.msg
