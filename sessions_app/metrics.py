@@ -5,7 +5,18 @@ Callers use the functions, never the instruments, so a label set stays in one pl
 `protocol_error(code)`, `handshake_refused(reason)`. `GET /metrics` renders them.
 """
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# The *_created series only double the output; rates need none of them.
+disable_created_metrics()
 
 # Why a session ended. `drop` includes ping timeouts under daphne, which reports a missed
 # pong as 1006 like any TCP drop; servers that close with 1011 on a keepalive timeout
@@ -18,7 +29,6 @@ END_REASONS = (
     "terminated",
     "reaped",
     "shutdown",
-    "server_close",
 )
 REFUSAL_REASONS = ("origin", "auth", "rate_limit")
 

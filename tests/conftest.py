@@ -1,5 +1,6 @@
 """Shared fixtures: workspaces, communicators through the real ASGI app, live servers."""
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,6 +37,12 @@ def server_frames_match_the_schema(monkeypatch) -> None:
 
     monkeypatch.setattr(WebsocketCommunicator, "receive_output", checked_receive_output)
     monkeypatch.setattr(websockets.asyncio.connection.Connection, "recv", checked_recv)
+
+
+@pytest.fixture(autouse=True)
+def app_logs_reach_caplog(monkeypatch) -> None:
+    """settings.LOGGING stops sessions_app records at their own handler; caplog listens on the root."""
+    monkeypatch.setattr(logging.getLogger("sessions_app"), "propagate", True)
 
 
 @pytest.fixture

@@ -106,6 +106,8 @@ async def test_wss_log_format_json_writes_one_json_object_per_line(server_factor
     while '"session_ended"' not in server.log() and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    # One line per event: not repeated through daphne's root handler in another format.
+    assert sum("session_created" in line for line in server.log().splitlines()) == 1
     by_event = {line.get("event"): line for line in lines}
     assert {"connect", "session_created", "session_ended"} <= set(by_event)
     ended = by_event["session_ended"]

@@ -173,7 +173,8 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": WSS_LOG_FORMAT}},
     "loggers": {
-        "sessions_app": {"handlers": ["console"], "level": os.environ.get("WSS_LOG_LEVEL", "INFO")},
+        # Not propagated: daphne configures the root logger too, which would print each line twice.
+        "sessions_app": {"handlers": ["console"], "level": os.environ.get("WSS_LOG_LEVEL", "INFO"), "propagate": False},
     },
 }
 
