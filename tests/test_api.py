@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.test import Client
 from django.utils import timezone
 
 from sessions_app.models import LiveSession, ServerInstance
@@ -61,7 +62,8 @@ def test_one_session_by_id_and_404_for_unknown_or_malformed(admin_client, sessio
 
 def test_anonymous_and_non_staff_users_are_refused_with_json(client, django_user_model, sessions):
     anonymous = client.get("/api/sessions")
-    assert anonymous.status_code == 403
+    assert anonymous.status_code == 401
+    assert anonymous["WWW-Authenticate"].startswith("Bearer")
     assert "credentials" in anonymous.json()["detail"]
     client.force_login(django_user_model.objects.create_user("plain", password="pw"))
     assert client.get("/api/sessions").status_code == 403
@@ -100,3 +102,29 @@ async def test_delete_terminates_a_live_session_through_the_channel_layer(admin_
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     assert (await comm.receive_output(timeout=5))["code"] == 4410
     assert not await LiveSession.objects.filter(pk=session_id).aexists()
+
+
+def test_bearer_tokens_are_refused_until_a_lookup_knows_them(client, sessions):
+    response = client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer abc123")
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Unknown or revoked token."}
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer").status_code == 401
+
+
+def test_a_bearer_token_of_a_staff_user_is_let_in_and_of_a_plain_user_is_not(
+    client, django_user_model, sessions, monkeypatch
+):
+    from sessions_app.authentication import BearerTokenAuthentication
+
+    staff = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
+    plain = django_user_model.objects.create_user("plain", password="pw")
+    tokens = {"staff-token": staff, "plain-token": plain}
+    monkeypatch.setattr(BearerTokenAuthentication, "token_user", staticmethod(tokens.get))
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer staff-token").json()["count"] == 5
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer plain-token").status_code == 403
+    # Token requests carry no session cookie, so DRF asks no CSRF token of them.
+    strict = Client(enforce_csrf_checks=True)
+    deleted = strict.delete(f"/api/sessions/{uuid.uuid4()}", HTTP_AUTHORIZATION="Bearer staff-token")
+    assert deleted.status_code == 404
+    strict.force_login(staff)
+    assert strict.delete(f"/api/sessions/{uuid.uuid4()}").status_code == 403  # a cookie needs CSRF
