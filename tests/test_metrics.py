@@ -144,3 +144,28 @@ def test_a_malformed_allowed_ip_is_a_system_check_error(settings):
     (error,) = check_metrics_allowed_ips(None)
     assert error.id == "wss.E002"
     assert "'localhost'" in error.msg
+
+
+def scrape(server) -> dict[str, float]:
+    from urllib.request import urlopen
+
+    with urlopen(f"{server.http_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name + str(sorted(sample.labels.items()) or ""): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.live
+async def test_a_real_daphne_serves_its_own_counts_to_loopback(daphne_server, workspace):
+    from sessions_app.client import connect
+
+    assert scrape(daphne_server)["wss_live_sessions"] == 0
+    async with connect(daphne_server.url) as client:
+        await client.new_session(str(workspace))
+        during = scrape(daphne_server)
+    assert during["wss_live_sessions"] == 1
+    assert during["wss_sessions_created_total"] == 1
+    assert during["wss_new_session_seconds_count"] == 1
