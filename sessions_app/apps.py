@@ -46,7 +46,7 @@ def check_metrics_allowed_ips(app_configs, **kwargs) -> list[checks.CheckMessage
                 checks.Error(
                     f"WSS_METRICS_ALLOWED_IPS entry {entry!r} is not an IP address or network",
                     hint="Use addresses or CIDR networks: 127.0.0.1,::1,10.0.0.0/8.",
-                    id="wss.E002",
+                    id="wss.E010",
                 )
             )
     return problems

@@ -19,7 +19,11 @@ from .services import SessionRecord, process_identity
 logger = logging.getLogger("sessions_app.events")
 
 # A close the server started, keyed by the error code it sent first; any other is a protocol error.
-END_REASON_BY_ERROR_CODE = {"session_terminated": "terminated", "server_shutting_down": "shutdown"}
+END_REASON_BY_ERROR_CODE = {
+    "session_terminated": "terminated",
+    "server_shutting_down": "shutdown",
+    "session_lost": "lost",  # a peer reaped the row and counted it as reaped; the socket ends here
+}
 
 
 def connected(scope: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ END_REASONS = (
     "terminated",
     "reaped",
     "shutdown",
+    "lost",
 )
 REFUSAL_REASONS = ("origin", "auth", "rate_limit")
 

@@ -82,6 +82,7 @@ async def test_an_origin_refusal_is_one_warning_with_client_and_origin(events_ca
         (1006, "message_too_large", "protocol_error"),
         (4410, "session_terminated", "terminated"),
         (4503, "server_shutting_down", "shutdown"),
+        (4503, "session_lost", "lost"),
     ],
 )
 def test_end_reason_comes_from_the_close_code_and_the_servers_own_close(close_code, closing_error, reason):

@@ -142,7 +142,7 @@ def test_a_malformed_allowed_ip_is_a_system_check_error(settings):
 
     settings.WSS_METRICS_ALLOWED_IPS = ["10.0.0.0/8", "localhost"]
     (error,) = check_metrics_allowed_ips(None)
-    assert error.id == "wss.E002"
+    assert error.id == "wss.E010"
     assert "'localhost'" in error.msg
 
 
