@@ -13,6 +13,7 @@ waits behind the consumers' queries and uses one database connection.
 """
 
 import asyncio
+import contextlib
 import logging
 import sys
 import weakref
@@ -20,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from . import services
 from .conf import app_settings
@@ -79,6 +80,17 @@ async def registry_call(function: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(_executor, call)
 
 
+async def executor_close() -> None:
+    """Close the lifecycle thread's database connection and the thread itself."""
+    global _executor
+    if _executor is None:
+        return
+    executor, _executor = _executor, None
+    with contextlib.suppress(Exception):
+        await asyncio.get_running_loop().run_in_executor(executor, connections.close_all)
+    executor.shutdown(wait=False)
+
+
 async def start() -> None:
     """Register this instance, reap this host's dead predecessors, start the heartbeat. Never raises."""
     global _heartbeat
@@ -134,6 +146,7 @@ async def stop() -> int:
     except Exception:
         logger.exception("could not remove this instance's sessions; peers will reap them")
     await closes_wait(CLOSE_HANDSHAKE_SECONDS)
+    await executor_close()
     logger.info("stopped: closed %d connection(s), removed %d session row(s)", len(connections), removed)
     return removed
 
