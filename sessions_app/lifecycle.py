@@ -2,7 +2,9 @@
 
     start     register this instance, reap this host's dead predecessors, start the heartbeat
     running   every WSS_HEARTBEAT_SECONDS: refresh the heartbeat, reap instances silent for
-              longer than WSS_INSTANCE_TIMEOUT_SECONDS (any live process reaps any dead one)
+              longer than WSS_INSTANCE_TIMEOUT_SECONDS (any live process reaps any dead one);
+              if this instance itself was reaped, register again and close the sessions
+              that lost their rows with `session_lost` (4503)
     stop      refuse new connections, send `server_shutting_down` + close 4503 to every
               connection still open, delete this instance and all its sessions
 
@@ -19,13 +21,14 @@ import sys
 import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from django.db import close_old_connections, connections
 
 from . import services
 from .conf import app_settings
-from .errors import ProtocolError, ServerShuttingDown
+from .errors import ProtocolError, ServerShuttingDown, SessionLost
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,9 @@ RETIRE_TIMEOUT_SECONDS = 15.0
 
 
 class Connection(Protocol):
-    """What a stop needs of a consumer: render an error frame, then close."""
+    """What the lifecycle needs of a consumer: its session, and rendering an error frame."""
+
+    session: services.SessionRecord | None
 
     async def send_error(self, error: ProtocolError) -> None: ...
 
@@ -47,6 +52,7 @@ _connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _executor: ThreadPoolExecutor | None = None
 _heartbeat: asyncio.Task | None = None
 _stopping = False
+_recreation_seen: datetime | None = None
 
 
 def connection_opened(connection: Connection) -> None:
@@ -118,8 +124,28 @@ async def heartbeat_loop() -> None:
         try:
             await registry_call(services.instance_heartbeat_sync)
             await registry_call(services.sessions_reap_sync)
+            await lost_sessions_close()
         except Exception:
             logger.exception("heartbeat failed; retrying in %g s", app_settings.WSS_HEARTBEAT_SECONDS)
+
+
+async def lost_sessions_close() -> int:
+    """Close, with `session_lost` and 4503, this process's sessions whose rows a peer reaped.
+
+    That happens when this process missed its heartbeats for longer than the timeout (a
+    database outage, a stalled process) and was presumed dead. Returns how many were closed.
+    """
+    global _recreation_seen
+    recreated = services.instance_recreated_at()
+    if recreated is None or recreated == _recreation_seen:
+        return 0
+    _recreation_seen = recreated
+    lost = [c for c in list(_connections) if c.session is not None and c.session.created_at < recreated]
+    for connection in lost:
+        with contextlib.suppress(Exception):
+            await connection.send_error(SessionLost("This session was lost by the registry; reconnect."))
+    logger.warning("closed %d session(s) whose rows were reaped while this process lived", len(lost))
+    return len(lost)
 
 
 async def stop() -> int:

@@ -36,6 +36,7 @@ class ProcessIdentity:
 _identity = ProcessIdentity(boot_id=uuid.uuid4(), host=socket.gethostname(), pid=os.getpid())
 _instance_registered = False
 _instance_retired = False
+_instance_recreated_at: datetime | None = None
 
 
 def process_identity() -> ProcessIdentity:
@@ -49,17 +50,20 @@ def process_identity() -> ProcessIdentity:
 
 def instance_register_sync() -> uuid.UUID:
     """Insert or refresh this process's ServerInstance row; returns its boot id."""
-    global _instance_registered
+    global _instance_registered, _instance_recreated_at
     if _instance_retired:
         # Shutting down: a late insert must fail rather than bring the instance back.
         raise DatabaseError("this server instance has shut down")
     identity = process_identity()
     now = timezone.now()
-    ServerInstance.objects.update_or_create(
+    _, created = ServerInstance.objects.update_or_create(
         id=identity.boot_id,
         defaults={"heartbeat_at": now},
         create_defaults={"host": identity.host, "pid": identity.pid, "started_at": now, "heartbeat_at": now},
     )
+    if created and _instance_registered:
+        # The row had been reaped while this process lived: its older sessions lost their rows.
+        _instance_recreated_at = now
     _instance_registered = True
     return identity.boot_id
 
@@ -178,6 +182,14 @@ def instances_delete_sync(instance_ids, *, reason: str) -> int:
     sessions = per_model.get(LiveSession._meta.label, 0)
     logger.info("removed %d session(s) of %d instance(s): %s", sessions, len(instance_ids), reason)
     return sessions
+
+
+def instance_recreated_at() -> datetime | None:
+    """When this instance's row was last found reaped and registered again (None: never).
+
+    Sessions created before then have no row any more; the lifecycle closes them.
+    """
+    return _instance_recreated_at
 
 
 def instance_heartbeat_sync() -> bool:

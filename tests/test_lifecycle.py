@@ -9,6 +9,7 @@ import weakref
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
@@ -24,6 +25,8 @@ async def fresh_process(monkeypatch):
     """A process that has neither started nor stopped; whatever a test starts is stopped after it."""
     monkeypatch.setattr(services, "_instance_registered", False)
     monkeypatch.setattr(services, "_instance_retired", False)
+    monkeypatch.setattr(services, "_instance_recreated_at", None)
+    monkeypatch.setattr(lifecycle, "_recreation_seen", None)
     monkeypatch.setattr(
         services, "_identity", services.ProcessIdentity(boot_id=uuid.uuid4(), host="this-host", pid=os.getpid())
     )
@@ -118,6 +121,22 @@ async def test_the_heartbeat_reaps_a_silent_peer(settings):
         return not await ServerInstance.objects.filter(pk=silent.pk).aexists()
 
     assert await wait_until(reaped)
+
+
+async def test_sessions_whose_rows_were_reaped_while_alive_are_closed_with_session_lost(workspace):
+    lost, _ = await open_session(workspace)
+    await ServerInstance.objects.all().adelete()  # a peer presumed this process dead
+    assert await sync_to_async(services.instance_heartbeat_sync)() is False
+    kept, kept_id = await open_session(workspace)
+    assert await lifecycle.lost_sessions_close() == 1
+    reply = await lost.receive_json_from(timeout=5)
+    assert (reply["type"], reply["code"]) == ("error", "session_lost")
+    assert await lost.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    assert await kept.receive_nothing(timeout=0.2)
+    assert await LiveSession.objects.filter(pk=kept_id).aexists()
+    assert await lifecycle.lost_sessions_close() == 0
+    await lost.disconnect(code=4503)
+    await kept.disconnect()
 
 
 async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
