@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, close_old_connections, connections
 
 from . import services
 from .conf import app_settings
@@ -52,6 +52,7 @@ _connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _executor: ThreadPoolExecutor | None = None
 _heartbeat: asyncio.Task | None = None
 _stopping = False
+_predecessors_reaped = False
 _recreation_seen: datetime | None = None
 
 
@@ -104,9 +105,11 @@ async def start() -> None:
         return
     try:
         await registry_call(services.instance_register_sync)
-        await registry_call(services.instance_predecessors_reap_sync)
-    except Exception:
+        await predecessors_reap()
+    except DatabaseError as error:
         # A registry down at start must not stop the server: the heartbeat retries.
+        logger.warning("instance registration at start failed (%s); the heartbeat will retry", error)
+    except Exception:
         logger.exception("instance registration at start failed; the heartbeat will retry")
     _heartbeat = asyncio.get_running_loop().create_task(heartbeat_loop(), name="wss-heartbeat")
     logger.info(
@@ -117,14 +120,25 @@ async def start() -> None:
     )
 
 
+async def predecessors_reap() -> None:
+    """Reap this host's dead predecessors, once per process."""
+    global _predecessors_reaped
+    if not _predecessors_reaped:
+        await registry_call(services.instance_predecessors_reap_sync)
+        _predecessors_reaped = True
+
+
 async def heartbeat_loop() -> None:
     """Every WSS_HEARTBEAT_SECONDS: refresh this instance's heartbeat, then reap dead instances."""
     while True:
         await asyncio.sleep(app_settings.WSS_HEARTBEAT_SECONDS)
         try:
             await registry_call(services.instance_heartbeat_sync)
+            await predecessors_reap()  # in case the registry was down at start
             await registry_call(services.sessions_reap_sync)
             await lost_sessions_close()
+        except DatabaseError as error:
+            logger.warning("heartbeat failed (%s); retrying in %g s", error, app_settings.WSS_HEARTBEAT_SECONDS)
         except Exception:
             logger.exception("heartbeat failed; retrying in %g s", app_settings.WSS_HEARTBEAT_SECONDS)
 

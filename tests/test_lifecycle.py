@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import DatabaseError
 from django.utils import timezone
 
 from sessions_app import lifecycle, services
@@ -32,6 +33,7 @@ async def fresh_process(monkeypatch):
     )
     monkeypatch.setattr(lifecycle, "_connections", weakref.WeakSet())
     monkeypatch.setattr(lifecycle, "_stopping", False)
+    monkeypatch.setattr(lifecycle, "_predecessors_reaped", False)
     monkeypatch.setattr(lifecycle, "_heartbeat", None)
     monkeypatch.setattr(lifecycle, "CLOSE_HANDSHAKE_SECONDS", 0.2)
     yield
@@ -107,6 +109,27 @@ async def test_start_registers_this_instance_and_reaps_dead_predecessors_at_once
     assert await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
     assert not await ServerInstance.objects.filter(pk=predecessor.pk).aexists()
     assert await LiveSession.objects.acount() == 0
+
+
+async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catches_up(monkeypatch, settings):
+    settings.WSS_HEARTBEAT_SECONDS = 0.05
+    predecessor = await ServerInstance.objects.acreate(host="this-host", pid=os.getpid())
+    register = services.instance_register_sync
+
+    def registry_down():
+        raise DatabaseError("connection refused")
+
+    monkeypatch.setattr(services, "instance_register_sync", registry_down)
+    await lifecycle.start()
+    assert await ServerInstance.objects.filter(pk=predecessor.pk).aexists()
+    monkeypatch.setattr(services, "instance_register_sync", register)  # the registry is back
+
+    async def caught_up() -> bool:
+        return [pk async for pk in ServerInstance.objects.values_list("pk", flat=True)] == [
+            services.process_identity().boot_id
+        ]
+
+    assert await wait_until(caught_up)
 
 
 async def test_the_heartbeat_reaps_a_silent_peer(settings):
