@@ -5,7 +5,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from . import protocol
+from . import lifecycle, protocol
 from .conf import app_settings
 from .errors import InternalError, ProtocolError, SessionExists, SessionTerminated
 from .services import SessionRecord, session_close, session_create
@@ -20,7 +20,11 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     session: SessionRecord | None = None
 
     async def connect(self) -> None:
-        """Accept every handshake that the middleware let through."""
+        """Accept every handshake that the middleware let through, unless this process is stopping."""
+        if lifecycle.stopping():
+            await self.close()
+            return
+        lifecycle.connection_opened(self)
         await self.accept()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -71,6 +75,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Remove the session, if any. Idempotent; never raises."""
+        lifecycle.connection_closed(self)
         session, self.session = self.session, None
         if session is not None:
             await session_close(session_id=session.session_id)
