@@ -12,6 +12,7 @@ class SessionsAppConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_workspace_roots, "wss")
+        checks.register(check_heartbeat_bounds, "wss")
         checks.register(check_metrics_allowed_ips, "wss")
 
 
@@ -28,6 +29,23 @@ def check_workspace_roots(app_configs, **kwargs) -> list[checks.CheckMessage]:
     return [
         checks.Error(problem, hint="Fix WSS_WORKSPACE_ROOTS: absolute, existing directories.", id="wss.E001")
         for problem in roots_check(app_settings.WSS_WORKSPACE_ROOTS)
+    ]
+
+
+def check_heartbeat_bounds(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """A timeout under two heartbeats would reap live instances after one late beat."""
+    from .conf import app_settings
+
+    heartbeat, timeout = app_settings.WSS_HEARTBEAT_SECONDS, app_settings.WSS_INSTANCE_TIMEOUT_SECONDS
+    if heartbeat > 0 and timeout >= 2 * heartbeat:
+        return []
+    return [
+        checks.Error(
+            f"WSS_HEARTBEAT_SECONDS={heartbeat:g} and WSS_INSTANCE_TIMEOUT_SECONDS={timeout:g}: the heartbeat "
+            "must be positive and the timeout at least twice the heartbeat.",
+            hint="Defaults: heartbeat 5, timeout 25 (a crash is reaped within 30 s).",
+            id="wss.E002",
+        )
     ]
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from . import events, protocol
+from . import events, lifecycle, protocol
 from .conf import app_settings
 from .errors import InternalError, ProtocolError, SessionExists, SessionTerminated
 from .events import client_address
@@ -23,7 +23,11 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     closing_error: str | None = None  # the error code the server closed with, if it did
 
     async def connect(self) -> None:
-        """Accept every handshake that the middleware let through."""
+        """Accept every handshake that the middleware let through, unless this process is stopping."""
+        if lifecycle.stopping():
+            await self.close()
+            return
+        lifecycle.connection_opened(self)
         await self.accept()
         events.connected(self.scope)
 
@@ -78,6 +82,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Remove the session, if any. Idempotent; never raises."""
+        lifecycle.connection_closed(self)
         session, self.session = self.session, None
         if session is not None:
             await session_close(session_id=session.session_id)

@@ -11,7 +11,9 @@
     ├── SessionExists       open     this connection already holds a live session
     ├── Unavailable         open     the registry could not record the session
     ├── InternalError       open     a bug on our side; logged with its traceback
-    └── SessionTerminated   4410     an operator ended the session (server-initiated)
+    ├── SessionTerminated   4410     an operator ended the session (server-initiated)
+    ├── ServerShuttingDown  4503     this server process is stopping; reconnect (server-initiated)
+    └── SessionLost         4503     the registry lost this session (its server was presumed dead); reconnect
 
 Errors are raised in the pure core and rendered in exactly one place, the consumer.
 A `close_code` of None keeps the socket open.
@@ -76,6 +78,14 @@ class InternalError(ProtocolError):
 
 class SessionTerminated(ProtocolError):
     code, close_code = "session_terminated", 4410
+
+
+class ServerShuttingDown(ProtocolError):
+    code, close_code = "server_shutting_down", 4503
+
+
+class SessionLost(ProtocolError):
+    code, close_code = "session_lost", 4503
 
 
 def all_error_classes() -> list[type[ProtocolError]]:

@@ -9,7 +9,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -17,6 +17,7 @@ from channels.layers import get_channel_layer
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
+from .conf import app_settings
 from .errors import Unavailable
 from .models import LiveSession, ServerInstance
 
@@ -34,6 +35,8 @@ class ProcessIdentity:
 
 _identity = ProcessIdentity(boot_id=uuid.uuid4(), host=socket.gethostname(), pid=os.getpid())
 _instance_registered = False
+_instance_retired = False
+_instance_recreated_at: datetime | None = None
 
 
 def process_identity() -> ProcessIdentity:
@@ -47,14 +50,20 @@ def process_identity() -> ProcessIdentity:
 
 def instance_register_sync() -> uuid.UUID:
     """Insert or refresh this process's ServerInstance row; returns its boot id."""
-    global _instance_registered
+    global _instance_registered, _instance_recreated_at
+    if _instance_retired:
+        # Shutting down: a late insert must fail rather than bring the instance back.
+        raise DatabaseError("this server instance has shut down")
     identity = process_identity()
     now = timezone.now()
-    ServerInstance.objects.update_or_create(
+    _, created = ServerInstance.objects.update_or_create(
         id=identity.boot_id,
         defaults={"heartbeat_at": now},
         create_defaults={"host": identity.host, "pid": identity.pid, "started_at": now, "heartbeat_at": now},
     )
+    if created and _instance_registered:
+        # The row had been reaped while this process lived: its older sessions lost their rows.
+        _instance_recreated_at = now
     _instance_registered = True
     return identity.boot_id
 
@@ -155,3 +164,83 @@ async def session_terminate(*, session_id: uuid.UUID | str) -> bool:
 def sessions_terminate_sync(session_ids) -> int:
     """Synchronous wrapper for the admin and management commands; returns how many were found."""
     return sum(async_to_sync(session_terminate)(session_id=session_id) for session_id in session_ids)
+
+
+# --- Instance lifecycle: heartbeat, reaping, retirement (driven by sessions_app.lifecycle) ---
+
+
+def instances_delete_sync(instance_ids, *, reason: str) -> int:
+    """Delete these instances and, by cascade, their sessions; returns how many sessions went.
+
+    The one place where rows are reaped: a dead peer, a dead predecessor, or this process
+    shutting down.
+    """
+    instance_ids = list(instance_ids)
+    if not instance_ids:
+        return 0
+    _, per_model = ServerInstance.objects.filter(pk__in=instance_ids).delete()
+    sessions = per_model.get(LiveSession._meta.label, 0)
+    logger.info("removed %d session(s) of %d instance(s): %s", sessions, len(instance_ids), reason)
+    return sessions
+
+
+def instance_recreated_at() -> datetime | None:
+    """When this instance's row was last found reaped and registered again (None: never).
+
+    Sessions created before then have no row any more; the lifecycle closes them.
+    """
+    return _instance_recreated_at
+
+
+def instance_heartbeat_sync() -> bool:
+    """Refresh this process's heartbeat; False when the row was gone and had to be registered again."""
+    identity = process_identity()
+    if ServerInstance.objects.filter(pk=identity.boot_id).update(heartbeat_at=timezone.now()):
+        return True
+    logger.warning("instance %s had been reaped while alive; registering it again", identity.boot_id)
+    instance_register_sync()
+    return False
+
+
+def sessions_reap_sync(*, timeout: float | None = None) -> int:
+    """Remove instances whose heartbeat is older than `timeout` seconds, and their sessions.
+
+    Defaults to WSS_INSTANCE_TIMEOUT_SECONDS; returns how many sessions were removed.
+    Rows are locked and locked rows skipped, so concurrent reapers do not collide.
+    """
+    seconds = app_settings.WSS_INSTANCE_TIMEOUT_SECONDS if timeout is None else timeout
+    cutoff = timezone.now() - timedelta(seconds=seconds)
+    with transaction.atomic():
+        dead = ServerInstance.objects.select_for_update(skip_locked=True).filter(heartbeat_at__lt=cutoff)
+        return instances_delete_sync(dead.values_list("pk", flat=True), reason=f"no heartbeat for {seconds:g} s")
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this pid exists in this pid namespace."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def instance_predecessors_reap_sync() -> int:
+    """Remove this host's instances whose process is gone; returns how many sessions went.
+
+    A predecessor is a row with this host name, another boot id, and a pid that no longer
+    runs here or that this process now holds (a container restarted with the same pid).
+    Called at start, so a restarted single process cleans up after its own crash at once.
+    """
+    identity = process_identity()
+    candidates = ServerInstance.objects.filter(host=identity.host).exclude(pk=identity.boot_id)
+    dead = [pk for pk, pid in candidates.values_list("pk", "pid") if pid == identity.pid or not pid_running(pid)]
+    return instances_delete_sync(dead, reason=f"predecessor(s) on {identity.host} no longer running")
+
+
+def instance_retire_sync() -> int:
+    """Remove this process's instance and every session of it, for good; returns the sessions removed."""
+    global _instance_retired
+    _instance_retired = True
+    return instances_delete_sync([process_identity().boot_id], reason="this server is shutting down")

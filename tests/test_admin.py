@@ -105,3 +105,17 @@ def test_staff_without_delete_permission_cannot_terminate(client, django_user_mo
     )
     assert response.status_code in (200, 302)
     assert LiveSession.objects.count() == 3
+
+
+def test_changelist_shows_each_sessions_instance_and_whether_it_is_alive(admin_client):
+    alive = ServerInstance.objects.create(host="alive-host", pid=11)
+    dead = ServerInstance.objects.create(
+        host="dead-host", pid=22, heartbeat_at=timezone.now() - timezone.timedelta(hours=1)
+    )
+    for instance in (alive, dead):
+        LiveSession.objects.create(workspace_dir="/srv", channel_name="c", instance=instance)
+    page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
+    assert str(alive) in page
+    assert str(dead) in page
+    assert page.count('alt="True"') == 1
+    assert page.count('alt="False"') == 1

@@ -1,12 +1,18 @@
-"""Registry services: terminate wherever the session lives, instance bookkeeping."""
+"""Registry services: terminate wherever the session lives, instance heartbeat, reaping, retirement."""
 
+import os
+import subprocess
+import sys
+import uuid
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
 from sessions_app import services
+from sessions_app.errors import Unavailable
 from sessions_app.models import LiveSession, ServerInstance
 from wssproject.asgi import application
 
@@ -61,3 +67,110 @@ async def test_session_create_re_registers_a_lost_instance(workspace):
     assert await LiveSession.objects.filter(pk=second).aexists()
     assert await ServerInstance.objects.acount() == 1
     await comm.disconnect()
+
+
+# --- Heartbeat, reaping, retirement -------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_instance(monkeypatch):
+    """This process as a fresh, unregistered, un-retired instance (restored afterwards)."""
+    monkeypatch.setattr(services, "_instance_registered", False)
+    monkeypatch.setattr(services, "_instance_retired", False)
+    monkeypatch.setattr(
+        services, "_identity", services.ProcessIdentity(boot_id=uuid.uuid4(), host="this-host", pid=os.getpid())
+    )
+
+
+def instance_with_sessions(*, sessions: int, age: float = 0, host: str = "elsewhere", pid: int = 1) -> ServerInstance:
+    """An instance whose last heartbeat was `age` seconds ago, holding `sessions` rows."""
+    instance = ServerInstance.objects.create(host=host, pid=pid, heartbeat_at=timezone.now() - timedelta(seconds=age))
+    LiveSession.objects.bulk_create(
+        LiveSession(workspace_dir="/tmp", channel_name=f"c{i}", instance=instance) for i in range(sessions)
+    )
+    return instance
+
+
+def dead_pid() -> int:
+    """A pid that ran a moment ago and runs no more."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_reap_removes_silent_instances_and_their_sessions_and_returns_the_count(fresh_instance):
+    silent = instance_with_sessions(sessions=3, age=60)
+    fresh = instance_with_sessions(sessions=2, age=0)
+    assert services.sessions_reap_sync(timeout=30) == 3
+    assert list(ServerInstance.objects.values_list("pk", flat=True)) == [fresh.pk]
+    assert not LiveSession.objects.filter(instance_id=silent.pk).exists()
+    assert LiveSession.objects.filter(instance=fresh).count() == 2
+
+
+def test_reap_defaults_to_the_instance_timeout_setting(fresh_instance, settings):
+    settings.WSS_INSTANCE_TIMEOUT_SECONDS = 100
+    instance_with_sessions(sessions=1, age=60)
+    assert services.sessions_reap_sync() == 0
+    settings.WSS_INSTANCE_TIMEOUT_SECONDS = 50
+    assert services.sessions_reap_sync() == 1
+
+
+def test_reap_with_nothing_dead_removes_nothing(fresh_instance):
+    instance_with_sessions(sessions=2, age=1)
+    assert services.sessions_reap_sync(timeout=30) == 0
+    assert LiveSession.objects.count() == 2
+
+
+def test_heartbeat_refreshes_this_instance(fresh_instance):
+    boot_id = services.instance_register_sync()
+    old = timezone.now() - timedelta(minutes=5)
+    ServerInstance.objects.filter(pk=boot_id).update(heartbeat_at=old)
+    assert services.instance_heartbeat_sync() is True
+    assert ServerInstance.objects.get(pk=boot_id).heartbeat_at > old
+
+
+def test_heartbeat_registers_again_after_being_reaped(fresh_instance):
+    boot_id = services.instance_register_sync()
+    ServerInstance.objects.all().delete()
+    assert services.instance_heartbeat_sync() is False
+    assert ServerInstance.objects.filter(pk=boot_id).exists()
+
+
+def test_predecessors_on_this_host_whose_pid_is_gone_are_reaped_at_once(fresh_instance):
+    gone = instance_with_sessions(sessions=4, host="this-host", pid=dead_pid())
+    assert services.instance_predecessors_reap_sync() == 4
+    assert not ServerInstance.objects.filter(pk=gone.pk).exists()
+
+
+def test_a_predecessor_holding_this_very_pid_is_reaped(fresh_instance):
+    instance_with_sessions(sessions=1, host="this-host", pid=os.getpid())
+    assert services.instance_predecessors_reap_sync() == 1
+
+
+def test_predecessor_reap_spares_running_pids_other_hosts_and_itself(fresh_instance):
+    services.instance_register_sync()
+    running = instance_with_sessions(sessions=1, host="this-host", pid=os.getppid())
+    other_host = instance_with_sessions(sessions=1, host="elsewhere", pid=dead_pid())
+    assert services.instance_predecessors_reap_sync() == 0
+    assert set(ServerInstance.objects.values_list("pk", flat=True)) == {
+        services.process_identity().boot_id,
+        running.pk,
+        other_host.pk,
+    }
+
+
+def test_retire_removes_this_instance_with_its_sessions_and_leaves_others(fresh_instance):
+    services.instance_register_sync()
+    LiveSession.objects.create(workspace_dir="/tmp", channel_name="x", instance_id=services.process_identity().boot_id)
+    other = instance_with_sessions(sessions=1)
+    assert services.instance_retire_sync() == 1
+    assert list(ServerInstance.objects.values_list("pk", flat=True)) == [other.pk]
+
+
+async def test_after_retire_a_late_session_create_is_unavailable_and_leaves_no_row(fresh_instance, workspace):
+    await sync_to_async(services.instance_register_sync)()
+    await sync_to_async(services.instance_retire_sync)()
+    with pytest.raises(Unavailable):
+        await services.session_create(workspace_dir=str(workspace), channel_name="late", client_addr="")
+    assert await LiveSession.objects.acount() == 0
+    assert await ServerInstance.objects.acount() == 0

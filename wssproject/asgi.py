@@ -1,7 +1,8 @@
 """ASGI entry point: `daphne wssproject.asgi:application` (or uvicorn).
 
 HTTP goes to Django; WebSockets pass the origin check and Channels' auth middleware,
-then reach sessions_app's routes.
+then reach sessions_app's routes. The process's start and stop (instance registration,
+heartbeat, graceful shutdown) hook into uvicorn's lifespan or daphne's reactor.
 """
 
 import os
@@ -15,6 +16,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from sessions_app import lifecycle  # noqa: E402
 from sessions_app.origin import SessionOriginValidator  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 
@@ -22,5 +24,9 @@ application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": SessionOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # uvicorn (and other lifespan servers): register, heartbeat, retire on SIGTERM/SIGINT.
+        "lifespan": lifecycle.lifespan_app,
     }
 )
+# daphne has no lifespan: the same start and stop hook into its Twisted reactor.
+lifecycle.daphne_install()

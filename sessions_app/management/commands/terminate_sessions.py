@@ -1,0 +1,34 @@
+"""`manage.py terminate_sessions <id>...`: end live sessions wherever they live."""
+
+import uuid
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from sessions_app.services import sessions_terminate_sync
+
+
+class Command(BaseCommand):
+    help = (
+        "End live sessions by id, on whichever server process holds them: the client gets "
+        "`session_terminated` and close 4410, and the row is removed. Needs REDIS_URL to reach "
+        "sessions held by server processes (the in-memory channel layer cannot)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("session_ids", nargs="+", type=str, metavar="session_id")
+
+    def handle(self, *args, session_ids: list[str], **options) -> None:
+        try:
+            ids = [uuid.UUID(value) for value in session_ids]
+        except ValueError as error:
+            raise CommandError(f"not a session id: {error}") from None
+        if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"):
+            self.stderr.write(
+                "warning: REDIS_URL is unset, so only sessions of dead instances can be ended from here; "
+                "live ones need the channel layer that the servers share."
+            )
+        ended = sessions_terminate_sync(ids)
+        self.stdout.write(f"Terminated {ended} of {len(ids)} session{'' if len(ids) == 1 else 's'}.")
+        if ended < len(ids):
+            raise CommandError(f"{len(ids) - ended} session(s) not found")

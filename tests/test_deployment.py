@@ -1,0 +1,233 @@
+"""Several real server processes sharing PostgreSQL and Redis: one registry, terminate across
+processes, reaping after SIGKILL, a restart cleaning up after itself, graceful SIGTERM/SIGINT.
+"""
+
+import asyncio
+import http.cookiejar
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+
+from sessions_app.models import LiveSession, ServerInstance
+
+from .servers import ROOT, ServerProcess
+from .servers import test_database_url as database_url
+
+pytestmark = [pytest.mark.production, pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+HEARTBEAT, TIMEOUT = 1, 5
+# Beat and reap every second, declare a peer dead after 5 s: a crash is reaped within 6 s.
+FAST = {"WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(TIMEOUT)}
+# What a loaded 2-core test machine may add to the documented bound (scheduling, the delete).
+SLACK = 4.0
+LOAD = 200  # sessions per loaded process
+CONCURRENCY = 25  # handshakes in flight at once
+
+
+@pytest.fixture
+def servers(production_services, server_factory):
+    """Start daphne or uvicorn processes with a fast heartbeat, on the shared Postgres and Redis."""
+
+    def start(server: str = "daphne", **env: str) -> ServerProcess:
+        return server_factory(server=server, env={**FAST, **env})
+
+    return start
+
+
+async def open_sessions(url: str, workspace, count: int) -> list[tuple[websockets.ClientConnection, str]]:
+    """Open `count` sessions, at most CONCURRENCY handshakes at a time; (connection, session id) each."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one() -> tuple[websockets.ClientConnection, str]:
+        async with gate:
+            ws = await websockets.connect(url, open_timeout=30)
+            await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            assert reply["type"] == "new_session", reply
+            return ws, reply["session_id"]
+
+    return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), timeout=120)
+
+
+async def last_words(ws: websockets.ClientConnection, timeout: float = 30) -> tuple[dict | None, int | None]:
+    """Read until the connection closes: the last frame received, and the close code received (None: no frame)."""
+    frame = None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = json.loads(await ws.recv())
+    except websockets.ConnectionClosed as closed:
+        return frame, closed.rcvd.code if closed.rcvd else None
+
+
+@sync_to_async
+def instance_of(server: ServerProcess) -> ServerInstance | None:
+    return ServerInstance.objects.filter(pid=server.process.pid).first()
+
+
+@sync_to_async
+def sessions_of(instance_id) -> int:
+    return LiveSession.objects.filter(instance_id=instance_id).count()
+
+
+async def wait_for(predicate, timeout: float, step: float = 0.05) -> float | None:
+    """Poll an async predicate; the seconds it took to hold, or None if the deadline passed first."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if await predicate():
+            return time.monotonic() - start
+        await asyncio.sleep(step)
+    return None
+
+
+def terminate_command(*session_ids: str) -> subprocess.CompletedProcess:
+    """`manage.py terminate_sessions`, as an operator runs it beside a server, on the shared services."""
+    env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "manage.py", "terminate_sessions", *session_ids],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def close_all(connections) -> None:
+    await asyncio.gather(*(ws.close() for ws, _ in connections), return_exceptions=True)
+
+
+async def test_sessions_of_two_processes_share_one_registry(servers, workspace):
+    a, b = servers(), servers()
+    on_a = await open_sessions(a.url, workspace, 3)
+    on_b = await open_sessions(b.url, workspace, 2)
+    instance_a, instance_b = await instance_of(a), await instance_of(b)
+    assert instance_a is not None and instance_b is not None and instance_a.pk != instance_b.pk
+    assert await sessions_of(instance_a.pk) == 3
+    assert await sessions_of(instance_b.pk) == 2
+    await close_all(on_a + on_b)
+
+
+async def test_terminate_beside_process_a_ends_a_session_held_by_process_b_with_4410(servers, workspace):
+    servers()  # process A: the operator's side
+    b = servers()
+    [(ws, session_id), (bystander, bystander_id)] = await open_sessions(b.url, workspace, 2)
+    result = await asyncio.to_thread(terminate_command, session_id)
+    assert result.returncode == 0, result.stderr
+    frame, code = await last_words(ws)
+    assert frame is not None and frame["code"] == "session_terminated"
+    assert code == 4410
+    assert not await LiveSession.objects.filter(pk=session_id).aexists()
+    assert await LiveSession.objects.filter(pk=bystander_id).aexists()
+    await bystander.close()
+
+
+def admin_terminate(server: ServerProcess, session_id: str) -> str:
+    """Log in to the admin on `server` over HTTP and run "Terminate selected sessions" on one row."""
+    cookies = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
+
+    def csrf() -> str:
+        return next(cookie.value for cookie in cookies if cookie.name == "csrftoken")
+
+    def post(path: str, fields: dict[str, str]) -> str:
+        body = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": csrf()}).encode()
+        with opener.open(server.http_url + path, data=body, timeout=30) as response:
+            return response.read().decode()
+
+    opener.open(server.http_url + "/admin/login/", timeout=30).read()
+    post("/admin/login/", {"username": "operator", "password": "operator-pass", "next": "/admin/"})
+    changelist = "/admin/sessions_app/livesession/"
+    return post(changelist, {"action": "terminate_sessions", "_selected_action": session_id, "index": "0"})
+
+
+async def test_the_admin_on_process_a_terminates_a_session_held_by_process_b(servers, workspace, django_user_model):
+    await django_user_model.objects.acreate_superuser("operator", "op@example.com", "operator-pass")
+    a, b = servers(), servers()
+    [(ws, session_id)] = await open_sessions(b.url, workspace, 1)
+    page = await asyncio.to_thread(admin_terminate, a, session_id)
+    assert "Terminated 1 session." in page
+    frame, code = await last_words(ws)
+    assert (frame["code"], code) == ("session_terminated", 4410)
+    assert not await LiveSession.objects.filter(pk=session_id).aexists()
+
+
+async def test_sigkill_with_200_sessions_is_reaped_by_a_peer_within_timeout_plus_heartbeat(servers, workspace):
+    a, b = servers(), servers()
+    on_b = await open_sessions(b.url, workspace, LOAD)
+    instance_b = await instance_of(b)
+    assert await sessions_of(instance_b.pk) == LOAD
+    b.signal(signal.SIGKILL)
+    b.wait()
+
+    async def reaped() -> bool:
+        return (
+            await sessions_of(instance_b.pk) == 0
+            and not await ServerInstance.objects.filter(pk=instance_b.pk).aexists()
+        )
+
+    took = await wait_for(reaped, timeout=TIMEOUT + HEARTBEAT + SLACK)
+    print(f"\nSIGKILL with {LOAD} sessions: reaped by the peer in {took} s (bound {TIMEOUT + HEARTBEAT} s)")
+    assert took is not None, f"not reaped within {TIMEOUT + HEARTBEAT} s + {SLACK} s slack"
+    assert await instance_of(a) is not None
+    codes = Counter([code for _, code in await asyncio.gather(*(last_words(ws) for ws, _ in on_b))])
+    assert codes == {None: LOAD}  # 1006: the TCP connection dropped without a close frame
+
+
+async def test_a_restarted_last_process_reaps_its_dead_predecessor_at_once(servers, workspace):
+    first = servers()
+    await open_sessions(first.url, workspace, 20)
+    predecessor = await instance_of(first)
+    first.signal(signal.SIGKILL)
+    first.wait()
+    assert await sessions_of(predecessor.pk) == 20  # nobody is left to reap them
+    # A timeout far beyond the test: only the start-up reap of predecessors can remove the rows.
+    second = servers(WSS_INSTANCE_TIMEOUT_SECONDS="600")
+
+    async def gone() -> bool:
+        return not await ServerInstance.objects.filter(pk=predecessor.pk).aexists()
+
+    took = await wait_for(gone, timeout=SLACK)
+    print(f"\nrestart: predecessor's rows gone {took} s after the new process listened")
+    assert took is not None
+    assert await sessions_of(predecessor.pk) == 0
+    assert await instance_of(second) is not None
+
+
+@pytest.mark.parametrize(
+    ("server", "signum", "close_code", "error_code"),
+    [
+        ("daphne", signal.SIGTERM, 4503, "server_shutting_down"),
+        ("daphne", signal.SIGINT, 4503, "server_shutting_down"),
+        ("uvicorn", signal.SIGTERM, 1012, None),
+        ("uvicorn", signal.SIGINT, 1012, None),
+    ],
+)
+async def test_graceful_stop_with_200_sessions_leaves_no_row_and_tells_clients_to_reconnect(
+    servers, workspace, server, signum, close_code, error_code
+):
+    process = servers(server)
+    connections = await open_sessions(process.url, workspace, LOAD)
+    instance = await instance_of(process)
+    assert await sessions_of(instance.pk) == LOAD
+    started = time.monotonic()
+    process.signal(signum)
+    results = await asyncio.gather(*(last_words(ws) for ws, _ in connections))
+    # uvicorn re-raises the signal once it has shut down gracefully, so it dies of it.
+    assert await asyncio.to_thread(process.wait, 60) in {0, -signum}
+    print(f"\n{server} {signum.name} with {LOAD} sessions: exited after {time.monotonic() - started:.2f} s")
+    assert Counter(code for _, code in results) == {close_code: LOAD}
+    assert Counter(frame["code"] if frame else None for frame, _ in results) == {error_code: LOAD}
+    assert await sessions_of(instance.pk) == 0
+    assert not await ServerInstance.objects.filter(pk=instance.pk).aexists()
+    assert "Traceback" not in process.log()
