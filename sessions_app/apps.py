@@ -13,6 +13,7 @@ class SessionsAppConfig(AppConfig):
     def ready(self) -> None:
         checks.register(check_workspace_roots, "wss")
         checks.register(check_heartbeat_bounds, "wss")
+        checks.register(check_metrics_allowed_ips, "wss")
 
 
 class WssAdminConfig(admin_apps.AdminConfig):
@@ -46,3 +47,24 @@ def check_heartbeat_bounds(app_configs, **kwargs) -> list[checks.CheckMessage]:
             id="wss.E002",
         )
     ]
+
+
+def check_metrics_allowed_ips(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """Every WSS_METRICS_ALLOWED_IPS entry must be an address or a network."""
+    import ipaddress
+
+    from .conf import app_settings
+
+    problems = []
+    for entry in app_settings.WSS_METRICS_ALLOWED_IPS:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            problems.append(
+                checks.Error(
+                    f"WSS_METRICS_ALLOWED_IPS entry {entry!r} is not an IP address or network",
+                    hint="Use addresses or CIDR networks: 127.0.0.1,::1,10.0.0.0/8.",
+                    id="wss.E010",
+                )
+            )
+    return problems

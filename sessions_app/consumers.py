@@ -1,13 +1,15 @@
 """The WebSocket consumer: glue only. Decode, dispatch to one handler per type, reply or close."""
 
 import logging
+import time
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from . import lifecycle, protocol
+from . import events, lifecycle, protocol
 from .conf import app_settings
 from .errors import InternalError, ProtocolError, SessionExists, SessionTerminated
+from .events import client_address
 from .services import SessionRecord, session_close, session_create
 from .workspaces import roots_resolve, workspace_resolve
 
@@ -18,6 +20,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     """One WebSocket connection, holding at most one live session."""
 
     session: SessionRecord | None = None
+    closing_error: str | None = None  # the error code the server closed with, if it did
 
     async def connect(self) -> None:
         """Accept every handshake that the middleware let through, unless this process is stopping."""
@@ -26,6 +29,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             return
         lifecycle.connection_opened(self)
         await self.accept()
+        events.connected(self.scope)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Overridden: the base class raises on binary frames and bad JSON."""
@@ -47,6 +51,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_new_session(self, message: protocol.NewSession) -> None:
         """Resolve the workspace, commit the row, then reply."""
+        started = time.monotonic()
         if self.session is not None:
             raise SessionExists(f"This connection already holds session {self.session.session_id}.")
         workspace_dir = workspace_resolve(message.workspace_dir, roots=roots_resolve(app_settings.WSS_WORKSPACE_ROOTS))
@@ -64,6 +69,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
                 request_id=message.request_id,
             )
         )
+        events.session_created(self.scope, self.session, started=started)
 
     async def session_terminate(self, event: dict[str, Any]) -> None:
         """Channel-layer event `session.terminate`: an operator ended this session."""
@@ -71,6 +77,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             return
         session, self.session = self.session, None
         await session_close(session_id=session.session_id)
+        events.session_ended(self.scope, session, reason="terminated")
         await self.send_error(SessionTerminated("An operator terminated this session."))
 
     async def disconnect(self, code: int) -> None:
@@ -79,11 +86,15 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         session, self.session = self.session, None
         if session is not None:
             await session_close(session_id=session.session_id)
+            reason = events.end_reason(code, closing_error=self.closing_error)
+            events.session_ended(self.scope, session, reason=reason, close_code=code)
 
     async def send_error(self, error: ProtocolError) -> None:
         """Render an error frame: the one place errors reach the wire."""
+        events.error_sent(error.code)
         await self.send(text_data=protocol.encode(protocol.error_reply(error)))
         if error.close_code is not None:
+            self.closing_error = error.code
             await self.close(code=error.close_code)
 
     @classmethod
@@ -96,12 +107,3 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 HANDLERS = {
     protocol.NewSession: SessionConsumer.on_new_session,
 }
-
-
-def client_address(scope: dict[str, Any]) -> str:
-    """The peer as `host:port`, or empty when the server did not say."""
-    client = scope.get("client")
-    if not client:
-        return ""
-    host, port = client[0], client[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

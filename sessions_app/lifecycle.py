@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from django.db import DatabaseError, close_old_connections, connections
 
-from . import services
+from . import events, services
 from .conf import app_settings
 from .errors import ProtocolError, ServerShuttingDown, SessionLost
 
@@ -124,7 +124,7 @@ async def predecessors_reap() -> None:
     """Reap this host's dead predecessors, once per process."""
     global _predecessors_reaped
     if not _predecessors_reaped:
-        await registry_call(services.instance_predecessors_reap_sync)
+        events.sessions_reaped(await registry_call(services.instance_predecessors_reap_sync))
         _predecessors_reaped = True
 
 
@@ -135,7 +135,7 @@ async def heartbeat_loop() -> None:
         try:
             await registry_call(services.instance_heartbeat_sync)
             await predecessors_reap()  # in case the registry was down at start
-            await registry_call(services.sessions_reap_sync)
+            events.sessions_reaped(await registry_call(services.sessions_reap_sync))
             await lost_sessions_close()
         except DatabaseError as error:
             logger.warning("heartbeat failed (%s); retrying in %g s", error, app_settings.WSS_HEARTBEAT_SECONDS)

@@ -6,16 +6,18 @@ allowed unless WSS_REQUIRE_ORIGIN is on. Channels' own validator refuses a missi
 Origin and refuses silently; this one logs every refusal with the origin.
 """
 
-import logging
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import ParseResult
 
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
+from . import events
 from .conf import app_settings
 
-logger = logging.getLogger(__name__)
+# The handshake being decided, so a refusal is logged with its client address.
+_handshake_scope: ContextVar[dict[str, Any] | None] = ContextVar("handshake_scope", default=None)
 
 
 class SessionOriginValidator(OriginValidator):
@@ -24,17 +26,22 @@ class SessionOriginValidator(OriginValidator):
     def __init__(self, application: Any) -> None:
         super().__init__(application, allowed_origins=[])
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Decide as Channels does, remembering the scope for the refusal's log line."""
+        _handshake_scope.set(scope)
+        return await super().__call__(scope, receive, send)
+
     def valid_origin(self, parsed_origin: ParseResult | None) -> bool:
         """Decide on one handshake, reading the settings each time."""
         if parsed_origin is None:
             if app_settings.WSS_REQUIRE_ORIGIN:
-                logger.warning("refused WebSocket handshake: no Origin header and WSS_REQUIRE_ORIGIN is on")
+                events.handshake_refused(_handshake_scope.get() or {}, reason="origin", detail="no Origin header")
                 return False
             return True
         patterns = list(app_settings.WSS_ALLOWED_ORIGINS) + allowed_host_patterns()
         if any(pattern == "*" or self.match_allowed_origin(parsed_origin, pattern) for pattern in patterns):
             return True
-        logger.warning("refused WebSocket handshake: origin %r is not allowed", parsed_origin.geturl()[:200])
+        events.handshake_refused(_handshake_scope.get() or {}, reason="origin", detail=parsed_origin.geturl()[:200])
         return False
 
 

@@ -1,13 +1,48 @@
 """Shared fixtures: workspaces, communicators through the real ASGI app, live servers."""
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import websockets.asyncio.connection
 from channels.testing import WebsocketCommunicator
 
+from .frames import check_server_frame
 from .servers import ServerProcess, start_server
+
+
+@pytest.fixture(autouse=True)
+def server_frames_match_the_schema(monkeypatch) -> None:
+    """Validate every frame a test reads from the server against docs/asyncapi.yaml.
+
+    Wraps WebsocketCommunicator.receive_output (under receive_from and receive_json_from)
+    and the websockets client's recv (under `async for` too), so tests need do nothing.
+    """
+    receive_output = WebsocketCommunicator.receive_output
+    recv = websockets.asyncio.connection.Connection.recv
+
+    async def checked_receive_output(self, timeout=1):
+        message = await receive_output(self, timeout)
+        if message.get("type") == "websocket.send":
+            check_server_frame(message["text"] if message.get("text") is not None else message["bytes"])
+        return message
+
+    async def checked_recv(self, decode=None):
+        frame = await recv(self, decode)
+        # decode=False hands text frames over as bytes: check them as the text they were.
+        check_server_frame(frame.decode() if decode is False else frame)
+        return frame
+
+    monkeypatch.setattr(WebsocketCommunicator, "receive_output", checked_receive_output)
+    monkeypatch.setattr(websockets.asyncio.connection.Connection, "recv", checked_recv)
+
+
+@pytest.fixture(autouse=True)
+def app_logs_reach_caplog(monkeypatch) -> None:
+    """settings.LOGGING stops sessions_app records at their own handler; caplog listens on the root."""
+    monkeypatch.setattr(logging.getLogger("sessions_app"), "propagate", True)
 
 
 @pytest.fixture
@@ -75,3 +110,29 @@ def production_services(settings) -> None:
         if production_services_expected():
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """Playwright drives Debian's Chromium (its own browser download is unreachable here)."""
+    if not os.path.exists(CHROMIUM):
+        reason = f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)"
+        if production_services_expected():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+        ],
+    }

@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "rest_framework",
     "sessions_app",
 ]
 
@@ -155,13 +156,25 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# WSS_LOG_FORMAT=json writes one JSON object per line, with the event fields as keys.
+WSS_LOG_FORMAT = os.environ.get("WSS_LOG_FORMAT", "plain").strip().lower()
+if WSS_LOG_FORMAT not in {"plain", "json"}:
+    raise ValueError(f"WSS_LOG_FORMAT={WSS_LOG_FORMAT!r} must be plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": WSS_LOG_FORMAT}},
     "loggers": {
-        "sessions_app": {"handlers": ["console"], "level": os.environ.get("WSS_LOG_LEVEL", "INFO")},
+        # Not propagated: daphne configures the root logger too, which would print each line twice.
+        "sessions_app": {"handlers": ["console"], "level": os.environ.get("WSS_LOG_LEVEL", "INFO"), "propagate": False},
     },
 }
 
@@ -173,3 +186,18 @@ WSS_WORKSPACE_ROOTS = env_list("WSS_WORKSPACE_ROOTS", [])
 # A crash is reaped within WSS_INSTANCE_TIMEOUT_SECONDS + WSS_HEARTBEAT_SECONDS (30 s by default).
 WSS_HEARTBEAT_SECONDS = env_number("WSS_HEARTBEAT_SECONDS", 5, float)
 WSS_INSTANCE_TIMEOUT_SECONDS = env_number("WSS_INSTANCE_TIMEOUT_SECONDS", 25, float)
+WSS_METRICS_ALLOWED_IPS = env_list("WSS_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+WSS_METRICS_TOKEN = os.environ.get("WSS_METRICS_TOKEN", "")
+WSS_READYZ_TIMEOUT_SECONDS = env_number("WSS_READYZ_TIMEOUT_SECONDS", 2, float)
+
+# The sessions API (/api/sessions): staff users, by bearer token (whose lookup is
+# sessions_app.authentication.BearerTokenAuthentication.token_user) or the admin's cookie.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "sessions_app.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+}

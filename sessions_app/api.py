@@ -1,0 +1,86 @@
+"""The sessions API, after Jupyter Server's /api/sessions, built on Django REST framework.
+
+    GET    /api/sessions              paginated; ?workspace=<real path>, ?instance=<boot id>
+    GET    /api/sessions/<id>
+    DELETE /api/sessions/<id>         terminate through the channel layer: 204, or 404
+
+Who may call it is settings.REST_FRAMEWORK's business (staff users by default); errors are
+DRF's JSON bodies, {"detail": ...}, with their HTTP status.
+"""
+
+import uuid
+
+from asgiref.sync import async_to_sync
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from .models import LiveSession, ServerInstance
+from .services import session_terminate
+
+
+class SessionPagination(PageNumberPagination):
+    """?page=N&page_size=M, at most 1000 a page."""
+
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class InstanceSerializer(serializers.ModelSerializer):
+    alive = serializers.BooleanField(source="is_alive", read_only=True)
+
+    class Meta:
+        model = ServerInstance
+        fields = ["id", "host", "pid", "started_at", "heartbeat_at", "alive"]
+
+
+class LiveSessionSerializer(serializers.ModelSerializer):
+    instance = InstanceSerializer(read_only=True)
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = LiveSession
+        fields = ["id", "workspace_dir", "created_at", "client_addr", "user", "instance"]
+
+
+class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Live sessions: list, read one, terminate one."""
+
+    serializer_class = LiveSessionSerializer
+    pagination_class = SessionPagination
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self):
+        queryset = LiveSession.objects.select_related("instance", "user").order_by("-created_at", "id")
+        params = self.request.query_params
+        if "workspace" in params:
+            queryset = queryset.filter(workspace_dir=params["workspace"])
+        if "instance" in params:
+            queryset = queryset.filter(instance_id=_uuid(params["instance"], "instance"))
+        return queryset
+
+    def get_object(self) -> LiveSession:
+        try:
+            return self.get_queryset().get(pk=_uuid(self.kwargs["pk"], "session id", not_found=True))
+        except LiveSession.DoesNotExist:
+            raise NotFound(f"No live session {self.kwargs['pk']}.") from None
+
+    def destroy(self, request: Request, pk: str) -> Response:
+        """Terminate the session: its consumer sends `session_terminated` and closes 4410."""
+        session_id = _uuid(pk, "session id", not_found=True)
+        if not async_to_sync(session_terminate)(session_id=session_id):
+            raise NotFound(f"No live session {pk}.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _uuid(value: str, what: str, *, not_found: bool = False) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, DjangoValidationError):
+        if not_found:
+            raise NotFound(f"No live session {value[:64]}.") from None
+        raise ValidationError({what: f"{value[:64]!r} is not a UUID."}) from None

@@ -1,0 +1,107 @@
+"""Connection and session lifecycle events: each is one log line and its metrics.
+
+Lines go to the `sessions_app.events` logger. Each carries `event`, `instance` (this
+process's boot id) and, where known, `session_id`, `client`, `reason`, `duration_seconds`:
+as `key=value` pairs in the plain format, as fields of the JSON line when
+WSS_LOG_FORMAT=json.
+"""
+
+import json
+import logging
+import time
+from typing import Any
+
+from django.utils import timezone
+
+from . import metrics
+from .services import SessionRecord, process_identity
+
+logger = logging.getLogger("sessions_app.events")
+
+# A close the server started, keyed by the error code it sent first; any other is a protocol error.
+END_REASON_BY_ERROR_CODE = {
+    "session_terminated": "terminated",
+    "server_shutting_down": "shutdown",
+    "session_lost": "lost",  # a peer reaped the row and counted it as reaped; the socket ends here
+}
+
+
+def connected(scope: dict[str, Any]) -> None:
+    """A WebSocket handshake was accepted."""
+    _emit("connect", client=client_address(scope), path=scope.get("path"))
+
+
+def handshake_refused(scope: dict[str, Any], *, reason: str, detail: str) -> None:
+    """A handshake was refused (`origin`, `auth`, `rate_limit`, ...)."""
+    metrics.handshake_refused(reason)
+    _emit("refused", level=logging.WARNING, client=client_address(scope), reason=reason, detail=detail)
+
+
+def session_created(scope: dict[str, Any], session: SessionRecord, *, started: float) -> None:
+    """A session opened; `started` is the time.monotonic() at which its frame arrived."""
+    metrics.session_created(time.monotonic() - started)
+    _emit(
+        "session_created",
+        session_id=session.session_id,
+        client=client_address(scope),
+        workspace_dir=session.workspace_dir,
+    )
+
+
+def session_ended(scope: dict[str, Any], session: SessionRecord, *, reason: str, close_code: int | None = None) -> None:
+    """A session held by this process ended, for `reason` (one of metrics.END_REASONS)."""
+    metrics.session_ended(reason)
+    duration = round((timezone.now() - session.created_at).total_seconds(), 3)
+    _emit(
+        "session_ended",
+        session_id=session.session_id,
+        client=client_address(scope),
+        reason=reason,
+        close_code=close_code,
+        duration_seconds=duration,
+    )
+
+
+def sessions_reaped(count: int) -> None:
+    """The reaper removed `count` sessions of dead instances."""
+    if count:
+        metrics.sessions_reaped(count)
+        _emit("sessions_reaped", count=count)
+
+
+def error_sent(code: str) -> None:
+    """An error frame with this code was sent."""
+    metrics.protocol_error(code)
+
+
+def end_reason(close_code: int, *, closing_error: str | None) -> str:
+    """Why a connection ended, from its disconnect code and the error the server closed with, if any."""
+    if closing_error is not None:
+        return END_REASON_BY_ERROR_CODE.get(closing_error, "protocol_error")
+    if close_code == 1006:
+        return "drop"
+    if close_code == 1011:
+        return "ping_timeout"
+    return "client_close"
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    """The peer as `host:port`, or empty when the server did not say."""
+    client = scope.get("client")
+    if not client:
+        return ""
+    host, port = client[0], client[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    fields = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
+    fields["instance"] = str(process_identity().boot_id)
+    fields = {k: str(v) if not isinstance(v, int | float) else v for k, v in fields.items()}
+    pairs = " ".join(f"{key}={_plain(value)}" for key, value in fields.items() if key != "event")
+    logger.log(level, f"{event} {pairs}", extra=fields)
+
+
+def _plain(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text

@@ -1,0 +1,84 @@
+"""Prometheus instruments, per process, and the small functions that record into them.
+
+Callers use the functions, never the instruments, so a label set stays in one place:
+`session_created(seconds)`, `session_ended(reason)`, `sessions_reaped(count)`,
+`protocol_error(code)`, `handshake_refused(reason)`. `GET /metrics` renders them.
+"""
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# The *_created series only double the output; rates need none of them.
+disable_created_metrics()
+
+# Why a session ended. `drop` includes ping timeouts under daphne, which reports a missed
+# pong as 1006 like any TCP drop; servers that close with 1011 on a keepalive timeout
+# (uvicorn's websockets) are counted as `ping_timeout`.
+END_REASONS = (
+    "client_close",
+    "drop",
+    "ping_timeout",
+    "protocol_error",
+    "terminated",
+    "reaped",
+    "shutdown",
+    "lost",
+)
+REFUSAL_REASONS = ("origin", "auth", "rate_limit")
+
+LIVE_SESSIONS = Gauge("wss_live_sessions", "Sessions held open by this process right now.")
+SESSIONS_CREATED = Counter("wss_sessions_created", "Sessions opened by this process.")
+SESSIONS_ENDED = Counter("wss_sessions_ended", "Sessions ended, by reason.", ["reason"])
+PROTOCOL_ERRORS = Counter("wss_protocol_errors", "Error frames sent, by protocol error code.", ["code"])
+HANDSHAKE_REFUSALS = Counter("wss_handshake_refusals", "WebSocket handshakes refused, by reason.", ["reason"])
+NEW_SESSION_SECONDS = Histogram(
+    "wss_new_session_seconds",
+    "Time from a new_session frame to its success reply being sent.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+# Export every label at zero from the start, so rates and alerts see the series.
+for _reason in END_REASONS:
+    SESSIONS_ENDED.labels(reason=_reason)
+for _reason in REFUSAL_REASONS:
+    HANDSHAKE_REFUSALS.labels(reason=_reason)
+
+
+def session_created(seconds: float) -> None:
+    """A session opened here, `seconds` after its new_session frame arrived."""
+    SESSIONS_CREATED.inc()
+    LIVE_SESSIONS.inc()
+    NEW_SESSION_SECONDS.observe(seconds)
+
+
+def session_ended(reason: str) -> None:
+    """A session held by this process ended."""
+    SESSIONS_ENDED.labels(reason=reason).inc()
+    LIVE_SESSIONS.dec()
+
+
+def sessions_reaped(count: int) -> None:
+    """The reaper removed `count` rows of dead instances (not held here: the gauge stays)."""
+    SESSIONS_ENDED.labels(reason="reaped").inc(count)
+
+
+def protocol_error(code: str) -> None:
+    """An error frame with this code was sent."""
+    PROTOCOL_ERRORS.labels(code=code).inc()
+
+
+def handshake_refused(reason: str) -> None:
+    """A handshake was refused: `origin`, `auth`, `rate_limit`, ..."""
+    HANDSHAKE_REFUSALS.labels(reason=reason).inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The Prometheus text format of this process's metrics, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

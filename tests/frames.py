@@ -1,0 +1,68 @@
+"""Validate frames against docs/asyncapi.yaml with jsonschema.
+
+conftest.py wraps every way a test reads a server frame (WebsocketCommunicator and the
+websockets client) with `check_server_frame`, so every frame the server sends in the
+suite is checked against the schema, whoever wrote the test.
+"""
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft7Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
+SCHEMA_URI = "urn:wss-sessions:asyncapi"
+
+
+@functools.cache
+def asyncapi() -> dict[str, Any]:
+    """The parsed AsyncAPI document."""
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+@functools.cache
+def validator(schema_name: str) -> Draft7Validator:
+    """A validator for one of components.schemas, resolving $refs inside the document.
+
+    AsyncAPI 3's default schema format is a superset of JSON Schema draft 7.
+    """
+    registry = Registry().with_resource(SCHEMA_URI, Resource(contents=asyncapi(), specification=DRAFT7))
+    schema = {"$ref": f"{SCHEMA_URI}#/components/schemas/{schema_name}"}
+    return Draft7Validator(schema, registry=registry, format_checker=Draft7Validator.FORMAT_CHECKER)
+
+
+def check_server_frame(frame: str | bytes | dict) -> None:
+    """Raise jsonschema.ValidationError unless `frame` is a ServerFrame (text JSON only)."""
+    if isinstance(frame, bytes):
+        raise AssertionError(f"the server sent a binary frame, which the protocol never does: {frame[:64]!r}")
+    obj = json.loads(frame) if isinstance(frame, str) else frame
+    validator("ServerFrame").validate(obj)
+
+
+def check_client_frame(frame: dict) -> None:
+    """Raise jsonschema.ValidationError unless `frame` is a valid ClientFrame."""
+    validator("ClientFrame").validate(frame)
+
+
+def error_codes() -> dict[str, int | None]:
+    """Each error code in the schema with its close code (None: the connection stays open)."""
+    return {
+        entry["const"]: entry["x-close-code"] for entry in asyncapi()["components"]["schemas"]["ErrorCode"]["oneOf"]
+    }
+
+
+def client_message_types() -> set[str]:
+    """The `type` of every client frame in the schema."""
+    schemas = asyncapi()["components"]["schemas"]
+    names = [ref["$ref"].rsplit("/", 1)[1] for ref in schemas["ClientFrame"]["oneOf"]]
+    return {schemas[name]["properties"]["type"]["const"] for name in names}
+
+
+def close_codes() -> set[int]:
+    """The close codes the schema documents."""
+    return {int(code) for code in asyncapi()["channels"]["session"]["x-close-codes"]}

@@ -1,0 +1,130 @@
+"""The sessions API: list, filter, paginate, read, terminate; staff only; JSON errors."""
+
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import Client
+from django.utils import timezone
+
+from sessions_app.models import LiveSession, ServerInstance
+
+from .communicators import open_session
+
+
+@pytest.fixture
+def sessions(db):
+    instance = ServerInstance.objects.create(host="h", pid=1)
+    return [
+        LiveSession.objects.create(
+            workspace_dir=f"/srv/ws/project-{n % 2}", channel_name=f"c{n}", client_addr="127.0.0.1:1", instance=instance
+        )
+        for n in range(5)
+    ]
+
+
+def test_list_is_paginated_and_carries_the_instance(admin_client, sessions):
+    body = admin_client.get("/api/sessions", {"page_size": 2}).json()
+    assert body["count"] == 5
+    assert len(body["results"]) == 2
+    assert "page=2" in body["next"]
+    first = body["results"][0]
+    assert set(first) == {"id", "workspace_dir", "created_at", "client_addr", "user", "instance"}
+    assert first["instance"]["alive"] is True
+    page_3 = admin_client.get("/api/sessions", {"page_size": 2, "page": 3}).json()
+    ids = {row["id"] for page in (body, page_3) for row in page["results"]}
+    assert len(ids) == 3
+
+
+def test_list_filters_by_workspace(admin_client, sessions):
+    body = admin_client.get("/api/sessions/", {"workspace": "/srv/ws/project-1"}).json()
+    assert body["count"] == 2
+    assert {row["workspace_dir"] for row in body["results"]} == {"/srv/ws/project-1"}
+
+
+def test_list_filters_by_instance_and_rejects_a_bad_one(admin_client, sessions):
+    other = ServerInstance.objects.create(host="h2", pid=2)
+    assert admin_client.get("/api/sessions", {"instance": str(other.pk)}).json()["count"] == 0
+    bad = admin_client.get("/api/sessions", {"instance": "nope"})
+    assert bad.status_code == 400
+    assert "instance" in bad.json()
+
+
+def test_one_session_by_id_and_404_for_unknown_or_malformed(admin_client, sessions):
+    one = admin_client.get(f"/api/sessions/{sessions[0].pk}")
+    assert one.status_code == 200
+    assert one.json()["id"] == str(sessions[0].pk)
+    for missing in (uuid.uuid4(), "not-a-uuid"):
+        response = admin_client.get(f"/api/sessions/{missing}")
+        assert response.status_code == 404
+        assert "No live session" in response.json()["detail"]
+
+
+def test_anonymous_and_non_staff_users_are_refused_with_json(client, django_user_model, sessions):
+    anonymous = client.get("/api/sessions")
+    assert anonymous.status_code == 401
+    assert anonymous["WWW-Authenticate"].startswith("Bearer")
+    assert "credentials" in anonymous.json()["detail"]
+    client.force_login(django_user_model.objects.create_user("plain", password="pw"))
+    assert client.get("/api/sessions").status_code == 403
+    assert client.delete(f"/api/sessions/{sessions[0].pk}").status_code == 403
+    assert LiveSession.objects.count() == 5
+
+
+def test_unknown_api_paths_are_json_404(admin_client):
+    response = admin_client.get("/api/nothing-here")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found."}
+
+
+def test_methods_other_than_get_and_delete_are_405(admin_client, sessions):
+    assert admin_client.post("/api/sessions", {}, content_type="application/json").status_code == 405
+    response = admin_client.put(f"/api/sessions/{sessions[0].pk}", {}, content_type="application/json")
+    assert response.status_code == 405
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delete_of_a_dead_instances_session_removes_it_and_unknown_is_404(admin_client, sessions):
+    ServerInstance.objects.update(heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
+    assert admin_client.delete(f"/api/sessions/{sessions[0].pk}").status_code == 204
+    assert not LiveSession.objects.filter(pk=sessions[0].pk).exists()
+    again = admin_client.delete(f"/api/sessions/{sessions[0].pk}")
+    assert again.status_code == 404
+    assert admin_client.delete("/api/sessions/not-a-uuid").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_delete_terminates_a_live_session_through_the_channel_layer(admin_client, workspace):
+    comm, reply = await open_session(workspace)
+    session_id = reply["session_id"]
+    response = await sync_to_async(admin_client.delete)(f"/api/sessions/{session_id}")
+    assert response.status_code == 204
+    assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
+    assert (await comm.receive_output(timeout=5))["code"] == 4410
+    assert not await LiveSession.objects.filter(pk=session_id).aexists()
+
+
+def test_bearer_tokens_are_refused_until_a_lookup_knows_them(client, sessions):
+    response = client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer abc123")
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Unknown or revoked token."}
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer").status_code == 401
+
+
+def test_a_bearer_token_of_a_staff_user_is_let_in_and_of_a_plain_user_is_not(
+    client, django_user_model, sessions, monkeypatch
+):
+    from sessions_app.authentication import BearerTokenAuthentication
+
+    staff = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
+    plain = django_user_model.objects.create_user("plain", password="pw")
+    tokens = {"staff-token": staff, "plain-token": plain}
+    monkeypatch.setattr(BearerTokenAuthentication, "token_user", staticmethod(tokens.get))
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer staff-token").json()["count"] == 5
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer plain-token").status_code == 403
+    # Token requests carry no session cookie, so DRF asks no CSRF token of them.
+    strict = Client(enforce_csrf_checks=True)
+    deleted = strict.delete(f"/api/sessions/{uuid.uuid4()}", HTTP_AUTHORIZATION="Bearer staff-token")
+    assert deleted.status_code == 404
+    strict.force_login(staff)
+    assert strict.delete(f"/api/sessions/{uuid.uuid4()}").status_code == 403  # a cookie needs CSRF

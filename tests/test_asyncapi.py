@@ -1,0 +1,95 @@
+"""docs/asyncapi.yaml against the code: same codes, same types, same fates; frames validate."""
+
+import json
+import uuid
+
+import pytest
+from jsonschema import ValidationError
+
+from sessions_app import errors, protocol
+from sessions_app.errors import all_error_classes
+
+from .frames import asyncapi, check_client_frame, check_server_frame, client_message_types, close_codes, error_codes
+
+
+def test_every_error_code_in_the_code_is_in_the_schema_with_its_close_code():
+    in_code = {cls.code: cls.close_code for cls in all_error_classes()}
+    missing = sorted(set(in_code) - set(error_codes()))
+    assert not missing, f"add these codes to components.schemas.ErrorCode in docs/asyncapi.yaml: {missing}"
+    wrong = {code: (close, error_codes()[code]) for code, close in in_code.items() if error_codes()[code] != close}
+    assert not wrong, f"x-close-code differs from errors.py (code: (errors.py, schema)): {wrong}"
+
+
+def test_every_error_code_in_the_schema_exists_in_the_code():
+    in_code = {cls.code for cls in all_error_classes()}
+    extra = sorted(set(error_codes()) - in_code)
+    assert not extra, f"docs/asyncapi.yaml documents codes errors.py does not have: {extra}"
+
+
+def test_every_close_code_in_the_code_is_documented():
+    used = {cls.close_code for cls in all_error_classes() if cls.close_code is not None}
+    assert used <= close_codes(), f"add to channels.session.x-close-codes: {sorted(used - close_codes())}"
+
+
+def test_client_message_types_match_protocol_message_types():
+    assert client_message_types() == set(protocol.MESSAGE_TYPES)
+
+
+def test_the_document_is_asyncapi_3_with_the_ws_channel():
+    document = asyncapi()
+    assert document["asyncapi"].startswith("3.")
+    assert document["channels"]["session"]["address"] == "/ws"
+
+
+def test_documented_examples_validate():
+    messages = asyncapi()["components"]["messages"]
+    check_client_frame(messages["NewSessionRequest"]["examples"][0]["payload"])
+    check_server_frame(messages["NewSessionReply"]["examples"][0]["payload"])
+    check_server_frame(messages["Error"]["examples"][0]["payload"])
+
+
+def test_reply_builders_produce_valid_frames():
+    from datetime import UTC, datetime
+
+    reply = protocol.new_session_reply(
+        session_id=uuid.uuid4(), workspace_dir="/srv/ws", created_at=datetime.now(UTC), request_id=7
+    )
+    check_server_frame(protocol.encode(reply))
+    for cls in all_error_classes():
+        check_server_frame(protocol.encode(protocol.error_reply(cls("message", request_id="r"))))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "error", "code": "no_such_code", "message": "x"},
+        {"type": "error", "code": "invalid_json"},
+        {
+            "type": "new_session",
+            "session_id": "not-a-uuid",
+            "workspace_dir": "/",
+            "created_at": "2026-01-01T00:00:00.000Z",
+        },
+        {"type": "new_session", "session_id": str(uuid.uuid4()), "workspace_dir": "/", "created_at": "yesterday"},
+        {"type": "pong"},
+    ],
+)
+def test_frames_that_break_the_schema_are_rejected(frame):
+    with pytest.raises(ValidationError):
+        check_server_frame(json.dumps(frame))
+
+
+def test_binary_server_frames_are_rejected():
+    with pytest.raises(AssertionError):
+        check_server_frame(b"\x00")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_communicator_reads_are_validated(communicator):
+    # The autouse fixture wraps WebsocketCommunicator: a frame off the schema fails the read.
+    await communicator.send_to(text_data="{not json")
+    frame = await communicator.receive_json_from()
+    assert frame["code"] == errors.InvalidJson.code
+    from channels.testing import WebsocketCommunicator
+
+    assert WebsocketCommunicator.receive_output.__name__ == "checked_receive_output"

@@ -1,0 +1,107 @@
+"""The console page in a real browser: open a session, end it from the admin, see 4410.
+
+Drives Debian's Chromium headless through Playwright against a real daphne; a screenshot
+of every step goes to test-artifacts/browser/.
+"""
+
+import re
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from sessions_app.models import LiveSession
+
+from .servers import ROOT
+
+pytestmark = pytest.mark.live
+
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+PASSWORD = "browser-test-password"
+
+
+@pytest.fixture(scope="module")
+def browser(browser_type_launch_args) -> Browser:
+    """Chromium for this module only.
+
+    Overrides pytest-playwright's session-wide browser: Playwright's sync API keeps an event
+    loop running in the main thread while it lives, which would break every async test after it.
+    """
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(**browser_type_launch_args)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(autouse=True)
+def orm_beside_playwright(monkeypatch) -> None:
+    # Playwright's sync API runs an event loop in this thread, so Django would refuse the
+    # test's own ORM calls; they are plain sync calls, safe here (pytest-django's advice).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def test_a_session_opened_on_the_page_is_listed_and_terminated_in_the_admin(
+    daphne_server, workspace, django_user_model, browser: Browser
+):
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    context = browser.new_context(base_url=daphne_server.http_url)
+    context.set_default_timeout(15_000)
+    try:
+        console = context.new_page()
+        console.goto("/")
+        expect(console.locator("#endpoint")).to_have_text(f"ws://127.0.0.1:{daphne_server.port}/ws")
+        console.fill("#workspace", str(workspace))
+        console.click("#open")
+        expect(console.locator("#session-id")).to_have_text(UUID4)
+        expect(console.locator("#state")).to_have_text("open")
+        session_id = console.locator("#session-id").inner_text()
+        assert LiveSession.objects.filter(pk=session_id).exists()
+        screenshot(console, "1-console-session-open")
+
+        admin = context.new_page()  # a second tab
+        admin.goto("/admin/login/?next=/admin/sessions_app/livesession/")
+        admin.fill("#id_username", "operator")
+        admin.fill("#id_password", PASSWORD)
+        admin.click("input[type=submit]")
+        expect(admin.locator("#result_list")).to_contain_text(session_id)
+        screenshot(admin, "2-admin-lists-the-session")
+
+        admin.check(f'input[name="_selected_action"][value="{session_id}"]')
+        admin.select_option('select[name="action"]', "terminate_sessions")
+        admin.click('button[name="index"]')
+        expect(admin.locator(".messagelist")).to_contain_text("Terminated 1 session.")
+        screenshot(admin, "3-admin-terminated-it")
+
+        console.bring_to_front()
+        expect(console.locator("#close-code")).to_have_text("4410")
+        expect(console.locator("#log")).to_contain_text("session_terminated: An operator terminated this session.")
+        expect(console.locator("#state")).to_have_text("closed")
+        screenshot(console, "4-console-reports-4410")
+        assert not LiveSession.objects.filter(pk=session_id).exists()
+    finally:
+        context.close()
+
+
+def test_the_console_shows_errors_and_a_clean_close(daphne_server, workspace, browser: Browser):
+    context = browser.new_context(base_url=daphne_server.http_url)
+    context.set_default_timeout(15_000)
+    try:
+        console = context.new_page()
+        console.goto("/")
+        console.fill("#workspace", str(workspace / "missing"))
+        console.click("#open")
+        expect(console.locator("#log")).to_contain_text("workspace_not_found")
+        expect(console.locator("#state")).to_have_text("open")  # the error leaves the socket open
+        console.fill("#workspace", str(workspace))
+        console.click("#open")
+        expect(console.locator("#session-id")).to_have_text(UUID4)
+        console.click("#close")
+        expect(console.locator("#close-code")).to_have_text("1000")
+        screenshot(console, "5-console-error-then-clean-close")
+    finally:
+        context.close()

@@ -1,0 +1,119 @@
+"""Structured logs: one line per connect, session created, session ended and refusal."""
+
+import asyncio
+import json
+import logging
+import uuid
+
+import pytest
+import websockets
+from channels.testing import WebsocketCommunicator
+
+from sessions_app import events, services
+from wssproject.asgi import application
+
+from .communicators import open_session
+
+
+def event_records(caplog, name: str) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if getattr(record, "event", None) == name]
+
+
+@pytest.fixture
+def events_caplog(caplog):
+    caplog.set_level(logging.INFO, logger="sessions_app.events")
+    return caplog
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_session_logs_connect_created_and_ended_with_reason_and_duration(events_caplog, workspace):
+    comm, reply = await open_session(workspace)
+    session_id = reply["session_id"]
+    await comm.disconnect(code=1000)
+
+    instance = str(services.process_identity().boot_id)
+    (connect,) = event_records(events_caplog, "connect")
+    (created,) = event_records(events_caplog, "session_created")
+    (ended,) = event_records(events_caplog, "session_ended")
+    assert connect.instance == created.instance == ended.instance == instance
+    assert created.session_id == ended.session_id == session_id
+    assert created.client == ended.client == connect.client
+    assert created.workspace_dir == str(workspace.resolve())
+    assert ended.reason == "client_close"
+    assert ended.close_code == 1000
+    assert 0 <= ended.duration_seconds < 60
+    assert f"session_id={session_id}" in ended.getMessage()
+    assert "reason=client_close" in ended.getMessage()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_terminate_logs_session_ended_as_terminated(events_caplog, workspace):
+    comm, reply = await open_session(workspace)
+    session_id = reply["session_id"]
+    await services.session_terminate(session_id=session_id)
+    assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
+    await comm.disconnect(code=4410)
+    (ended,) = event_records(events_caplog, "session_ended")
+    assert (ended.session_id, ended.reason) == (session_id, "terminated")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_origin_refusal_is_one_warning_with_client_and_origin(events_caplog, settings):
+    settings.DEBUG = False
+    comm = WebsocketCommunicator(application, "/ws", headers=[(b"origin", b"http://evil.example")])
+    comm.scope["client"] = ("127.0.0.1", 5555)  # the app reads the scope when connect() first yields
+    assert not (await comm.connect())[0]
+    (refused,) = event_records(events_caplog, "refused")
+    assert refused.levelno == logging.WARNING
+    assert refused.reason == "origin"
+    assert refused.detail == "http://evil.example"
+    assert refused.client == "127.0.0.1:5555"
+
+
+@pytest.mark.parametrize(
+    "close_code, closing_error, reason",
+    [
+        (1000, None, "client_close"),
+        (1001, None, "client_close"),
+        (4000, None, "client_close"),
+        (1006, None, "drop"),
+        (1011, None, "ping_timeout"),
+        (4400, "invalid_json", "protocol_error"),
+        (1006, "message_too_large", "protocol_error"),
+        (4410, "session_terminated", "terminated"),
+        (4503, "server_shutting_down", "shutdown"),
+        (4503, "session_lost", "lost"),
+    ],
+)
+def test_end_reason_comes_from_the_close_code_and_the_servers_own_close(close_code, closing_error, reason):
+    assert events.end_reason(close_code, closing_error=closing_error) == reason
+
+
+def test_plain_lines_quote_values_with_spaces(caplog):
+    caplog.set_level(logging.INFO, logger="sessions_app.events")
+    events.sessions_reaped(2)
+    events._emit("x", detail="a b", empty="", plain="c")
+    assert 'detail="a b" empty="" plain=c' in caplog.records[-1].getMessage()
+    assert caplog.records[0].count == 2
+
+
+@pytest.mark.live
+async def test_wss_log_format_json_writes_one_json_object_per_line(server_factory, workspace):
+    server = server_factory(env={"WSS_LOG_FORMAT": "json"})
+    async with websockets.connect(server.url) as ws:
+        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+        session_id = json.loads(await ws.recv())["session_id"]
+    deadline = asyncio.get_running_loop().time() + 10
+    while '"session_ended"' not in server.log() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    # One line per event: not repeated through daphne's root handler in another format.
+    assert sum("session_created" in line for line in server.log().splitlines()) == 1
+    by_event = {line.get("event"): line for line in lines}
+    assert {"connect", "session_created", "session_ended"} <= set(by_event)
+    ended = by_event["session_ended"]
+    assert ended["session_id"] == session_id
+    assert ended["reason"] == "client_close"
+    assert ended["level"] == "INFO" and ended["logger"] == "sessions_app.events"
+    assert uuid.UUID(ended["instance"]) and ended["client"].startswith("127.0.0.1:")
+    assert isinstance(ended["duration_seconds"], float)

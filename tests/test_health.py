@@ -1,0 +1,75 @@
+"""/healthz answers without dependencies; /readyz checks the database and the channel layer."""
+
+import asyncio
+
+import pytest
+
+from sessions_app import health
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_healthz_answers_ok(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert "no-cache" in response["Cache-Control"] or "max-age=0" in response["Cache-Control"]
+
+
+def test_readyz_is_ok_when_both_dependencies_answer(client):
+    response = client.get("/readyz")
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "channel_layer": "ok"}}
+    assert response.status_code == 200
+
+
+def test_readyz_names_a_failing_database(client, monkeypatch):
+    async def broken() -> None:
+        raise RuntimeError("connection refused")
+
+    monkeypatch.setattr(health, "database_check", broken)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["failed"] == ["database"]
+    assert "connection refused" in body["checks"]["database"]
+    assert body["checks"]["channel_layer"] == "ok"
+
+
+def test_readyz_names_a_channel_layer_that_does_not_answer_in_time(client, monkeypatch, settings):
+    settings.WSS_READYZ_TIMEOUT_SECONDS = 0.05
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(health, "channel_layer_check", hangs)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failed"] == ["channel_layer"]
+    assert "timed out" in response.json()["checks"]["channel_layer"]
+
+
+def test_health_endpoints_refuse_post(client):
+    assert client.post("/healthz").status_code == 405
+    assert client.post("/readyz").status_code == 405
+
+
+@pytest.mark.production
+def test_readyz_round_trips_through_redis(client, production_services):
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.json()
+
+
+@pytest.mark.production
+def test_readyz_reports_an_unreachable_redis(client, production_services, settings):
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
+    }
+    from channels.layers import channel_layers
+
+    channel_layers.backends.pop("default", None)
+    try:
+        response = client.get("/readyz")
+    finally:
+        channel_layers.backends.pop("default", None)
+    assert response.status_code == 503
+    assert response.json()["failed"] == ["channel_layer"]
