@@ -46,7 +46,7 @@ def screenshot(page: Page, name: str) -> None:
 
 
 def test_a_session_opened_on_the_page_is_listed_and_terminated_in_the_admin(
-    daphne_server, workspace, django_user_model, browser: Browser
+    daphne_server, workspace, django_user_model, browser: Browser, request
 ):
     django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
     context = browser.new_context(base_url=daphne_server.http_url)
@@ -83,11 +83,15 @@ def test_a_session_opened_on_the_page_is_listed_and_terminated_in_the_admin(
         expect(console.locator("#state")).to_have_text("closed")
         screenshot(console, "4-console-reports-4410")
         assert not LiveSession.objects.filter(pk=session_id).exists()
+    except Exception:
+        for number, page in enumerate(context.pages):
+            screenshot(page, f"failed-{request.node.name}-tab{number + 1}")
+        raise
     finally:
         context.close()
 
 
-def test_the_console_shows_errors_and_a_clean_close(daphne_server, workspace, browser: Browser):
+def test_the_console_shows_errors_and_a_clean_close(daphne_server, workspace, browser: Browser, request):
     context = browser.new_context(base_url=daphne_server.http_url)
     context.set_default_timeout(15_000)
     try:
@@ -103,5 +107,9 @@ def test_the_console_shows_errors_and_a_clean_close(daphne_server, workspace, br
         console.click("#close")
         expect(console.locator("#close-code")).to_have_text("1000")
         screenshot(console, "5-console-error-then-clean-close")
+    except Exception:
+        for number, page in enumerate(context.pages):
+            screenshot(page, f"failed-{request.node.name}-tab{number + 1}")
+        raise
     finally:
         context.close()
