@@ -13,14 +13,12 @@ from .communicators import open_session
 
 
 @pytest.fixture
-def sessions(db):
+def sessions(db) -> list[LiveSession]:
+    """Five rows on one live instance, on two workspaces (three on project-0, two on project-1)."""
     instance = ServerInstance.objects.create(host="h", pid=1)
-    return [
-        LiveSession.objects.create(
-            workspace_dir=f"/srv/ws/project-{n % 2}", channel_name=f"c{n}", client_addr="127.0.0.1:1", instance=instance
-        )
-        for n in range(5)
-    ]
+    workspaces = ["/srv/ws/project-0", "/srv/ws/project-1"] * 2 + ["/srv/ws/project-0"]
+    rows = [LiveSession(workspace_dir=path, channel_name=path, instance=instance) for path in workspaces]
+    return LiveSession.objects.bulk_create(rows)
 
 
 def test_list_is_paginated_and_carries_the_instance(admin_client, sessions):

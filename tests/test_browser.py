@@ -4,10 +4,12 @@ Drives Debian's Chromium headless through Playwright against a real daphne; a sc
 of every step goes to test-artifacts/browser/.
 """
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from sessions_app.models import LiveSession
 
@@ -45,13 +47,26 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
 
 
-def test_a_session_opened_on_the_page_is_listed_and_terminated_in_the_admin(
-    daphne_server, workspace, django_user_model, browser: Browser
-):
-    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
-    context = browser.new_context(base_url=daphne_server.http_url)
+@contextlib.contextmanager
+def browser_tabs(browser: Browser, server, test_name: str) -> Iterator[BrowserContext]:
+    """A fresh browser context on `server`; every tab is screenshotted when the test fails in it."""
+    context = browser.new_context(base_url=server.http_url)
     context.set_default_timeout(15_000)
     try:
+        yield context
+    except Exception:
+        for number, page in enumerate(context.pages):
+            screenshot(page, f"failed-{test_name}-tab{number + 1}")
+        raise
+    finally:
+        context.close()
+
+
+def test_a_session_opened_on_the_page_is_listed_and_terminated_in_the_admin(
+    daphne_server, workspace, django_user_model, browser: Browser, request
+):
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    with browser_tabs(browser, daphne_server, request.node.name) as context:
         console = context.new_page()
         console.goto("/")
         expect(console.locator("#endpoint")).to_have_text(f"ws://127.0.0.1:{daphne_server.port}/ws")
@@ -83,14 +98,10 @@ def test_a_session_opened_on_the_page_is_listed_and_terminated_in_the_admin(
         expect(console.locator("#state")).to_have_text("closed")
         screenshot(console, "4-console-reports-4410")
         assert not LiveSession.objects.filter(pk=session_id).exists()
-    finally:
-        context.close()
 
 
-def test_the_console_shows_errors_and_a_clean_close(daphne_server, workspace, browser: Browser):
-    context = browser.new_context(base_url=daphne_server.http_url)
-    context.set_default_timeout(15_000)
-    try:
+def test_the_console_shows_errors_and_a_clean_close(daphne_server, workspace, browser: Browser, request):
+    with browser_tabs(browser, daphne_server, request.node.name) as context:
         console = context.new_page()
         console.goto("/")
         console.fill("#workspace", str(workspace / "missing"))
@@ -103,5 +114,3 @@ def test_the_console_shows_errors_and_a_clean_close(daphne_server, workspace, br
         console.click("#close")
         expect(console.locator("#close-code")).to_have_text("1000")
         screenshot(console, "5-console-error-then-clean-close")
-    finally:
-        context.close()
