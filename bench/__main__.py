@@ -161,7 +161,7 @@ class Bench:
         for number in range(a.rounds):
             for target in targets:
                 recorder = None
-                if a.profile and number == 0 and target.spec.kind == "project" and target is targets[0]:
+                if a.profile and number == 0 and target is targets[0]:
                     recorder = profile.record_start(target.process.pid, a.profile)
                     await asyncio.sleep(1.0)
                 figures, usage = await self.measured(
