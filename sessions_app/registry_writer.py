@@ -32,8 +32,11 @@ logger = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Pending:
     operation: Any
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop | None
+    future: Any  # an asyncio.Future on `loop`; a threading.Event for _CLOSE
+
+
+_CLOSE = object()
 
 
 class GroupCommitWriter:
@@ -45,11 +48,13 @@ class GroupCommitWriter:
         apply_batch: Callable[[list[Any]], None],
         apply_one: Callable[[Any], None],
         max_batch: int = 256,
+        idle_close_seconds: float = 2.0,
         name: str = "registry-writer",
     ) -> None:
         self.apply_batch = apply_batch
         self.apply_one = apply_one
         self.max_batch = max_batch
+        self.idle_close_seconds = idle_close_seconds
         self.name = name
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -66,6 +71,14 @@ class GroupCommitWriter:
         self._queue.put(_Pending(operation, loop, future))
         await future
 
+    def close_connection(self, timeout: float = 10) -> None:
+        """Close the writer thread's database connection now (before a test database is dropped)."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        done = threading.Event()
+        self._queue.put(_Pending(_CLOSE, None, done))
+        done.wait(timeout)
+
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
             return
@@ -77,20 +90,35 @@ class GroupCommitWriter:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
 
+    def _next(self) -> _Pending:
+        """The next operation; an idle connection is closed rather than held (a server at rest)."""
+        try:
+            return self._queue.get(timeout=self.idle_close_seconds)
+        except queue.Empty:
+            connection.close()
+            return self._queue.get()
+
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
+            batch = [self._next()]
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                errors = self._apply([pending.operation for pending in batch])
-            except BaseException as error:  # a bug in apply_*: fail this batch, keep the thread
-                logger.exception("registry writer failed a batch of %d", len(batch))
-                errors = [error] * len(batch)
-            self._settle(batch, errors)
+            closes = [pending for pending in batch if pending.operation is _CLOSE]
+            batch = [pending for pending in batch if pending.operation is not _CLOSE]
+            if batch:
+                try:
+                    errors = self._apply([pending.operation for pending in batch])
+                except BaseException as error:  # a bug in apply_*: fail this batch, keep the thread
+                    logger.exception("registry writer failed a batch of %d", len(batch))
+                    errors = [error] * len(batch)
+                self._settle(batch, errors)
+            if closes:
+                connection.close()
+                for pending in closes:
+                    pending.future.set()
 
     def _apply(self, operations: list[Any]) -> list[BaseException | None]:
         self.batches += 1
