@@ -111,7 +111,8 @@ async def hold(
     held: list[ClientConnection] = []
     numbers = iter(range(sessions))
     bar = progress(sessions, desc)
-    await asyncio.sleep(0.5)
+    settle = 0.1 + min(1.0, sessions / 4000)  # seconds for the server (and its allocator) to settle
+    await asyncio.sleep(settle)
     rss_before = rss()
 
     async def client() -> None:
@@ -135,7 +136,7 @@ async def hold(
         figures.errors["scenario_timeout"] += 1
     figures.elapsed = time.perf_counter() - started
     bar.close()
-    await asyncio.sleep(1.0)  # let the server settle (and its allocator) before reading RSS
+    await asyncio.sleep(settle)
     rss_after = rss()
     live = await asyncio.to_thread(registry_count)
     figures.extra.update(

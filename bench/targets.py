@@ -5,6 +5,7 @@ database the bench drops, creates and migrates) and its rows are counted directl
 baselines answer GET /registry-count from their dicts.
 """
 
+import atexit
 import os
 import resource
 import shutil
@@ -119,9 +120,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def sqlite_registry(workdir: Path) -> str:
-    """A URL for a fresh SQLite file; manage.py migrate creates it."""
-    return f"sqlite:///{workdir / 'registry.sqlite3'}"
+_migrated_sqlite: dict[str, Path] = {}
+
+
+def sqlite_registry(workdir: Path, env: dict[str, str]) -> str:
+    """A fresh, migrated SQLite file: migrated once per run, then copied for every later target."""
+    path = workdir / "registry.sqlite3"
+    template = _migrated_sqlite.get("path")
+    if template is None or not template.exists():
+        template = Path(tempfile.mkdtemp(prefix="wss-bench-template-")) / "registry.sqlite3"
+        atexit.register(shutil.rmtree, template.parent, True)
+        migrate(f"sqlite:///{template}", env)
+        _migrated_sqlite["path"] = template
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
 
 
 def postgres_registry(url: str) -> str:
@@ -192,11 +204,12 @@ def target_start(
     workdir = Path(tempfile.mkdtemp(prefix="wss-bench-"))
     cleanup = [lambda: shutil.rmtree(workdir, ignore_errors=True)]
     env = base_env(redis_url if spec.kind == "project" and spec.layer == "redis" else None)
-    database_url = sqlite_registry(workdir)
-    if spec.kind == "project":
-        if spec.db == "postgres":
-            database_url = postgres_registry(postgres_url)
+    database_url = f"sqlite:///{workdir / 'unused.sqlite3'}"
+    if spec.kind == "project" and spec.db == "postgres":
+        database_url = postgres_registry(postgres_url)
         migrate(database_url, env)
+    elif spec.kind == "project":
+        database_url = sqlite_registry(workdir, env)
     env["DATABASE_URL"] = database_url
     app = "wssproject.asgi:application" if spec.kind == "project" else "bench.baseline_channels:application"
     port = free_port()
