@@ -14,6 +14,11 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wssproject.settings")
 django.setup()
 
+from django.conf import settings  # noqa: E402
+
+# The framework as shipped: Channels' own in-memory layer, not the project's (sessions_app/layers.py).
+settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
