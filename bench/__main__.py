@@ -4,6 +4,7 @@
     python -m bench --quick                  # a tiny version, seconds
     python -m bench --scenarios churn --db sqlite --server uvicorn --layer redis
     python -m bench --scenarios churn --db sqlite --baselines channels --profile /tmp/churn.txt
+    python -m bench --scenarios churn --before /tmp/main   # also the project from another checkout
 
 Ratios are project/baseline against the minimal Channels consumer under the same server,
 measured in the same run: absolute figures depend on the machine, ratios much less.
@@ -66,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run in seconds")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="dropped, re-created and migrated")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="for --layer redis")
+    parser.add_argument("--before", help="also run the project from this checkout (e.g. a `git archive main`)")
     parser.add_argument("--profile", type=Path, help="py-spy the project server during its first churn round")
     parser.add_argument("--json", type=Path, help="write every figure here (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
@@ -93,6 +95,8 @@ class Bench:
 
     def specs(self, dbs: list[str]) -> list[TargetSpec]:
         found = [TargetSpec("project", self.args.server, db, self.args.layer) for db in dbs]
+        if self.args.before:
+            found += [TargetSpec("project", self.args.server, db, self.args.layer, self.args.before) for db in dbs]
         if "channels" in self.args.baselines:
             found.append(TargetSpec("channels", self.args.server))
         if "websockets" in self.args.baselines:

@@ -38,11 +38,17 @@ class TargetSpec:
     server: str = "daphne"  # "daphne" or "uvicorn"; the websockets baseline is its own server
     db: str = "sqlite"  # project only: "sqlite" or "postgres"
     layer: str = "memory"  # project only: "memory" or "redis"
+    root: str = ""  # project only: another checkout to run (a before/after comparison); empty for this one
+
+    @property
+    def cwd(self) -> Path:
+        return Path(self.root) if self.root else ROOT
 
     @property
     def label(self) -> str:
         if self.kind == "project":
-            return f"project ({self.server}, {self.db}, {self.layer} layer)"
+            where = f" at {self.root}" if self.root else ""
+            return f"project{where} ({self.server}, {self.db}, {self.layer} layer)"
         if self.kind == "channels":
             return f"baseline: minimal Channels, dict ({self.server})"
         return "baseline: bare websockets, dict"
@@ -120,18 +126,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-_migrated_sqlite: dict[str, Path] = {}
+_migrated_sqlite: dict[Path, Path] = {}
 
 
-def sqlite_registry(workdir: Path, env: dict[str, str]) -> str:
-    """A fresh, migrated SQLite file: migrated once per run, then copied for every later target."""
+def sqlite_registry(workdir: Path, env: dict[str, str], root: Path) -> str:
+    """A fresh, migrated SQLite file: migrated once per run and checkout, then copied."""
     path = workdir / "registry.sqlite3"
-    template = _migrated_sqlite.get("path")
+    template = _migrated_sqlite.get(root)
     if template is None or not template.exists():
         template = Path(tempfile.mkdtemp(prefix="wss-bench-template-")) / "registry.sqlite3"
         atexit.register(shutil.rmtree, template.parent, True)
-        migrate(f"sqlite:///{template}", env)
-        _migrated_sqlite["path"] = template
+        migrate(f"sqlite:///{template}", env, root)
+        _migrated_sqlite[root] = template
     shutil.copyfile(template, path)
     return f"sqlite:///{path}"
 
@@ -151,10 +157,10 @@ def postgres_registry(url: str) -> str:
     return url
 
 
-def migrate(database_url: str, env: dict[str, str]) -> None:
+def migrate(database_url: str, env: dict[str, str], root: Path) -> None:
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
+        cwd=root,
         env={**env, "DATABASE_URL": database_url},
         check=True,
     )
@@ -206,17 +212,20 @@ def target_start(
     env = base_env(redis_url if spec.kind == "project" and spec.layer == "redis" else None)
     database_url = f"sqlite:///{workdir / 'unused.sqlite3'}"
     if spec.kind == "project" and spec.db == "postgres":
+        if spec.root:  # its own database, so the two projects' registries stay apart
+            parts = urlsplit(postgres_url)
+            postgres_url = urlunsplit(parts._replace(path=parts.path + "_before"))
         database_url = postgres_registry(postgres_url)
-        migrate(database_url, env)
+        migrate(database_url, env, spec.cwd)
     elif spec.kind == "project":
-        database_url = sqlite_registry(workdir, env)
+        database_url = sqlite_registry(workdir, env, spec.cwd)
     env["DATABASE_URL"] = database_url
     app = "wssproject.asgi:application" if spec.kind == "project" else "bench.baseline_channels:application"
     port = free_port()
     log_path = workdir / "server.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            server_command(spec, port, app), cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            server_command(spec, port, app), cwd=spec.cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     target = Target(spec=spec, port=port, process=process, log_path=log_path, cleanup=cleanup)
     target.database_url = database_url if spec.kind == "project" else ""
