@@ -63,35 +63,50 @@ async def open_session(url: str, workspace: str, request_id: int) -> tuple[Clien
     return ws, json.loads(await ws.recv())
 
 
+async def open_sessions(
+    url: str, workspace: str, numbers, figures: Figures, bar: tqdm, *, held: list[ClientConnection] | None
+) -> None:
+    """One client: opens sessions numbered from the shared `numbers` until none are left.
+
+    Each is closed cleanly, or kept open in `held`; latency is connect to reply (and close).
+    """
+    for number in numbers:
+        started = time.perf_counter()
+        try:
+            ws, reply = await open_session(url, workspace, number)
+            if held is None:
+                await ws.close()
+            else:
+                held.append(ws)
+            if reply.get("type") == "new_session":
+                figures.latencies.append(time.perf_counter() - started)
+                figures.count += 1
+            else:
+                figures.errors[reply.get("code", "bad_reply")] += 1
+        except TRANSPORT_ERRORS as error:
+            figures.errors[type(error).__name__] += 1
+        bar.update()
+
+
+async def run_bounded(figures: Figures, bar: tqdm, timeout: float, clients) -> None:
+    """Run the clients together within `timeout`; their wall time goes into figures.elapsed."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*clients)
+    except TimeoutError:
+        figures.errors["scenario_timeout"] += 1
+    figures.elapsed = time.perf_counter() - started
+    bar.close()
+
+
 async def churn(url: str, *, workspace: str, sessions: int, concurrency: int, timeout: float, desc: str) -> Figures:
     """S sessions at concurrency C: connect, new_session, reply, close. Latency is the whole session."""
     figures = Figures()
     numbers = iter(range(sessions))
     bar = progress(sessions, desc)
-
-    async def client() -> None:
-        for number in numbers:
-            started = time.perf_counter()
-            try:
-                ws, reply = await open_session(url, workspace, number)
-                await ws.close()
-                if reply.get("type") == "new_session":
-                    figures.latencies.append(time.perf_counter() - started)
-                    figures.count += 1
-                else:
-                    figures.errors[reply.get("code", "bad_reply")] += 1
-            except TRANSPORT_ERRORS as error:
-                figures.errors[type(error).__name__] += 1
-            bar.update()
-
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            await asyncio.gather(*(client() for _ in range(concurrency)))
-    except TimeoutError:
-        figures.errors["scenario_timeout"] += 1
-    figures.elapsed = time.perf_counter() - started
-    bar.close()
+    clients = [open_sessions(url, workspace, numbers, figures, bar, held=None) for _ in range(concurrency)]
+    await run_bounded(figures, bar, timeout, clients)
     return figures
 
 
@@ -114,28 +129,8 @@ async def hold(
     settle = 0.1 + min(1.0, sessions / 4000)  # seconds for the server (and its allocator) to settle
     await asyncio.sleep(settle)
     rss_before = rss()
-
-    async def client() -> None:
-        for number in numbers:
-            try:
-                ws, reply = await open_session(url, workspace, number)
-                held.append(ws)
-                if reply.get("type") == "new_session":
-                    figures.count += 1
-                else:
-                    figures.errors[reply.get("code", "bad_reply")] += 1
-            except TRANSPORT_ERRORS as error:
-                figures.errors[type(error).__name__] += 1
-            bar.update()
-
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            await asyncio.gather(*(client() for _ in range(concurrency)))
-    except TimeoutError:
-        figures.errors["scenario_timeout"] += 1
-    figures.elapsed = time.perf_counter() - started
-    bar.close()
+    clients = [open_sessions(url, workspace, numbers, figures, bar, held=held) for _ in range(concurrency)]
+    await run_bounded(figures, bar, timeout, clients)
     await asyncio.sleep(settle)
     rss_after = rss()
     live = await asyncio.to_thread(registry_count)
@@ -200,13 +195,6 @@ async def steady(url: str, *, workspace: str, connections: int, messages: int, t
                 figures.errors[reply.get("code", "bad_reply")] += 1
             bar.update()
 
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            await asyncio.gather(*(client(ws) for ws in opened))
-    except TimeoutError:
-        figures.errors["scenario_timeout"] += 1
-    figures.elapsed = time.perf_counter() - started
-    bar.close()
+    await run_bounded(figures, bar, timeout, [client(ws) for ws in opened])
     await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
     return figures

@@ -160,9 +160,9 @@ class SessionDelete:
 
 def registry_write_batch_sync(operations: list[SessionInsert | SessionDelete]) -> None:
     """Apply queued inserts and deletes in one transaction: the group commit."""
+    instance_id = process_identity().boot_id  # first: after a fork this resets the registered flag
     if not _instance_registered:
         instance_register_sync()
-    instance_id = process_identity().boot_id
     rows = [
         LiveSession(
             id=op.session_id,
