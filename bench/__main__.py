@@ -117,14 +117,8 @@ class Bench:
 
     async def warm_up(self, target: Target) -> None:
         if self.args.warmup:
-            await loadgen.churn(
-                target.url,
-                workspace=self.workspace,
-                sessions=self.args.warmup,
-                concurrency=min(self.args.concurrency, self.args.warmup),
-                timeout=self.args.timeout,
-                desc=f"warm-up {target.spec.label}",
-            )
+            concurrency = min(self.args.concurrency, self.args.warmup)
+            await self.measured(target, loadgen.churn, "warm-up", sessions=self.args.warmup, concurrency=concurrency)
 
     async def registry_settles(self, target: Target, timeout: float = 30) -> tuple[int, float]:
         """Poll until the registry is empty; (what is left, seconds waited)."""
@@ -135,10 +129,11 @@ class Bench:
                 return count, time.perf_counter() - started
             await asyncio.sleep(0.05)
 
-    async def measured(self, target: Target, scenario) -> tuple[loadgen.Figures, dict]:
-        """Run a scenario coroutine; add server and bench CPU (as % of one core) to the figures."""
+    async def measured(self, target: Target, scenario, desc: str, **options) -> tuple[loadgen.Figures, dict]:
+        """Run a loadgen scenario on the target; with the server's and the bench's CPU (% of one core)."""
         server_cpu, own_cpu = target.cpu_seconds(), time.process_time()
-        figures = await scenario
+        label = f"{desc} {target.spec.label}"
+        figures = await scenario(target.url, workspace=self.workspace, timeout=self.args.timeout, desc=label, **options)
         wall = figures.elapsed or 1e-9
         usage = {
             "server_cpu_pct": 100 * (target.cpu_seconds() - server_cpu) / wall,
@@ -170,14 +165,10 @@ class Bench:
                     await asyncio.sleep(1.0)
                 figures, usage = await self.measured(
                     target,
-                    loadgen.churn(
-                        target.url,
-                        workspace=self.workspace,
-                        sessions=a.sessions,
-                        concurrency=a.concurrency,
-                        timeout=a.timeout,
-                        desc=f"churn {number + 1}/{a.rounds} {target.spec.label}",
-                    ),
+                    loadgen.churn,
+                    f"churn {number + 1}/{a.rounds}",
+                    sessions=a.sessions,
+                    concurrency=a.concurrency,
                 )
                 if recorder:
                     profile.record_stop(recorder)
@@ -227,15 +218,7 @@ class Bench:
         rows, base = [], None
         for target in targets:
             figures, usage = await self.measured(
-                target,
-                loadgen.steady(
-                    target.url,
-                    workspace=self.workspace,
-                    connections=a.steady_connections,
-                    messages=a.steady_messages,
-                    timeout=a.timeout,
-                    desc=f"steady {target.spec.label}",
-                ),
+                target, loadgen.steady, "steady", connections=a.steady_connections, messages=a.steady_messages
             )
             left, _ = await self.registry_settles(target)
             row = {
@@ -272,16 +255,12 @@ class Bench:
                     print(f"warning: {spec.label} may open only {limit} files", file=sys.stderr)
                 figures, usage = await self.measured(
                     target,
-                    loadgen.hold(
-                        target.url,
-                        workspace=self.workspace,
-                        sessions=a.hold_sessions,
-                        concurrency=a.concurrency,
-                        timeout=a.timeout,
-                        desc=f"hold {spec.label}",
-                        rss=target.rss,
-                        registry_count=target.registry_count,
-                    ),
+                    loadgen.hold,
+                    "hold",
+                    sessions=a.hold_sessions,
+                    concurrency=a.concurrency,
+                    rss=target.rss,
+                    registry_count=target.registry_count,
                 )
             finally:
                 target.stop()
