@@ -351,5 +351,18 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def failures(results: dict) -> list[str]:
+    """Targets that had errors or left sessions in their registry: the run fails on them."""
+    return [
+        f"{scenario}: {row['target']} (errors {row['errors']}, registry after {row['registry_after']})"
+        for scenario in ("churn", "steady", "hold")
+        for row in results.get(scenario, [])
+        if row["errors"] or row["registry_after"]
+    ]
+
+
 if __name__ == "__main__":
-    main()
+    failed = failures(main())
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    sys.exit(1 if failed else 0)
