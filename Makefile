@@ -7,7 +7,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-embedded test-production lint format check migrations-check clean
+.PHONY: help install run migrate test test-embedded test-production lint format check migrations-check clean bench bench-quick
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -51,6 +51,18 @@ migrations-check: $(STAMP)  ## Fail when a model change has no migration
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 check: test  ## Alias of test
+
+# The benchmark (bench/, docs/performance.md): the project against a minimal Channels
+# consumer and a bare websockets server, started and driven in the same run. The project
+# gets its own registries: a fresh SQLite file, and BENCH_DATABASE_URL (dropped, re-created).
+BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/wss_bench
+BENCH_REDIS_URL ?= redis://127.0.0.1:6379/0
+BENCH_ARGS ?=
+bench: $(STAMP)  ## Benchmark: churn (SQLite, PostgreSQL), steady, hold 8000; a few minutes
+	$(BIN)/python -m bench --postgres-url $(BENCH_DATABASE_URL) --redis-url $(BENCH_REDIS_URL) $(BENCH_ARGS)
+
+bench-quick: $(STAMP)  ## The same scenarios with tiny counts, in seconds
+	$(BIN)/python -m bench --quick --postgres-url $(BENCH_DATABASE_URL) --redis-url $(BENCH_REDIS_URL) $(BENCH_ARGS)
 
 clean:  ## Remove the virtualenv and local state
 	rm -rf $(VENV) db.sqlite3* staticfiles .pytest_cache

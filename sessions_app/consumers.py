@@ -4,6 +4,8 @@ import logging
 import time
 from typing import Any
 
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import events, lifecycle, protocol
@@ -88,6 +90,23 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await session_close(session_id=session.session_id)
             reason = events.end_reason(code, closing_error=self.closing_error)
             events.session_ended(self.scope, session, reason=reason, close_code=code)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Overridden: Channels hops to a thread before every event to close old DB connections.
+
+        That is one hop per connect, frame and disconnect. This consumer reaches the database
+        only through the registry writer, which owns its connection (registry_writer.py), and
+        database_sync_to_async closes old connections itself; so the hop closes nothing of ours.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """Overridden for the same hop as `dispatch`; this consumer joins no groups."""
+        await self.disconnect(message["code"])
+        raise StopConsumer()
 
     async def send_error(self, error: ProtocolError) -> None:
         """Render an error frame: the one place errors reach the wire."""

@@ -1,6 +1,8 @@
 """Registry operations: the only code that writes sessions and instances.
 
 Async functions are what consumers call; each runs its queries off the event loop.
+Session inserts and deletes go through one group-commit writer (registry_writer.py):
+concurrent ones share a transaction, and each caller resumes after its commit.
 Database failures surface as `Unavailable`, which the protocol reports without closing.
 """
 
@@ -8,11 +10,10 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
@@ -20,6 +21,7 @@ from django.utils import timezone
 from .conf import app_settings
 from .errors import Unavailable
 from .models import LiveSession, ServerInstance
+from .registry_writer import GroupCommitWriter
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +119,15 @@ async def session_create(
     """Record a new live session; the row is committed before this returns."""
     record = SessionRecord(session_id=uuid.uuid4(), workspace_dir=workspace_dir, created_at=timezone.now())
     try:
-        await database_sync_to_async(session_create_sync)(
-            session_id=record.session_id,
-            workspace_dir=record.workspace_dir,
-            created_at=record.created_at,
-            channel_name=channel_name,
-            client_addr=client_addr,
-            user_id=user_id,
+        await registry_writer.submit(
+            SessionInsert(
+                session_id=record.session_id,
+                workspace_dir=record.workspace_dir,
+                created_at=record.created_at,
+                channel_name=channel_name,
+                client_addr=client_addr,
+                user_id=user_id,
+            )
         )
     except DatabaseError as error:
         logger.warning("registry write failed: %s", error)
@@ -139,9 +143,65 @@ def session_delete_sync(session_id: uuid.UUID) -> None:
 async def session_close(*, session_id: uuid.UUID) -> None:
     """Remove a session from the registry. Never raises: the reaper covers a failed delete."""
     try:
-        await database_sync_to_async(session_delete_sync)(session_id)
+        await registry_writer.submit(SessionDelete(session_id=session_id))
     except DatabaseError as error:
         logger.warning("registry delete of session %s failed (the reaper will remove it): %s", session_id, error)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInsert:
+    """A queued registry write: insert this session's row (the arguments of session_create_sync)."""
+
+    session_id: uuid.UUID
+    workspace_dir: str
+    created_at: datetime
+    channel_name: str
+    client_addr: str
+    user_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDelete:
+    """A queued registry write: delete this session's row."""
+
+    session_id: uuid.UUID
+
+
+def registry_write_batch_sync(operations: list[SessionInsert | SessionDelete]) -> None:
+    """Apply queued inserts and deletes in one transaction: the group commit."""
+    instance_id = process_identity().boot_id  # first: after a fork this resets the registered flag
+    if not _instance_registered:
+        instance_register_sync()
+    rows = [
+        LiveSession(
+            id=op.session_id,
+            workspace_dir=op.workspace_dir,
+            created_at=op.created_at,
+            channel_name=op.channel_name,
+            client_addr=op.client_addr,
+            instance_id=instance_id,
+            user_id=op.user_id,
+        )
+        for op in operations
+        if isinstance(op, SessionInsert)
+    ]
+    deleted = [op.session_id for op in operations if isinstance(op, SessionDelete)]
+    with transaction.atomic():
+        if rows:
+            LiveSession.objects.bulk_create(rows)
+        if deleted:
+            LiveSession.objects.filter(pk__in=deleted).delete()
+
+
+def registry_write_one_sync(operation: SessionInsert | SessionDelete) -> None:
+    """Apply one queued write alone: the fallback when its batch failed."""
+    if isinstance(operation, SessionInsert):
+        session_create_sync(**asdict(operation))
+    else:
+        session_delete_sync(operation.session_id)
+
+
+registry_writer = GroupCommitWriter(apply_batch=registry_write_batch_sync, apply_one=registry_write_one_sync)
 
 
 async def session_terminate(*, session_id: uuid.UUID | str) -> bool:

@@ -136,3 +136,20 @@ def browser_type_launch_args(browser_type_launch_args):
             "--disable-quic",
         ],
     }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_connections_closed_before_teardown(django_db_setup) -> Iterator[None]:
+    """Close the connections other threads hold, so PostgreSQL can drop the test database.
+
+    The registry writer's thread and asgiref's executor (async ORM calls) keep persistent
+    connections; set up after the database, this fixture is torn down before it.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    from sessions_app.services import registry_writer
+
+    registry_writer.close_connection()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

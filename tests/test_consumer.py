@@ -136,17 +136,17 @@ async def test_second_new_session_on_one_connection_is_session_exists(communicat
 
 
 async def test_registry_failure_is_unavailable_and_the_connection_recovers(communicator, workspace, monkeypatch):
-    real_create = services.session_create_sync
-
-    def broken(**fields):
+    def broken(*args, **kwargs):
         raise DatabaseError("database is down")
 
-    monkeypatch.setattr(services, "session_create_sync", broken)
+    # Every registry write goes through the group-commit writer: batched, then one by one.
+    monkeypatch.setattr(services.registry_writer, "apply_batch", broken)
+    monkeypatch.setattr(services.registry_writer, "apply_one", broken)
     reply = await new_session(communicator, workspace, request_id=3)
     assert (reply["code"], reply["request_id"]) == ("unavailable", 3)
     assert await LiveSession.objects.acount() == 0
 
-    monkeypatch.setattr(services, "session_create_sync", real_create)
+    monkeypatch.undo()
     await assert_still_open_and_usable(communicator, workspace)
 
 

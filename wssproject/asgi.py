@@ -1,6 +1,7 @@
 """ASGI entry point: `daphne wssproject.asgi:application` (or uvicorn).
 
-HTTP goes to Django; WebSockets pass the origin check and Channels' auth middleware,
+HTTP goes to Django; WebSockets pass the origin check and Channels' auth middleware
+(skipped for handshakes without a session cookie: sessions_app/auth_fastpath.py),
 then reach sessions_app's routes. The process's start and stop (instance registration,
 heartbeat, graceful shutdown) hook into uvicorn's lifespan or daphne's reactor.
 """
@@ -13,17 +14,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wssproject.settings")
 # Django must be set up before anything imports models.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from sessions_app import lifecycle  # noqa: E402
+from sessions_app.auth_fastpath import SessionCookieAuthMiddleware  # noqa: E402
 from sessions_app.origin import SessionOriginValidator  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": SessionOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SessionOriginValidator(SessionCookieAuthMiddleware(URLRouter(websocket_urlpatterns))),
         # uvicorn (and other lifespan servers): register, heartbeat, retire on SIGTERM/SIGINT.
         "lifespan": lifecycle.lifespan_app,
     }

@@ -134,7 +134,8 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Channels' layer, minus a walk over every channel on each receive (sessions_app/layers.py).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "sessions_app.layers.InMemoryChannelLayer"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

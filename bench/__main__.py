@@ -1,0 +1,368 @@
+"""`python -m bench`: run the scenarios on the project and its baselines, print tables with ratios.
+
+    python -m bench                          # the default set (what `make bench` runs)
+    python -m bench --quick                  # a tiny version, seconds
+    python -m bench --scenarios churn --db sqlite --server uvicorn --layer redis
+    python -m bench --scenarios churn --db sqlite --baselines channels --profile /tmp/churn.txt
+    python -m bench --scenarios churn --before /tmp/main   # also the project from another checkout
+
+Ratios are project/baseline against the minimal Channels consumer under the same server,
+measured in the same run: absolute figures depend on the machine, ratios much less.
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import loadgen, profile
+from .targets import (
+    DEFAULT_POSTGRES_URL,
+    DEFAULT_REDIS_URL,
+    ROOT,
+    Target,
+    TargetSpec,
+    raise_open_files_limit,
+    target_start,
+)
+
+COMMON_COLUMNS = [
+    ("errors", "errors"),
+    ("registry after", "registry_after"),
+    ("server CPU %", "server_cpu_pct"),
+    ("bench CPU %", "bench_cpu_pct"),
+]
+QUICK = {
+    "sessions": 200,
+    "concurrency": 20,
+    "rounds": 1,
+    "hold_sessions": 200,
+    "steady_connections": 10,
+    "steady_messages": 1000,
+    "warmup": 20,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmark the session service.")
+    parser.add_argument("--scenarios", default="churn,steady,hold", help="comma-separated: churn, steady, hold")
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne", help="server for Django targets")
+    parser.add_argument("--db", default="sqlite,postgres", help="project registries for churn/steady: sqlite,postgres")
+    parser.add_argument("--hold-db", choices=["sqlite", "postgres"], default="sqlite", help="project registry for hold")
+    parser.add_argument("--layer", choices=["memory", "redis"], default="memory", help="project channel layer")
+    parser.add_argument("--baselines", default="channels,websockets", help="comma-separated, or 'none'")
+    parser.add_argument("--sessions", type=int, default=3000, help="churn: sessions per round (S)")
+    parser.add_argument("--concurrency", type=int, default=50, help="churn and hold: concurrent clients (C)")
+    parser.add_argument("--rounds", type=int, default=3, help="churn: rounds, interleaved across targets; medians")
+    parser.add_argument("--hold-sessions", type=int, default=8000, help="hold: live sessions (K)")
+    parser.add_argument("--steady-connections", type=int, default=50, help="steady: open sessions (C)")
+    parser.add_argument("--steady-messages", type=int, default=20000, help="steady: messages in all")
+    parser.add_argument("--warmup", type=int, default=200, help="churn sessions on each server before measuring")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds any one measurement may take")
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run in seconds")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="dropped, re-created and migrated")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="for --layer redis")
+    parser.add_argument("--before", help="also run the project from this checkout (e.g. a `git archive main`)")
+    parser.add_argument("--profile", type=Path, help="py-spy the project server during its first churn round")
+    parser.add_argument("--json", type=Path, help="write every figure here (default bench/results/<time>.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            if parser.get_default(name) == getattr(args, name):
+                setattr(args, name, value)
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.db = [d for d in args.db.split(",") if d]
+    args.baselines = [] if args.baselines == "none" else [b for b in args.baselines.split(",") if b]
+    for name in args.scenarios:
+        if name not in {"churn", "steady", "hold"}:
+            parser.error(f"unknown scenario {name!r}")
+    return args
+
+
+class Bench:
+    """One run: starts targets, runs scenarios, keeps the figures, prints the tables."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workspace = tempfile.mkdtemp(prefix="wss-bench-workspace-")
+        self.results: dict[str, list[dict]] = {}
+        self.tables: list[str] = []
+
+    def specs(self, dbs: list[str]) -> list[TargetSpec]:
+        found = [TargetSpec("project", self.args.server, db, self.args.layer) for db in dbs]
+        if self.args.before:
+            found += [TargetSpec("project", self.args.server, db, self.args.layer, self.args.before) for db in dbs]
+        if "channels" in self.args.baselines:
+            found.append(TargetSpec("channels", self.args.server))
+        if "websockets" in self.args.baselines:
+            found.append(TargetSpec("websockets", "websockets"))
+        return found
+
+    def start(self, specs: list[TargetSpec]) -> list[Target]:
+        started = []
+        try:
+            for spec in specs:
+                print(f"starting {spec.label}", file=sys.stderr)
+                started.append(target_start(spec, postgres_url=self.args.postgres_url, redis_url=self.args.redis_url))
+        except BaseException:
+            for target in started:
+                target.stop()
+            raise
+        return started
+
+    async def warm_up(self, target: Target) -> None:
+        if self.args.warmup:
+            concurrency = min(self.args.concurrency, self.args.warmup)
+            await self.measured(target, loadgen.churn, "warm-up", sessions=self.args.warmup, concurrency=concurrency)
+
+    async def registry_settles(self, target: Target, timeout: float = 30) -> tuple[int, float]:
+        """Poll until the registry is empty; (what is left, seconds waited)."""
+        started = time.perf_counter()
+        while True:
+            count = await asyncio.to_thread(target.registry_count)
+            if count == 0 or time.perf_counter() - started > timeout:
+                return count, time.perf_counter() - started
+            await asyncio.sleep(0.05)
+
+    async def measured(self, target: Target, scenario, desc: str, **options) -> tuple[loadgen.Figures, dict]:
+        """Run a loadgen scenario on the target; with the server's and the bench's CPU (% of one core)."""
+        server_cpu, own_cpu = target.cpu_seconds(), time.process_time()
+        label = f"{desc} {target.spec.label}"
+        figures = await scenario(target.url, workspace=self.workspace, timeout=self.args.timeout, desc=label, **options)
+        wall = figures.elapsed or 1e-9
+        usage = {
+            "server_cpu_pct": 100 * (target.cpu_seconds() - server_cpu) / wall,
+            "bench_cpu_pct": 100 * (time.process_time() - own_cpu) / wall,
+        }
+        return figures, usage
+
+    async def churn_and_steady(self) -> None:
+        targets = self.start(self.specs(self.args.db))
+        try:
+            for target in targets:
+                await self.warm_up(target)
+            if "churn" in self.args.scenarios:
+                await self.churn(targets)
+            if "steady" in self.args.scenarios:
+                await self.steady(targets)
+        finally:
+            for target in targets:
+                target.stop()
+
+    async def churn(self, targets: list[Target]) -> None:
+        a = self.args
+        rounds: dict[str, list[dict]] = {t.spec.label: [] for t in targets}
+        for number in range(a.rounds):
+            for target in targets:
+                recorder = None
+                if a.profile and number == 0 and target is targets[0]:
+                    recorder = profile.record_start(target.process.pid, a.profile)
+                    await asyncio.sleep(1.0)
+                figures, usage = await self.measured(
+                    target,
+                    loadgen.churn,
+                    f"churn {number + 1}/{a.rounds}",
+                    sessions=a.sessions,
+                    concurrency=a.concurrency,
+                )
+                if recorder:
+                    profile.record_stop(recorder)
+                left, settle = await self.registry_settles(target)
+                rounds[target.spec.label].append(
+                    {
+                        "sessions_per_s": figures.rate,
+                        "p50_ms": figures.percentile_ms(50),
+                        "p99_ms": figures.percentile_ms(99),
+                        "errors": dict(figures.errors),
+                        "registry_after": left,
+                        "settle_s": settle,
+                        **usage,
+                    }
+                )
+        rows, base = [], None
+        for target in targets:
+            runs = rounds[target.spec.label]
+            row = {
+                "target": target.spec.label,
+                "sessions_per_s": statistics.median(r["sessions_per_s"] for r in runs),
+                "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                "errors": sum(sum(r["errors"].values()) for r in runs),
+                "registry_after": max(r["registry_after"] for r in runs),
+                "server_cpu_pct": statistics.median(r["server_cpu_pct"] for r in runs),
+                "bench_cpu_pct": statistics.median(r["bench_cpu_pct"] for r in runs),
+                "rounds": runs,
+            }
+            if target.spec.kind == "channels":
+                base = row
+            rows.append(row)
+        self.results["churn"] = rows
+        self.table(
+            f"churn: {a.sessions} sessions x {a.rounds} rounds at concurrency {a.concurrency} (medians)",
+            [("sessions/s", "sessions_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), *COMMON_COLUMNS],
+            ratios=[("sessions/s", "sessions_per_s")],
+            rows=rows,
+            base=base,
+        )
+        if a.profile:
+            print(f"\nprofile of {targets[0].spec.label} (raw stacks in {a.profile}):\n", flush=True)
+            print(profile.summarize(a.profile), flush=True)
+
+    async def steady(self, targets: list[Target]) -> None:
+        a = self.args
+        rows, base = [], None
+        for target in targets:
+            figures, usage = await self.measured(
+                target, loadgen.steady, "steady", connections=a.steady_connections, messages=a.steady_messages
+            )
+            left, _ = await self.registry_settles(target)
+            row = {
+                "target": target.spec.label,
+                "messages_per_s": figures.rate,
+                "p50_ms": figures.percentile_ms(50),
+                "p99_ms": figures.percentile_ms(99),
+                "errors": sum(figures.errors.values()),
+                "error_kinds": dict(figures.errors),
+                "registry_after": left,
+                **usage,
+            }
+            base = row if target.spec.kind == "channels" else base
+            rows.append(row)
+        self.results["steady"] = rows
+        self.table(
+            f"steady: {a.steady_messages} messages over {a.steady_connections} open sessions "
+            "(a repeated new_session, answered session_exists)",
+            [("messages/s", "messages_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), *COMMON_COLUMNS],
+            ratios=[("messages/s", "messages_per_s")],
+            rows=rows,
+            base=base,
+        )
+
+    async def hold(self) -> None:
+        a = self.args
+        rows, base = [], None
+        for spec in self.specs([a.hold_db]):
+            (target,) = self.start([spec])
+            try:
+                await self.warm_up(target)
+                limit = target.open_files_limit()
+                if limit < a.hold_sessions + 100:
+                    print(f"warning: {spec.label} may open only {limit} files", file=sys.stderr)
+                figures, usage = await self.measured(
+                    target,
+                    loadgen.hold,
+                    "hold",
+                    sessions=a.hold_sessions,
+                    concurrency=a.concurrency,
+                    rss=target.rss,
+                    registry_count=target.registry_count,
+                )
+            finally:
+                target.stop()
+            row = {
+                "target": spec.label,
+                "sessions": figures.count,
+                "establish_s": figures.elapsed,
+                "bytes_per_session": figures.extra["bytes_per_session"],
+                "drain_s": figures.extra["drain_seconds"],
+                "errors": sum(figures.errors.values()),
+                "error_kinds": dict(figures.errors),
+                "registry_after": figures.extra["registry_after"],
+                "server_open_files_limit": limit,
+                **figures.extra,
+                **usage,
+            }
+            base = row if spec.kind == "channels" else base
+            rows.append(row)
+        self.results["hold"] = rows
+        self.table(
+            f"hold: {a.hold_sessions} live sessions, then every TCP connection aborted at once",
+            [
+                ("sessions", "sessions"),
+                ("establish s", "establish_s"),
+                ("bytes/session", "bytes_per_session"),
+                ("drain s", "drain_s"),
+                *COMMON_COLUMNS,
+            ],
+            ratios=[("bytes/session", "bytes_per_session"), ("drain", "drain_s")],
+            rows=rows,
+            base=base,
+        )
+
+    def table(self, title, columns, *, ratios, rows, base) -> None:
+        """Print a Markdown table; one ratio column per (label, key) against the Channels baseline."""
+        headers = ["target", *(header for header, _ in columns), *(f"{label} vs Channels" for label, _ in ratios)]
+        lines = [f"\n### {title}\n", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        for row in rows:
+            cells = [row["target"], *(row[key] for _, key in columns)]
+            cells += [f"{row[key] / base[key]:.2f}x" if base and base[key] else "" for _, key in ratios]
+            lines.append("| " + " | ".join(fmt(cell) for cell in cells) + " |")
+        text = "\n".join(lines)
+        self.tables.append(text)
+        print(text, flush=True)
+
+    async def run(self) -> dict:
+        a = self.args
+        limit = raise_open_files_limit()
+        if "hold" in a.scenarios and limit < a.hold_sessions + 100:
+            print(f"warning: the bench may open only {limit} files", file=sys.stderr)
+        started = time.perf_counter()
+        if {"churn", "steady"} & set(a.scenarios):
+            await self.churn_and_steady()
+        if "hold" in a.scenarios:
+            await self.hold()
+        meta = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "argv": sys.argv[1:],
+            "seconds": round(time.perf_counter() - started, 1),
+            "open_files_limit": limit,
+        }
+        print(f"\n{meta['seconds']} s in all", flush=True)
+        return {"meta": meta, "args": {k: str(v) for k, v in vars(a).items()}, **self.results}
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    try:
+        import uvloop
+
+        results = uvloop.run(Bench(args).run())
+    except ImportError:
+        results = asyncio.run(Bench(args).run())
+    path = args.json or ROOT / "bench" / "results" / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"figures written to {path}", file=sys.stderr)
+    return results
+
+
+def failures(results: dict) -> list[str]:
+    """Targets that had errors or left sessions in their registry: the run fails on them."""
+    return [
+        f"{scenario}: {row['target']} (errors {row['errors']}, registry after {row['registry_after']})"
+        for scenario in ("churn", "steady", "hold")
+        for row in results.get(scenario, [])
+        if row["errors"] or row["registry_after"]
+    ]
+
+
+if __name__ == "__main__":
+    failed = failures(main())
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,244 @@
+"""The servers under test: start them on free loopback ports, count their registries, watch them.
+
+The project gets its own registry for the run (a fresh SQLite file, or a PostgreSQL
+database the bench drops, creates and migrates) and its rows are counted directly; the
+baselines answer GET /registry-count from their dicts.
+"""
+
+import atexit
+import os
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ROW_TABLE = "sessions_app_livesession"
+DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/wss_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What to start: the project (on a database and layer) or one of the baselines."""
+
+    kind: str  # "project", "channels" or "websockets"
+    server: str = "daphne"  # "daphne" or "uvicorn"; the websockets baseline is its own server
+    db: str = "sqlite"  # project only: "sqlite" or "postgres"
+    layer: str = "memory"  # project only: "memory" or "redis"
+    root: str = ""  # project only: another checkout to run (a before/after comparison); empty for this one
+
+    @property
+    def cwd(self) -> Path:
+        return Path(self.root) if self.root else ROOT
+
+    @property
+    def label(self) -> str:
+        if self.kind == "project":
+            where = f" at {self.root}" if self.root else ""
+            return f"project{where} ({self.server}, {self.db}, {self.layer} layer)"
+        if self.kind == "channels":
+            return f"baseline: minimal Channels, dict ({self.server})"
+        return "baseline: bare websockets, dict"
+
+
+@dataclass
+class Target:
+    """A running server and how to ask it about its registry."""
+
+    spec: TargetSpec
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    cleanup: list = field(default_factory=list)
+    database_url: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def stats(self) -> psutil.Process:
+        return psutil.Process(self.process.pid)
+
+    def registry_count(self) -> int:
+        """How many sessions the server holds: rows for the project, the dict's size otherwise."""
+        if self.spec.kind != "project":
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/registry-count", timeout=10) as response:
+                return int(response.read())
+        if self.database_url.startswith("sqlite"):
+            with sqlite3.connect(urlsplit(self.database_url).path, timeout=20) as db:
+                return db.execute(f"SELECT count(*) FROM {ROW_TABLE}").fetchone()[0]
+        import psycopg
+
+        with psycopg.connect(self.database_url, autocommit=True) as db:
+            return db.execute(f"SELECT count(*) FROM {ROW_TABLE}").fetchone()[0]
+
+    def cpu_seconds(self) -> float:
+        times = self.stats.cpu_times()
+        return times.user + times.system
+
+    def rss(self) -> int:
+        return self.stats.memory_info().rss
+
+    def open_files_limit(self) -> int:
+        return self.stats.rlimit(psutil.RLIMIT_NOFILE)[0]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        for action in reversed(self.cleanup):
+            action()
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft open-files limit to the hard one (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_migrated_sqlite: dict[Path, Path] = {}
+
+
+def sqlite_registry(workdir: Path, env: dict[str, str], root: Path) -> str:
+    """A fresh, migrated SQLite file: migrated once per run and checkout, then copied."""
+    path = workdir / "registry.sqlite3"
+    template = _migrated_sqlite.get(root)
+    if template is None or not template.exists():
+        template = Path(tempfile.mkdtemp(prefix="wss-bench-template-")) / "registry.sqlite3"
+        atexit.register(shutil.rmtree, template.parent, True)
+        migrate(f"sqlite:///{template}", env, root)
+        _migrated_sqlite[root] = template
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
+def postgres_registry(url: str) -> str:
+    """Drop and re-create the bench's PostgreSQL database (only the one named in `url`)."""
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not name or name in {"postgres", "template0", "template1"}:
+        raise ValueError(f"refusing to recreate database {name!r}: give the bench its own database")
+    maintenance = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(maintenance, autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        db.execute(f'CREATE DATABASE "{name}"')
+    return url
+
+
+def migrate(database_url: str, env: dict[str, str], root: Path) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=root,
+        env={**env, "DATABASE_URL": database_url},
+        check=True,
+    )
+
+
+def base_env(redis_url: str | None) -> dict[str, str]:
+    """Production-like settings for every Django target: debug off, quiet logs."""
+    env = {
+        **os.environ,
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "bench-only-secret-key-not-for-deployment-0123456789",
+        "WSS_LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env
+
+
+def server_command(spec: TargetSpec, port: int, app: str) -> list[str]:
+    if spec.kind == "websockets":
+        return [sys.executable, "-m", "bench.baseline_websockets", "--port", str(port)]
+    if spec.server == "daphne":
+        return [str(BIN / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
+    if spec.server == "uvicorn":
+        return [
+            str(BIN / "uvicorn"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--backlog",
+            "4096",
+            app,
+        ]
+    raise ValueError(f"unknown server {spec.server!r}")
+
+
+def target_start(
+    spec: TargetSpec, *, postgres_url: str = DEFAULT_POSTGRES_URL, redis_url: str = DEFAULT_REDIS_URL
+) -> Target:
+    """Start one target on a free port, with a fresh registry for the project; wait for TCP."""
+    workdir = Path(tempfile.mkdtemp(prefix="wss-bench-"))
+    cleanup = [lambda: shutil.rmtree(workdir, ignore_errors=True)]
+    env = base_env(redis_url if spec.kind == "project" and spec.layer == "redis" else None)
+    database_url = f"sqlite:///{workdir / 'unused.sqlite3'}"
+    if spec.kind == "project" and spec.db == "postgres":
+        if spec.root:  # its own database, so the two projects' registries stay apart
+            parts = urlsplit(postgres_url)
+            postgres_url = urlunsplit(parts._replace(path=parts.path + "_before"))
+        database_url = postgres_registry(postgres_url)
+        migrate(database_url, env, spec.cwd)
+    elif spec.kind == "project":
+        database_url = sqlite_registry(workdir, env, spec.cwd)
+    env["DATABASE_URL"] = database_url
+    app = "wssproject.asgi:application" if spec.kind == "project" else "bench.baseline_channels:application"
+    port = free_port()
+    log_path = workdir / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            server_command(spec, port, app), cwd=spec.cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    target = Target(spec=spec, port=port, process=process, log_path=log_path, cleanup=cleanup)
+    target.database_url = database_url if spec.kind == "project" else ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = target.log()
+            target.stop()
+            raise RuntimeError(f"{spec.label} exited early:\n{log}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return target
+        except OSError:
+            time.sleep(0.1)
+    target.stop()
+    raise RuntimeError(f"{spec.label} did not listen on port {port} within 60 s")

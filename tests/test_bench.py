@@ -1,0 +1,46 @@
+"""The bench's smallest configuration, end to end, so it cannot rot: figures, no errors, empty registries."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .servers import ROOT
+
+pytestmark = pytest.mark.live
+
+TINY = [
+    "--quick",
+    "--db=sqlite",
+    "--sessions=20",
+    "--concurrency=5",
+    "--hold-sessions=20",
+    "--steady-connections=2",
+    "--steady-messages=40",
+    "--warmup=5",
+    "--timeout=60",
+]
+
+
+def test_smallest_bench_produces_figures_for_every_target_with_zero_errors(tmp_path):
+    output = tmp_path / "figures.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", *TINY, f"--json={output}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    figures = json.loads(output.read_text())
+    expected_targets = 3  # the project and both baselines
+    assert [len(figures[scenario]) for scenario in ("churn", "steady", "hold")] == [expected_targets] * 3
+    for row in figures["churn"]:
+        assert row["sessions_per_s"] > 0 and row["errors"] == 0 and row["registry_after"] == 0, row
+    for row in figures["steady"]:
+        assert row["messages_per_s"] > 0 and row["errors"] == 0, row
+    for row in figures["hold"]:
+        assert row["sessions"] == 20 and row["errors"] == 0 and row["registry_after"] == 0, row
+        assert row["registry_while_held"] == 20, row
+    assert "sessions/s vs Channels" in run.stdout
