@@ -15,6 +15,10 @@ DEFAULTS: dict[str, Any] = {
     "WSS_WORKSPACE_ROOTS": [],
     "WSS_HEARTBEAT_SECONDS": 10.0,
     "WSS_INSTANCE_TIMEOUT_SECONDS": 30.0,
+    # Access and flooding (issue 4): see docs/security.md.
+    "WSS_REQUIRE_AUTH": False,
+    "WSS_RATE_LIMIT": 20.0,
+    "WSS_RATE_LIMIT_BURST": 40,
 }
 
 

@@ -1,6 +1,7 @@
 """The WebSocket consumer: glue only. Decode, dispatch to one handler per type, reply or close."""
 
 import logging
+import time
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -8,6 +9,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from . import protocol
 from .conf import app_settings
 from .errors import InternalError, ProtocolError, SessionExists, SessionTerminated
+from .ratelimit import TokenBucket
 from .services import SessionRecord, session_close, session_create
 from .workspaces import roots_resolve, workspace_resolve
 
@@ -18,15 +20,22 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     """One WebSocket connection, holding at most one live session."""
 
     session: SessionRecord | None = None
+    closing = False
 
     async def connect(self) -> None:
         """Accept every handshake that the middleware let through."""
-        await self.accept()
+        self.bucket = TokenBucket(
+            rate=app_settings.WSS_RATE_LIMIT, burst=app_settings.WSS_RATE_LIMIT_BURST, now=time.monotonic()
+        )
+        await self.accept(subprotocol=protocol.subprotocol_choose(self.scope.get("subprotocols", [])))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Overridden: the base class raises on binary frames and bad JSON."""
+        if self.closing:
+            return  # frames already in flight after a fatal error: nothing more to say
         message = None
         try:
+            self.bucket.admit(time.monotonic())
             message = protocol.decode(text_data, bytes_data, limit=app_settings.WSS_MAX_MESSAGE_BYTES)
             await HANDLERS[type(message)](self, message)
         except ProtocolError as error:
@@ -79,6 +88,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         """Render an error frame: the one place errors reach the wire."""
         await self.send(text_data=protocol.encode(protocol.error_reply(error)))
         if error.close_code is not None:
+            self.closing = True
             await self.close(code=error.close_code)
 
     @classmethod

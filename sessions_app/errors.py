@@ -11,7 +11,9 @@
     ├── SessionExists       open     this connection already holds a live session
     ├── Unavailable         open     the registry could not record the session
     ├── InternalError       open     a bug on our side; logged with its traceback
-    └── SessionTerminated   4410     an operator ended the session (server-initiated)
+    ├── SessionTerminated   4410     an operator ended the session (server-initiated)
+    ├── RateLimited         open     a frame over WSS_RATE_LIMIT, dropped unread
+    └── RateLimitExceeded   4429     the client kept sending while rate limited
 
 Errors are raised in the pure core and rendered in exactly one place, the consumer.
 A `close_code` of None keeps the socket open.
@@ -76,6 +78,14 @@ class InternalError(ProtocolError):
 
 class SessionTerminated(ProtocolError):
     code, close_code = "session_terminated", 4410
+
+
+class RateLimited(ProtocolError):
+    code = "rate_limited"
+
+
+class RateLimitExceeded(ProtocolError):
+    code, close_code = "rate_limit_exceeded", 4429
 
 
 def all_error_classes() -> list[type[ProtocolError]]:
