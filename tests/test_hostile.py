@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from sessions_app.errors import all_error_classes
 from sessions_app.models import LiveSession

@@ -54,7 +54,7 @@ def test_unknown_tokens_authenticate_nobody(alice, raw):
 
 def test_a_revoked_token_or_an_inactive_user_authenticates_nobody(alice):
     token, raw = token_create(user=alice, name="ci")
-    other, other_raw = token_create(user=alice, name="other")
+    _other, other_raw = token_create(user=alice, name="other")
     token_revoke(token=token)
     assert token_authenticate(raw) is None
     alice.is_active = False
@@ -144,7 +144,7 @@ def require_auth(settings):
 @pytest.mark.django_db(transaction=True)
 async def test_required_auth_refuses_an_anonymous_handshake_with_one_warning(require_auth, caplog):
     with caplog.at_level(logging.WARNING):
-        comm, connected, _ = await connect()
+        _comm, connected, _ = await connect()
     assert not connected
     refusals = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(refusals) == 1
