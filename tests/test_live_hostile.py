@@ -358,6 +358,21 @@ async def test_registry_down_answers_unavailable_and_the_same_connection_recover
     assert "Traceback" not in log
 
 
+CHANNEL_LAYER_BLOCK_SECONDS = 5  # channels-redis's BZPOPMIN timeout, also redis-py 8's default read timeout
+
+
+@pytest.mark.production
+async def test_idle_sessions_outlive_the_channel_layers_blocking_reads(production_services, daphne_server, workspace):
+    """A consumer waits on Redis in 5 s blocking reads; idling through several must not kill it (1011)."""
+    async with websockets.connect(daphne_server.url) as ws:
+        session_id = await open_session(ws, workspace)
+        await asyncio.sleep(CHANNEL_LAYER_BLOCK_SECONDS * 2 + 2)  # the idleness under test, not a wait for an effect
+        await ws.send(new_session_frame(workspace))
+        assert json.loads(await ws.recv())["code"] == "session_exists"
+        assert await LiveSession.objects.filter(pk=session_id).aexists()
+    assert "Traceback" not in daphne_server.log()
+
+
 # --- slow handshakes ------------------------------------------------------------------------------
 
 TWISTED_REQUEST_TIMEOUT = 60  # twisted.web.http's idle timeout for a connection, not configurable in daphne
