@@ -22,6 +22,15 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     session: SessionRecord | None = None
     closing = False
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Run the connection; however it ends, even by a channel-layer failure, its row goes too."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # daphne calls disconnect() only after a clean end. An exception escaping the
+            # base class (Redis failing under the channel layer's receive) would leak the row.
+            await self.disconnect(1011)
+
     async def connect(self) -> None:
         """Accept every handshake that the middleware let through."""
         self.bucket = TokenBucket(

@@ -5,12 +5,15 @@ row was written, that a good session on another connection is untouched, and tha
 server logged at most one warning line and no traceback.
 """
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import channels.consumer
 import pytest
+from channels.layers import InMemoryChannelLayer
 from channels.testing import WebsocketCommunicator
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -253,3 +256,29 @@ async def test_arbitrary_frames_get_one_valid_reply_and_never_crash_the_server(f
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     await assert_good_session_untouched(good)
     assert await LiveSession.objects.acount() == 1
+
+
+class FailingChannelLayer(InMemoryChannelLayer):
+    """A channel layer whose receive fails on cue, as channels-redis does when Redis goes away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = asyncio.Event()
+
+    async def receive(self, channel: str) -> dict:
+        await self.fail.wait()
+        raise ConnectionError("the channel layer went away")
+
+
+async def test_a_channel_layer_failure_still_removes_the_row(workspace, monkeypatch):
+    layer = FailingChannelLayer()
+    monkeypatch.setattr(channels.consumer, "get_channel_layer", lambda alias=None: layer)
+    comm = WebsocketCommunicator(application, "/ws")
+    assert (await comm.connect())[0]
+    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
+    session_id = (await comm.receive_json_from(timeout=5))["session_id"]
+    assert await LiveSession.objects.filter(pk=session_id).aexists()
+    layer.fail.set()
+    with pytest.raises(ConnectionError):
+        await comm.receive_output(timeout=5)
+    assert not await LiveSession.objects.filter(pk=session_id).aexists()
