@@ -173,6 +173,9 @@ def base_env(redis_url: str | None) -> dict[str, str]:
         "DJANGO_DEBUG": "false",
         "DJANGO_SECRET_KEY": "bench-only-secret-key-not-for-deployment-0123456789",
         "WSS_LOG_LEVEL": "WARNING",
+        # The per-connection rate limit is policy, not machinery: `steady` sends back to
+        # back on purpose, and the baselines have no limit to compare against.
+        "WSS_RATE_LIMIT": "0",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("REDIS_URL", None)

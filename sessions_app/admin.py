@@ -1,12 +1,13 @@
-"""The operators' view: live sessions and server instances, read-only."""
+"""The operators' view: live sessions and server instances, read-only; API tokens."""
 
 from django.contrib import admin, messages
 from django.db.models import Count
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from .models import LiveSession, ServerInstance
+from .models import ApiToken, LiveSession, ServerInstance
 from .services import sessions_terminate_sync
+from .tokens import token_issue, token_revoke
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -64,3 +65,44 @@ class ServerInstanceAdmin(ReadOnlyAdmin):
     @admin.display(description="sessions")
     def session_count(self, instance: ServerInstance) -> int:
         return instance.live_sessions
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Create (the raw token is shown once, on the next page) and revoke API tokens."""
+
+    list_display = ["name", "user", "key_prefix", "created_at", "last_used_at", "revoked"]
+    list_select_related = ["user"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "user__username", "key_prefix"]
+    readonly_fields = ["key_prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke_tokens"]
+
+    def get_fields(self, request, obj=None):
+        return ["user", "name"] if obj is None else ["user", "name", *self.readonly_fields]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A token belongs to its user for good: make a new one rather than move it.
+        return [] if obj is None else ["user", *self.readonly_fields]
+
+    def save_model(self, request, obj: ApiToken, form, change: bool) -> None:
+        if not change:
+            raw = token_issue(obj)
+            super().save_model(request, obj, form, change)
+            self.message_user(
+                request,
+                f"API token for {obj.user}: {raw} — copy it now, it is not stored and will not be shown again.",
+                messages.WARNING,
+            )
+            return
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke_tokens(self, request, queryset) -> None:
+        for token in queryset:
+            token_revoke(token=token)
+        self.message_user(request, f"Revoked {len(queryset)} token(s).", messages.SUCCESS)
+
+    @admin.display(description="revoked", boolean=True)
+    def revoked(self, token: ApiToken) -> bool:
+        return token.is_revoked

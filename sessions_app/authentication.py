@@ -8,12 +8,13 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
+from .tokens import token_authenticate
+
 
 class BearerTokenAuthentication(BaseAuthentication):
-    """`Authorization: Bearer <token>`, resolved to a user by `token_user`.
+    """`Authorization: Bearer <token>` with an API token (sessions_app.tokens), as on /ws.
 
-    Listed in REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"]. `token_user` is the one
-    hook: until API tokens exist it knows none, so every bearer token is refused (401).
+    Listed in REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"].
     """
 
     keyword = b"bearer"
@@ -29,16 +30,11 @@ class BearerTokenAuthentication(BaseAuthentication):
             token = parts[1].decode("ascii")
         except UnicodeDecodeError:
             raise AuthenticationFailed("The token must be ASCII.") from None
-        user = self.token_user(token)
-        if user is None or not user.is_active:
+        user = token_authenticate(token)
+        if user is None:
             raise AuthenticationFailed("Unknown or revoked token.")
         return user, token
 
     def authenticate_header(self, request: Request) -> str:
         """Makes DRF answer 401 (not 403) to requests without credentials."""
         return 'Bearer realm="api"'
-
-    @staticmethod
-    def token_user(token: str):
-        """The active user the token belongs to, or None. Plug the API-token lookup in here."""
-        return None

@@ -12,6 +12,7 @@ from . import events, lifecycle, protocol
 from .conf import app_settings
 from .errors import InternalError, ProtocolError, SessionExists, SessionTerminated
 from .events import client_address
+from .ratelimit import TokenBucket
 from .services import SessionRecord, session_close, session_create
 from .workspaces import roots_resolve, workspace_resolve
 
@@ -24,19 +25,34 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     session: SessionRecord | None = None
     closing_error: str | None = None  # the error code the server closed with, if it did
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Run the connection; however it ends, even by a channel-layer failure, its row goes too."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # daphne calls disconnect() only after a clean end. An exception escaping the
+            # base class (Redis failing under the channel layer's receive) would leak the row.
+            await self.disconnect(1011)
+
     async def connect(self) -> None:
         """Accept every handshake that the middleware let through, unless this process is stopping."""
         if lifecycle.stopping():
             await self.close()
             return
+        self.bucket = TokenBucket(
+            rate=app_settings.WSS_RATE_LIMIT, burst=app_settings.WSS_RATE_LIMIT_BURST, now=time.monotonic()
+        )
         lifecycle.connection_opened(self)
-        await self.accept()
+        await self.accept(subprotocol=protocol.subprotocol_choose(self.scope.get("subprotocols", [])))
         events.connected(self.scope)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Overridden: the base class raises on binary frames and bad JSON."""
+        if self.closing_error is not None:
+            return  # frames already in flight after a fatal error: nothing more to say
         message = None
         try:
+            self.bucket.admit(time.monotonic())
             message = protocol.decode(text_data, bytes_data, limit=app_settings.WSS_MAX_MESSAGE_BYTES)
             await HANDLERS[type(message)](self, message)
         except ProtocolError as error:

@@ -13,7 +13,9 @@
     ├── InternalError       open     a bug on our side; logged with its traceback
     ├── SessionTerminated   4410     an operator ended the session (server-initiated)
     ├── ServerShuttingDown  4503     this server process is stopping; reconnect (server-initiated)
-    └── SessionLost         4503     the registry lost this session (its server was presumed dead); reconnect
+    ├── SessionLost         4503     the registry lost this session (its server was presumed dead); reconnect
+    ├── RateLimited         open     a frame over WSS_RATE_LIMIT, dropped unread
+    └── RateLimitExceeded   4429     the client kept sending while rate limited
 
 Errors are raised in the pure core and rendered in exactly one place, the consumer.
 A `close_code` of None keeps the socket open.
@@ -86,6 +88,14 @@ class ServerShuttingDown(ProtocolError):
 
 class SessionLost(ProtocolError):
     code, close_code = "session_lost", 4503
+
+
+class RateLimited(ProtocolError):
+    code = "rate_limited"
+
+
+class RateLimitExceeded(ProtocolError):
+    code, close_code = "rate_limit_exceeded", 4429
 
 
 def all_error_classes() -> list[type[ProtocolError]]:

@@ -51,3 +51,27 @@ class LiveSession(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
+
+
+class ApiToken(models.Model):
+    """A bearer token for scripts and browsers. Only its SHA-256 is stored; the raw key is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What the token is for, e.g. 'CI runner'.")
+    key_prefix = models.CharField(max_length=12, editable=False, help_text="The first characters, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        """Whether the token has been revoked; a revoked token never authenticates again."""
+        return self.revoked_at is not None

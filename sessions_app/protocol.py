@@ -22,6 +22,9 @@ from .errors import (
 )
 
 PROTOCOL_VERSION = 1
+# Optional WebSocket subprotocol name; selected when the client offers it (browsers that
+# offer subprotocols, e.g. to carry a token, fail the handshake unless one is selected).
+SUBPROTOCOL = "wss-sessions.v1"
 MAX_REQUEST_ID_CHARS = 128
 # JSON numbers beyond 2**53 lose precision in JavaScript clients, so they cannot round-trip.
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -48,6 +51,11 @@ Message = NewSession
 MESSAGE_TYPES: dict[str, Callable[[Mapping[str, Any], RequestId | None], Message]] = {
     "new_session": NewSession.parse,
 }
+
+
+def subprotocol_choose(offered: list[str]) -> str | None:
+    """The subprotocol to select from the client's offer: ours, or none."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
 def decode(text_data: str | None, bytes_data: bytes | None, *, limit: int) -> Message:

@@ -102,27 +102,27 @@ async def test_delete_terminates_a_live_session_through_the_channel_layer(admin_
     assert not await LiveSession.objects.filter(pk=session_id).aexists()
 
 
-def test_bearer_tokens_are_refused_until_a_lookup_knows_them(client, sessions):
-    response = client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer abc123")
+def test_unknown_bearer_tokens_are_refused(client, sessions):
+    response = client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer wss_not-a-token")
     assert response.status_code == 401
     assert response.json() == {"detail": "Unknown or revoked token."}
     assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer").status_code == 401
 
 
-def test_a_bearer_token_of_a_staff_user_is_let_in_and_of_a_plain_user_is_not(
-    client, django_user_model, sessions, monkeypatch
-):
-    from sessions_app.authentication import BearerTokenAuthentication
+def test_an_api_token_of_a_staff_user_is_let_in_and_of_a_plain_user_is_not(client, django_user_model, sessions):
+    from sessions_app.tokens import token_create, token_revoke
 
     staff = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
     plain = django_user_model.objects.create_user("plain", password="pw")
-    tokens = {"staff-token": staff, "plain-token": plain}
-    monkeypatch.setattr(BearerTokenAuthentication, "token_user", staticmethod(tokens.get))
-    assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer staff-token").json()["count"] == 5
-    assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer plain-token").status_code == 403
+    staff_token, staff_raw = token_create(user=staff, name="ops")
+    _, plain_raw = token_create(user=plain, name="plain")
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION=f"Bearer {staff_raw}").json()["count"] == 5
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION=f"Bearer {plain_raw}").status_code == 403
     # Token requests carry no session cookie, so DRF asks no CSRF token of them.
     strict = Client(enforce_csrf_checks=True)
-    deleted = strict.delete(f"/api/sessions/{uuid.uuid4()}", HTTP_AUTHORIZATION="Bearer staff-token")
+    deleted = strict.delete(f"/api/sessions/{uuid.uuid4()}", HTTP_AUTHORIZATION=f"Bearer {staff_raw}")
     assert deleted.status_code == 404
     strict.force_login(staff)
     assert strict.delete(f"/api/sessions/{uuid.uuid4()}").status_code == 403  # a cookie needs CSRF
+    token_revoke(token=staff_token)
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION=f"Bearer {staff_raw}").status_code == 401

@@ -68,3 +68,14 @@ def test_roots_check_names_missing_and_relative_roots(tmp_path):
     assert len(problems) == 2
     assert "does not exist" in problems[0]
     assert "not an absolute path" in problems[1]
+
+
+def test_a_missing_root_fails_the_system_checks_at_start_up(settings, tmp_path):
+    from django.core import checks
+
+    settings.WSS_WORKSPACE_ROOTS = [str(tmp_path / "gone")]
+    errors = [message for message in checks.run_checks(tags=["wss"]) if message.id == "wss.E001"]
+    assert len(errors) == 1
+    assert "gone" in errors[0].msg
+    settings.WSS_WORKSPACE_ROOTS = [str(tmp_path)]
+    assert not [message for message in checks.run_checks(tags=["wss"]) if message.id == "wss.E001"]

@@ -1,9 +1,10 @@
 """ASGI entry point: `daphne wssproject.asgi:application` (or uvicorn).
 
-HTTP goes to Django; WebSockets pass the origin check and Channels' auth middleware
-(skipped for handshakes without a session cookie: sessions_app/auth_fastpath.py),
-then reach sessions_app's routes. The process's start and stop (instance registration,
-heartbeat, graceful shutdown) hook into uvicorn's lifespan or daphne's reactor.
+HTTP goes to Django; WebSockets pass the origin check, then authentication (session
+cookie, skipped for handshakes without one: sessions_app/auth_fastpath.py; API token and
+WSS_REQUIRE_AUTH: sessions_app/middleware.py), then reach sessions_app's routes. The
+process's start and stop (instance registration, heartbeat, graceful shutdown) hook into
+uvicorn's lifespan or daphne's reactor.
 """
 
 import os
@@ -18,13 +19,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from sessions_app import lifecycle  # noqa: E402
 from sessions_app.auth_fastpath import SessionCookieAuthMiddleware  # noqa: E402
+from sessions_app.middleware import ApiTokenAuthMiddleware  # noqa: E402
 from sessions_app.origin import SessionOriginValidator  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": SessionOriginValidator(SessionCookieAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        "websocket": SessionOriginValidator(
+            SessionCookieAuthMiddleware(ApiTokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+        ),
         # uvicorn (and other lifespan servers): register, heartbeat, retire on SIGTERM/SIGINT.
         "lifespan": lifecycle.lifespan_app,
     }

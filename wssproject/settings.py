@@ -128,7 +128,10 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s socket timeout by default, the same 5 s that
+                # channels-redis blocks in BZPOPMIN: an idle consumer's read then times out
+                # and the exception kills its connection (1011). Read longer than the block.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "prefix": os.environ.get("WSS_REDIS_PREFIX", "wss"),
             },
         }
@@ -202,3 +205,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }
+
+WSS_REQUIRE_AUTH = env_bool("WSS_REQUIRE_AUTH", False)
+WSS_RATE_LIMIT = env_number("WSS_RATE_LIMIT", 20, float)
+WSS_RATE_LIMIT_BURST = int(env_number("WSS_RATE_LIMIT_BURST", 40))
