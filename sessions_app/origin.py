@@ -35,7 +35,11 @@ class SessionOriginValidator(OriginValidator):
         """Decide on one handshake, reading the settings each time."""
         if parsed_origin is None:
             if app_settings.WSS_REQUIRE_ORIGIN:
-                events.handshake_refused(_handshake_scope.get() or {}, reason="origin", detail="no Origin header")
+                events.handshake_refused(
+                    _handshake_scope.get() or {},
+                    reason="origin",
+                    detail="no Origin header and WSS_REQUIRE_ORIGIN is on",
+                )
                 return False
             return True
         patterns = list(app_settings.WSS_ALLOWED_ORIGINS) + allowed_host_patterns()

@@ -1,7 +1,5 @@
 """The in-memory layer: expiry still happens, but the walk over every channel is rate-limited."""
 
-import pytest
-
 from sessions_app.layers import InMemoryChannelLayer
 
 
@@ -28,9 +26,9 @@ async def test_receives_within_the_interval_skip_the_walk():
     assert "stale" in layer.channels  # not walked again yet
 
 
-async def test_the_project_uses_this_layer_without_redis(settings):
+async def test_the_project_uses_this_layer_without_redis_and_channels_redis_with_it(settings):
     from channels.layers import get_channel_layer
+    from channels_redis.core import RedisChannelLayer
 
-    if getattr(settings, "REDIS_URL", ""):
-        pytest.skip("REDIS_URL is set: the channels-redis layer is in use")
-    assert isinstance(get_channel_layer(), InMemoryChannelLayer)
+    expected = RedisChannelLayer if getattr(settings, "REDIS_URL", "") else InMemoryChannelLayer
+    assert isinstance(get_channel_layer(), expected)
