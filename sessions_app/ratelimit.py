@@ -13,6 +13,8 @@ from .errors import RateLimited, RateLimitExceeded
 class TokenBucket:
     """One connection's allowance of frames; `rate` <= 0 turns the limit off."""
 
+    __slots__ = ("capacity", "rate", "refused", "tokens", "updated")  # one per held connection
+
     def __init__(self, *, rate: float, burst: int, now: float) -> None:
         self.rate = float(rate)
         self.capacity = float(max(burst, 1))

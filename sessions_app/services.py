@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
@@ -70,38 +70,30 @@ def instance_register_sync() -> uuid.UUID:
     return identity.boot_id
 
 
-def _session_insert(
-    *,
-    session_id: uuid.UUID,
-    workspace_dir: str,
-    created_at: datetime,
-    channel_name: str,
-    client_addr: str,
-    user_id: int | None,
-) -> None:
-    row = LiveSession(
-        id=session_id,
-        workspace_dir=workspace_dir,
-        created_at=created_at,
-        channel_name=channel_name,
-        client_addr=client_addr,
-        instance_id=process_identity().boot_id,
-        user_id=user_id,
-    )
-    with transaction.atomic():
-        row.save(force_insert=True)
-
-
-def session_create_sync(**fields) -> None:
+def session_create_sync(operation: "SessionInsert") -> None:
     """Commit one session row, registering this instance first if the registry lost it."""
     if not _instance_registered:
         instance_register_sync()
     try:
-        _session_insert(**fields)
+        with transaction.atomic():
+            _session_row(operation).save(force_insert=True)
     except IntegrityError:
         # The instance row is gone (reaped, or the registry was reset): register again, retry once.
         instance_register_sync()
-        _session_insert(**fields)
+        with transaction.atomic():
+            _session_row(operation).save(force_insert=True)
+
+
+def _session_row(operation: "SessionInsert") -> LiveSession:
+    return LiveSession(
+        id=operation.session_id,
+        workspace_dir=operation.workspace_dir,
+        created_at=operation.created_at,
+        channel_name=operation.channel_name,
+        client_addr=operation.client_addr,
+        instance_id=process_identity().boot_id,
+        user_id=operation.user_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +142,7 @@ async def session_close(*, session_id: uuid.UUID) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SessionInsert:
-    """A queued registry write: insert this session's row (the arguments of session_create_sync)."""
+    """A queued registry write: insert this session's row."""
 
     session_id: uuid.UUID
     workspace_dir: str
@@ -169,22 +161,10 @@ class SessionDelete:
 
 def registry_write_batch_sync(operations: list[SessionInsert | SessionDelete]) -> None:
     """Apply queued inserts and deletes in one transaction: the group commit."""
-    instance_id = process_identity().boot_id  # first: after a fork this resets the registered flag
+    process_identity()  # first: after a fork this resets the registered flag
     if not _instance_registered:
         instance_register_sync()
-    rows = [
-        LiveSession(
-            id=op.session_id,
-            workspace_dir=op.workspace_dir,
-            created_at=op.created_at,
-            channel_name=op.channel_name,
-            client_addr=op.client_addr,
-            instance_id=instance_id,
-            user_id=op.user_id,
-        )
-        for op in operations
-        if isinstance(op, SessionInsert)
-    ]
+    rows = [_session_row(op) for op in operations if isinstance(op, SessionInsert)]
     deleted = [op.session_id for op in operations if isinstance(op, SessionDelete)]
     with transaction.atomic():
         if rows:
@@ -196,7 +176,7 @@ def registry_write_batch_sync(operations: list[SessionInsert | SessionDelete]) -
 def registry_write_one_sync(operation: SessionInsert | SessionDelete) -> None:
     """Apply one queued write alone: the fallback when its batch failed."""
     if isinstance(operation, SessionInsert):
-        session_create_sync(**asdict(operation))
+        session_create_sync(operation)
     else:
         session_delete_sync(operation.session_id)
 
