@@ -95,6 +95,8 @@ def client_address(scope: dict[str, Any]) -> str:
 
 
 def _emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    if not logger.isEnabledFor(level):
+        return  # three events per session: build nothing that no handler will write
     fields = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
     fields["instance"] = str(process_identity().boot_id)
     fields = {k: str(v) if not isinstance(v, int | float) else v for k, v in fields.items()}
