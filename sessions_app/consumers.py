@@ -32,6 +32,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         finally:
             # daphne calls disconnect() only after a clean end. An exception escaping the
             # base class (Redis failing under the channel layer's receive) would leak the row.
+            if self.session is not None:
+                self.closing_error = self.closing_error or "internal_error"
             await self.disconnect(1011)
 
     async def connect(self) -> None:

@@ -23,6 +23,7 @@ END_REASON_BY_ERROR_CODE = {
     "session_terminated": "terminated",
     "server_shutting_down": "shutdown",
     "session_lost": "lost",  # a peer reaped the row and counted it as reaped; the socket ends here
+    "internal_error": "server_error",  # the connection died of an exception (e.g. the channel layer failed)
 }
 
 

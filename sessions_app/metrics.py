@@ -30,6 +30,7 @@ END_REASONS = (
     "reaped",
     "shutdown",
     "lost",
+    "server_error",
 )
 REFUSAL_REASONS = ("origin", "auth", "rate_limit")
 

@@ -271,6 +271,12 @@ class FailingChannelLayer(InMemoryChannelLayer):
 
 
 async def test_a_channel_layer_failure_still_removes_the_row(workspace, monkeypatch):
+    from prometheus_client import REGISTRY
+
+    def server_errors() -> float:
+        return REGISTRY.get_sample_value("wss_sessions_ended_total", {"reason": "server_error"}) or 0.0
+
+    before = server_errors()
     layer = FailingChannelLayer()
     monkeypatch.setattr(channels.consumer, "get_channel_layer", lambda alias=None: layer)
     comm = WebsocketCommunicator(application, "/ws")
@@ -282,3 +288,4 @@ async def test_a_channel_layer_failure_still_removes_the_row(workspace, monkeypa
     with pytest.raises(ConnectionError):
         await comm.receive_output(timeout=5)
     assert not await LiveSession.objects.filter(pk=session_id).aexists()
+    assert server_errors() == before + 1
