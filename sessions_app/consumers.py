@@ -74,7 +74,9 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         started = time.monotonic()
         if self.session is not None:
             raise SessionExists(f"This connection already holds session {self.session.session_id}.")
-        workspace_dir = workspace_resolve(message.workspace_dir, roots=roots_resolve(app_settings.WSS_WORKSPACE_ROOTS))
+        workspace_dir = workspace_resolve(
+            message.workspace_dir, roots=roots_resolve(tuple(app_settings.WSS_WORKSPACE_ROOTS))
+        )
         self.session = await session_create(
             workspace_dir=workspace_dir,
             channel_name=self.channel_name,

@@ -23,7 +23,7 @@ from django.db import DatabaseError
 
 from . import events
 from .conf import app_settings
-from .tokens import token_authenticate
+from .tokens import bearer_credential, token_authenticate
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +34,7 @@ def bearer_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The token of an `Authorization: Bearer <token>` header, if any."""
     for name, value in headers:
         if name.lower() == b"authorization":
-            scheme, _, credential = value.decode("latin-1").strip().partition(" ")
-            if scheme.lower() == "bearer" and credential.strip():
-                return credential.strip()
+            return bearer_credential(value.decode("latin-1"))
     return None
 
 

@@ -17,6 +17,14 @@ TOKEN_PREFIX = "wss_"
 MAX_TOKEN_CHARS = 200  # anything longer is not one of ours: refuse before hashing
 
 
+def bearer_credential(authorization: str) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` value, if it is one."""
+    scheme, _, credential = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        return credential.strip()
+    return None
+
+
 def token_hash(raw: str) -> str:
     """The stored form of a raw token."""
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()

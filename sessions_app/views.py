@@ -10,6 +10,7 @@ from django.views.decorators.http import require_GET
 
 from . import metrics
 from .conf import app_settings
+from .tokens import bearer_credential
 
 
 @require_GET
@@ -39,8 +40,8 @@ def metrics_allowed(request: HttpRequest) -> bool:
     """The caller presents the token, or connects from an allowed address or network."""
     token = app_settings.WSS_METRICS_TOKEN
     if token:
-        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
+        presented = bearer_credential(request.headers.get("Authorization", ""))
+        if presented is not None and hmac.compare_digest(presented.encode(), token.encode()):
             return True
     return address_allowed(request.META.get("REMOTE_ADDR", ""), app_settings.WSS_METRICS_ALLOWED_IPS)
 

@@ -7,6 +7,7 @@ Containment is decided before existence, so a forbidden path reveals nothing abo
 
 import os
 from collections.abc import Iterable
+from functools import lru_cache
 
 from .errors import WorkspaceForbidden, WorkspaceNotFound
 
@@ -38,6 +39,10 @@ def roots_check(roots: Iterable[str]) -> list[str]:
     return problems
 
 
-def roots_resolve(roots: Iterable[str]) -> list[str]:
-    """The real paths of the configured roots, so that a symlinked root still contains its own files."""
-    return [os.path.realpath(root) for root in roots]
+@lru_cache(maxsize=8)
+def roots_resolve(roots: tuple[str, ...]) -> tuple[str, ...]:
+    """The real paths of the configured roots, so that a symlinked root still contains its own files.
+
+    Cached per configured tuple: resolved once, not on every `new_session`.
+    """
+    return tuple(os.path.realpath(root) for root in roots)
