@@ -199,6 +199,24 @@ async def closes_wait(timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+async def process_reset() -> None:
+    """Forget every start and stop, as if this process had just booted: for tests only.
+
+    Cancels the heartbeat, closes the lifecycle thread and its connection, forgets the
+    tracked connections, and gives the process a fresh registry identity
+    (`services.process_reset`). A server never calls it.
+    """
+    global _heartbeat, _stopping, _predecessors_reaped, _recreation_seen
+    if _heartbeat is not None:
+        _heartbeat.cancel()
+        _heartbeat = None
+    await executor_close()
+    _connections.clear()
+    _stopping = _predecessors_reaped = False
+    _recreation_seen = None
+    services.process_reset()
+
+
 # --- Server hooks ---------------------------------------------------------------------------
 
 

@@ -4,8 +4,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
-import weakref
 from datetime import timedelta
 
 import pytest
@@ -18,50 +16,10 @@ from sessions_app import lifecycle, services
 from sessions_app.models import LiveSession, ServerInstance
 from wssproject.asgi import application
 
-pytestmark = pytest.mark.django_db(transaction=True)
+from .communicators import connect, open_session
+from .polling import wait_until
 
-
-@pytest.fixture(autouse=True)
-async def fresh_process(monkeypatch):
-    """A process that has neither started nor stopped; whatever a test starts is stopped after it."""
-    monkeypatch.setattr(services, "_instance_registered", False)
-    monkeypatch.setattr(services, "_instance_retired", False)
-    monkeypatch.setattr(services, "_instance_recreated_at", None)
-    monkeypatch.setattr(lifecycle, "_recreation_seen", None)
-    monkeypatch.setattr(
-        services, "_identity", services.ProcessIdentity(boot_id=uuid.uuid4(), host="this-host", pid=os.getpid())
-    )
-    monkeypatch.setattr(lifecycle, "_connections", weakref.WeakSet())
-    monkeypatch.setattr(lifecycle, "_stopping", False)
-    monkeypatch.setattr(lifecycle, "_predecessors_reaped", False)
-    monkeypatch.setattr(lifecycle, "_heartbeat", None)
-    monkeypatch.setattr(lifecycle, "CLOSE_HANDSHAKE_SECONDS", 0.2)
-    yield
-    if lifecycle._heartbeat is not None:
-        lifecycle._heartbeat.cancel()
-    await lifecycle.executor_close()
-
-
-async def connect() -> WebsocketCommunicator:
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    return comm
-
-
-async def open_session(workspace) -> tuple[WebsocketCommunicator, str]:
-    comm = await connect()
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    return comm, (await comm.receive_json_from(timeout=5))["session_id"]
-
-
-async def wait_until(predicate, timeout: float = 10) -> bool:
-    """Poll an async predicate until it holds or the deadline passes."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_process")]
 
 
 async def test_stop_tells_every_connection_server_shutting_down_then_closes_4503(workspace):
@@ -103,7 +61,7 @@ async def test_a_stopping_process_refuses_new_connections():
 async def test_start_registers_this_instance_and_reaps_dead_predecessors_at_once():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    predecessor = await ServerInstance.objects.acreate(host="this-host", pid=child.pid)
+    predecessor = await ServerInstance.objects.acreate(host=services.process_identity().host, pid=child.pid)
     await LiveSession.objects.acreate(workspace_dir="/tmp", channel_name="ghost", instance=predecessor)
     await lifecycle.start()
     assert await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
@@ -113,7 +71,7 @@ async def test_start_registers_this_instance_and_reaps_dead_predecessors_at_once
 
 async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catches_up(monkeypatch, settings):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
-    predecessor = await ServerInstance.objects.acreate(host="this-host", pid=os.getpid())
+    predecessor = await ServerInstance.objects.acreate(host=services.process_identity().host, pid=os.getpid())
     register = services.instance_register_sync
 
     def registry_down():
@@ -129,7 +87,7 @@ async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catch
             services.process_identity().boot_id
         ]
 
-    assert await wait_until(caught_up)
+    await wait_until(caught_up, 10, what="the heartbeat registering and reaping the predecessor")
 
 
 async def test_the_heartbeat_reaps_a_silent_peer(settings):
@@ -143,14 +101,15 @@ async def test_the_heartbeat_reaps_a_silent_peer(settings):
     async def reaped() -> bool:
         return not await ServerInstance.objects.filter(pk=silent.pk).aexists()
 
-    assert await wait_until(reaped)
+    await wait_until(reaped, 10, what="the silent peer reaped")
 
 
 async def test_sessions_whose_rows_were_reaped_while_alive_are_closed_with_session_lost(workspace):
     lost, _ = await open_session(workspace)
     await ServerInstance.objects.all().adelete()  # a peer presumed this process dead
     assert await sync_to_async(services.instance_heartbeat_sync)() is False
-    kept, kept_id = await open_session(workspace)
+    kept, kept_reply = await open_session(workspace)
+    kept_id = kept_reply["session_id"]
     assert await lifecycle.lost_sessions_close() == 1
     reply = await lost.receive_json_from(timeout=5)
     assert (reply["type"], reply["code"]) == ("error", "session_lost")
@@ -170,10 +129,7 @@ async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
     )
     await inbox.put({"type": "lifespan.startup"})
 
-    async def started() -> bool:
-        return received == [{"type": "lifespan.startup.complete"}]
-
-    assert await wait_until(started)
+    await wait_until(lambda: received == [{"type": "lifespan.startup.complete"}], 10, what="lifespan startup")
     assert await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
     await inbox.put({"type": "lifespan.shutdown"})
     await asyncio.wait_for(task, timeout=10)
