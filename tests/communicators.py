@@ -39,8 +39,9 @@ async def expect_close(comm: WebsocketCommunicator, code: int) -> None:
 
 
 def new_session_frame(workspace_dir: object, **extra) -> str:
-    """A new_session text frame."""
-    return json.dumps({"type": "new_session", "workspace_dir": str(workspace_dir), **extra})
+    """A new_session text frame; a Path becomes its string, anything else is sent as it is."""
+    value = str(workspace_dir) if isinstance(workspace_dir, Path) else workspace_dir
+    return json.dumps({"type": "new_session", "workspace_dir": value, **extra})
 
 
 async def ws_open_session(ws: websockets.ClientConnection, workspace: object, timeout: float = 30, **extra) -> str:
