@@ -17,6 +17,8 @@ waits behind the consumers' queries and uses one database connection.
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import sys
 import weakref
 from collections.abc import Awaitable, Callable
@@ -24,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from django.db import DatabaseError, close_old_connections, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from . import events, services
 from .conf import app_settings
@@ -50,6 +53,7 @@ class Connection(Protocol):
 
 _connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
 _executor: ThreadPoolExecutor | None = None
+_executor_database: BaseDatabaseWrapper | None = None  # the lifecycle thread's connection
 _heartbeat: asyncio.Task | None = None
 _stopping = False
 _predecessors_reaped = False
@@ -78,6 +82,8 @@ async def registry_call(function: Callable[[], T]) -> T:
         _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wss-lifecycle")
 
     def call() -> T:
+        global _executor_database
+        _executor_database = connections[DEFAULT_DB_ALIAS]
         close_old_connections()
         try:
             return function()
@@ -87,15 +93,32 @@ async def registry_call(function: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(_executor, call)
 
 
+def registry_socket_shut() -> None:
+    """Shut the lifecycle thread's database socket, so that a call stuck on a silent database fails now.
+
+    A query to a database that accepted and then says nothing waits forever (no timeout
+    covers an established connection), and the process could not exit: Python joins the
+    executor's thread at exit. Shutting the socket down is safe from another thread; the
+    stuck call gets an error, and the thread is free again. PostgreSQL (psycopg) only.
+    """
+    try:
+        fileno = _executor_database.connection.pgconn.socket
+    except Exception:  # no connection yet, already closed, or not psycopg
+        return
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fileno)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 async def executor_close() -> None:
     """Close the lifecycle thread's database connection and the thread itself."""
-    global _executor
+    global _executor, _executor_database
     if _executor is None:
         return
     executor, _executor = _executor, None
     with contextlib.suppress(Exception):
         await asyncio.get_running_loop().run_in_executor(executor, connections.close_all)
     executor.shutdown(wait=False)
+    _executor_database = None
 
 
 async def start() -> None:
@@ -183,6 +206,9 @@ async def stop() -> int:
     removed = 0
     try:
         removed = await asyncio.wait_for(registry_call(services.instance_retire_sync), RETIRE_TIMEOUT_SECONDS)
+    except TimeoutError:
+        logger.error("the registry did not answer within %g s; peers will reap this instance", RETIRE_TIMEOUT_SECONDS)
+        registry_socket_shut()
     except Exception:
         logger.exception("could not remove this instance's sessions; peers will reap them")
     await closes_wait(CLOSE_HANDSHAKE_SECONDS)
