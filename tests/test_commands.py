@@ -1,11 +1,16 @@
 """Management commands: reap_sessions (cron, deploy hooks) and terminate_sessions."""
 
+from concurrent.futures import ThreadPoolExecutor
 from io import StringIO
 
+import psycopg
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connections
 
 from sessions_app.models import LiveSession
+
+from .servers import test_database_url as database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -44,3 +49,23 @@ def test_terminate_sessions_fails_on_an_unknown_id():
 def test_terminate_sessions_fails_on_something_that_is_not_an_id():
     with pytest.raises(CommandError, match="not a session id"):
         run("terminate_sessions", "nope")
+
+
+@pytest.mark.production
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reapers_skip_the_rows_another_one_holds(production_services, instance_with_sessions):
+    held, _ = instance_with_sessions(sessions=2, age=3600)
+    free, _ = instance_with_sessions(sessions=3, age=3600)
+    # Another reaper, mid-transaction, holds `held` locked.
+    with psycopg.connect(database_url()) as other:
+        other.execute("SELECT id FROM sessions_app_serverinstance WHERE id = %s FOR UPDATE", (held.pk,))
+        reaper = ThreadPoolExecutor(max_workers=1)
+        try:
+            output = reaper.submit(run, "reap_sessions").result(timeout=10)  # waiting on the lock would hang
+        finally:
+            reaper.submit(connections.close_all)
+            reaper.shutdown(wait=False)
+        assert output == "Reaped 3 sessions.\n"
+        assert set(LiveSession.objects.values_list("instance_id", flat=True)) == {held.pk}
+    assert run("reap_sessions") == "Reaped 2 sessions.\n"  # released: the next pass takes it
+    assert not free.sessions.exists()
