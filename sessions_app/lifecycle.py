@@ -254,16 +254,21 @@ def daphne_install() -> bool:
     and daphne's reactor waits for it. Returns whether the hooks were installed.
     """
     reactor = sys.modules.get("twisted.internet.reactor")
-    if reactor is None or not hasattr(reactor, "_asyncioEventloop"):
+    if reactor is None:
         # Importing the reactor here would install the wrong one: only hook one daphne made.
         return False
-    from twisted.internet import defer
+    from twisted.internet import asyncioreactor, defer
 
+    if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+        return False
+
+    # The reactor's loop is the process's current asyncio loop: daphne sets it before it runs
+    # the reactor, and "when running" callbacks fire just before the loop itself starts.
     def start_soon() -> Awaitable:
-        return defer.Deferred.fromFuture(asyncio.ensure_future(start(), loop=reactor._asyncioEventloop))
+        return defer.Deferred.fromFuture(asyncio.ensure_future(start(), loop=asyncio.get_event_loop()))
 
     def stop_before_shutdown() -> Awaitable:
-        return defer.Deferred.fromFuture(asyncio.ensure_future(stop(), loop=reactor._asyncioEventloop))
+        return defer.Deferred.fromFuture(asyncio.ensure_future(stop(), loop=asyncio.get_event_loop()))
 
     reactor.callWhenRunning(start_soon)
     reactor.addSystemEventTrigger("before", "shutdown", stop_before_shutdown)

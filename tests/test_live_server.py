@@ -1,11 +1,13 @@
 """What only a real daphne shows: close codes on the wire, the size cut-off, TCP drops."""
 
+import asyncio
 import json
+import signal
 
 import pytest
 import websockets
 
-from sessions_app.models import LiveSession
+from sessions_app.models import LiveSession, ServerInstance
 
 from .communicators import ws_open_session
 from .polling import wait_until
@@ -71,3 +73,20 @@ async def test_bad_clients_do_not_disturb_a_good_session(daphne_server, workspac
                 assert json.loads(await bad.recv())["type"] == "error"
         assert await LiveSession.objects.filter(pk=session_id).aexists()
         assert "Traceback" not in daphne_server.log()
+
+
+async def test_daphne_registers_its_instance_at_start_and_retires_it_on_sigterm(daphne_server, workspace):
+    async def registered() -> bool:
+        return await ServerInstance.objects.filter(pid=daphne_server.process.pid).aexists()
+
+    await wait_until(registered, 10, what="the instance registered by the start hook, before any session")
+    async with websockets.connect(daphne_server.url) as ws:
+        await ws_open_session(ws, workspace)
+        daphne_server.signal(signal.SIGTERM)
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["code"] == "server_shutting_down"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd.code == 4503
+    assert await asyncio.to_thread(daphne_server.wait, 20) == 0
+    assert not await ServerInstance.objects.aexists()
+    assert not await LiveSession.objects.aexists()
