@@ -18,7 +18,7 @@ DEFAULTS: dict[str, Any] = {
     "WSS_METRICS_ALLOWED_IPS": ["127.0.0.1", "::1"],
     "WSS_METRICS_TOKEN": "",
     "WSS_READYZ_TIMEOUT_SECONDS": 2.0,
-    # Access and flooding (issue 4): see docs/security.md.
+    # Access and flooding: see docs/security.md.
     "WSS_REQUIRE_AUTH": False,
     "WSS_RATE_LIMIT": 20.0,
     "WSS_RATE_LIMIT_BURST": 40,
