@@ -57,11 +57,9 @@ def workspace(tmp_path: Path) -> Path:
 @pytest.fixture
 async def communicator() -> AsyncIterator[WebsocketCommunicator]:
     """A connected WebsocketCommunicator on /ws through wssproject.asgi.application."""
-    from wssproject.asgi import application
+    from .communicators import connect
 
-    comm = WebsocketCommunicator(application, "/ws")
-    connected, _ = await comm.connect()
-    assert connected
+    comm = await connect()
     yield comm
     await comm.disconnect()
 
