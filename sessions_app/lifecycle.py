@@ -39,8 +39,6 @@ T = TypeVar("T")
 
 # How long a stop waits for the clients' close handshakes before letting the server exit.
 CLOSE_HANDSHAKE_SECONDS = 2.0
-# How long a stop waits for the registry before giving up (the reaper then covers it).
-RETIRE_TIMEOUT_SECONDS = 15.0
 
 
 class Connection(Protocol):
@@ -205,9 +203,11 @@ async def stop() -> int:
             logger.debug("could not tell a connection about the shutdown", exc_info=True)
     removed = 0
     try:
-        removed = await asyncio.wait_for(registry_call(services.instance_retire_sync), RETIRE_TIMEOUT_SECONDS)
+        # Bounded: the reaper of any live peer covers a stop that gave up.
+        timeout = app_settings.WSS_STOP_TIMEOUT_SECONDS
+        removed = await asyncio.wait_for(registry_call(services.instance_retire_sync), timeout)
     except TimeoutError:
-        logger.error("the registry did not answer within %g s; peers will reap this instance", RETIRE_TIMEOUT_SECONDS)
+        logger.error("the registry did not answer within %g s; peers will reap this instance", timeout)
         registry_socket_shut()
     except Exception:
         logger.exception("could not remove this instance's sessions; peers will reap them")
