@@ -53,6 +53,9 @@ async def test_request_id_is_echoed(communicator, workspace, request_id):
     assert reply["request_id"] == request_id
 
 
+COMMIT_GATE = 0x5753  # an advisory lock key of this test's own
+
+
 @contextlib.asynccontextmanager
 async def session_commits_held() -> AsyncIterator[Callable[[], None]]:
     """Hold back the commit of every session row until the yielded `release()` is called.
@@ -98,9 +101,6 @@ async def session_commits_held() -> AsyncIterator[Callable[[], None]]:
         finally:
             release()
             gate.close()
-
-
-COMMIT_GATE = 0x5753  # an advisory lock key of this test's own
 
 
 async def test_the_reply_waits_for_the_rows_commit(communicator, workspace):
