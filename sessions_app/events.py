@@ -33,7 +33,7 @@ def connected(scope: dict[str, Any]) -> None:
 
 
 def handshake_refused(scope: dict[str, Any], *, reason: str, detail: str) -> None:
-    """A handshake was refused (`origin`, `auth`, `rate_limit`, ...)."""
+    """A handshake was refused (`origin` or `auth`: metrics.REFUSAL_REASONS)."""
     metrics.handshake_refused(reason)
     _emit("refused", level=logging.WARNING, client=client_address(scope), reason=reason, detail=detail)
 

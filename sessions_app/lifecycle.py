@@ -44,9 +44,6 @@ T = TypeVar("T")
 
 # How long a stop waits for the clients' close handshakes before letting the server exit.
 CLOSE_HANDSHAKE_SECONDS = 2.0
-# How long a stop waits for the registry, in registry timeouts (15 s by default), before
-# giving up: peers then reap the rows.
-RETIRE_TIMEOUTS = 3
 
 
 class Connection(Protocol):
@@ -328,9 +325,11 @@ async def stop() -> int:
             logger.debug("could not tell a connection about the shutdown", exc_info=True)
     removed = 0
     try:
-        removed = await registry_call(
-            services.instance_retire_sync, timeout=RETIRE_TIMEOUTS * services.registry_timeout()
-        )
+        # Bounded: the reaper of any live peer covers a stop that gave up.
+        timeout = app_settings.WSS_STOP_TIMEOUT_SECONDS
+        removed = await registry_call(services.instance_retire_sync, timeout=timeout)
+    except TimeoutError:
+        logger.error("the registry did not answer within %g s; peers will reap this instance", timeout)
     except Exception:
         logger.exception("could not remove this instance's sessions; peers will reap them")
     await closes_wait(CLOSE_HANDSHAKE_SECONDS)
@@ -356,6 +355,25 @@ async def closes_wait(timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+async def process_reset() -> None:
+    """Forget every start and stop, as if this process had just booted: for tests only.
+
+    Cancels the heartbeat, closes the lifecycle thread and its connection, forgets the
+    tracked connections, and gives the process a fresh registry identity
+    (`services.process_reset`). A server never calls it.
+    """
+    global _heartbeat, _stopping, _predecessors_reaped, _beats_good_since, _fencing
+    if _heartbeat is not None:
+        _heartbeat.cancel()
+        _heartbeat = None
+    lease_end()
+    await executor_close()
+    _connections.clear()
+    _stopping = _predecessors_reaped = False
+    _beats_good_since = _fencing = None
+    services.process_reset()
+
+
 # --- Server hooks ---------------------------------------------------------------------------
 
 
@@ -367,16 +385,21 @@ def daphne_install() -> bool:
     and daphne's reactor waits for it. Returns whether the hooks were installed.
     """
     reactor = sys.modules.get("twisted.internet.reactor")
-    if reactor is None or not hasattr(reactor, "_asyncioEventloop"):
+    if reactor is None:
         # Importing the reactor here would install the wrong one: only hook one daphne made.
         return False
-    from twisted.internet import defer
+    from twisted.internet import asyncioreactor, defer
 
+    if not isinstance(reactor, asyncioreactor.AsyncioSelectorReactor):
+        return False
+
+    # The reactor's loop is the process's current asyncio loop: daphne sets it before it runs
+    # the reactor, and "when running" callbacks fire just before the loop itself starts.
     def start_soon() -> Awaitable:
-        return defer.Deferred.fromFuture(asyncio.ensure_future(start(), loop=reactor._asyncioEventloop))
+        return defer.Deferred.fromFuture(asyncio.ensure_future(start(), loop=asyncio.get_event_loop()))
 
     def stop_before_shutdown() -> Awaitable:
-        return defer.Deferred.fromFuture(asyncio.ensure_future(stop(), loop=reactor._asyncioEventloop))
+        return defer.Deferred.fromFuture(asyncio.ensure_future(stop(), loop=asyncio.get_event_loop()))
 
     reactor.callWhenRunning(start_soon)
     reactor.addSystemEventTrigger("before", "shutdown", stop_before_shutdown)

@@ -32,7 +32,10 @@ END_REASONS = (
     "lost",
     "server_error",
 )
-REFUSAL_REASONS = ("origin", "auth", "rate_limit")
+# The rate limit refuses frames on open connections (counted in wss_protocol_errors_total as
+# `rate_limited` and `rate_limit_exceeded`), never a handshake: per-address connection
+# limits belong to the proxy.
+REFUSAL_REASONS = ("origin", "auth")
 
 LIVE_SESSIONS = Gauge("wss_live_sessions", "Sessions held open by this process right now.")
 SESSIONS_CREATED = Counter("wss_sessions_created", "Sessions opened by this process.")
@@ -76,7 +79,7 @@ def protocol_error(code: str) -> None:
 
 
 def handshake_refused(reason: str) -> None:
-    """A handshake was refused: `origin`, `auth`, `rate_limit`, ..."""
+    """A handshake was refused: `origin` or `auth` (REFUSAL_REASONS)."""
     HANDSHAKE_REFUSALS.labels(reason=reason).inc()
 
 

@@ -14,7 +14,7 @@ HTTP 403 and one warning line, without the token.
 """
 
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -52,19 +52,9 @@ class ApiTokenAuthMiddleware:
     def __init__(self, application: Any) -> None:
         self.application = application
 
-    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
-        """Check the handshake; a plain function so that the common path adds no frame.
-
-        Returning the inner application's coroutine, instead of awaiting it here, keeps no
-        frame of this middleware alive for the whole life of every connection.
-        """
-        raw = bearer_from_headers(scope.get("headers", [])) or bearer_from_subprotocols(scope.get("subprotocols", []))
-        if raw is None and not app_settings.WSS_REQUIRE_AUTH:
-            return self.application(scope, receive, send)
-        return self.authenticate(raw, scope, receive, send)
-
-    async def authenticate(self, raw: str | None, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         """Resolve a presented token, or enforce WSS_REQUIRE_AUTH; refuse with 403."""
+        raw = bearer_from_headers(scope.get("headers", [])) or bearer_from_subprotocols(scope.get("subprotocols", []))
         if raw is not None:
             try:
                 user = await database_sync_to_async(token_authenticate)(raw)

@@ -62,6 +62,18 @@ def process_identity() -> ProcessIdentity:
     return _identity
 
 
+def process_reset() -> None:
+    """Forget this process's registration: a fresh boot id, neither registered nor retired.
+
+    For tests only, which play several server lives in one process; a server never calls it.
+    """
+    global _identity, _instance_registered, _instance_retired, _lease_until
+    _identity = ProcessIdentity(boot_id=uuid.uuid4(), host=socket.gethostname(), pid=os.getpid())
+    _instance_registered = _instance_retired = False
+    _lease_until = None
+    _inserts_in_flight.clear()
+
+
 def instance_register_sync() -> uuid.UUID:
     """Insert or refresh this process's ServerInstance row; returns its boot id."""
     global _instance_registered

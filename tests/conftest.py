@@ -2,7 +2,8 @@
 
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -56,13 +57,57 @@ def workspace(tmp_path: Path) -> Path:
 @pytest.fixture
 async def communicator() -> AsyncIterator[WebsocketCommunicator]:
     """A connected WebsocketCommunicator on /ws through wssproject.asgi.application."""
-    from wssproject.asgi import application
+    from .communicators import connect
 
-    comm = WebsocketCommunicator(application, "/ws")
-    connected, _ = await comm.connect()
-    assert connected
+    comm = await connect()
     yield comm
     await comm.disconnect()
+
+
+@pytest.fixture
+def fresh_instance() -> Iterator[None]:
+    """This process as a fresh server instance: a new boot id, not registered, not retired."""
+    from sessions_app import services
+
+    services.process_reset()
+    yield
+    services.process_reset()
+
+
+@pytest.fixture
+async def fresh_process(monkeypatch) -> AsyncIterator[None]:
+    """A process that has neither started nor stopped; whatever a test starts is stopped after it."""
+    from sessions_app import lifecycle
+
+    await lifecycle.process_reset()
+    monkeypatch.setattr(lifecycle, "CLOSE_HANDSHAKE_SECONDS", 0.2)
+    yield
+    await lifecycle.process_reset()
+
+
+@pytest.fixture
+def instance_with_sessions() -> Callable:
+    """Make a ServerInstance whose last heartbeat was `age` seconds ago, with one session row per workspace.
+
+    `sessions=N` is N rows on /tmp. Returns the instance and its rows, in order.
+    """
+    from django.utils import timezone
+
+    from sessions_app.models import LiveSession, ServerInstance
+
+    def make(
+        *, sessions: int = 0, workspaces: Sequence[str] = (), age: float = 0, host: str = "elsewhere", pid: int = 1
+    ) -> tuple[ServerInstance, list[LiveSession]]:
+        instance = ServerInstance.objects.create(
+            host=host, pid=pid, heartbeat_at=timezone.now() - timedelta(seconds=age)
+        )
+        rows = [
+            LiveSession(workspace_dir=path, channel_name=f"c{n}", client_addr="127.0.0.1:1", instance=instance)
+            for n, path in enumerate(list(workspaces) or ["/tmp"] * sessions)
+        ]
+        return instance, LiveSession.objects.bulk_create(rows)
+
+    return make
 
 
 @pytest.fixture

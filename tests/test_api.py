@@ -13,12 +13,9 @@ from .communicators import open_session
 
 
 @pytest.fixture
-def sessions(db) -> list[LiveSession]:
+def sessions(db, instance_with_sessions) -> list[LiveSession]:
     """Five rows on one live instance, on two workspaces (three on project-0, two on project-1)."""
-    instance = ServerInstance.objects.create(host="h", pid=1)
-    workspaces = ["/srv/ws/project-0", "/srv/ws/project-1"] * 2 + ["/srv/ws/project-0"]
-    rows = [LiveSession(workspace_dir=path, channel_name=path, instance=instance) for path in workspaces]
-    return LiveSession.objects.bulk_create(rows)
+    return instance_with_sessions(workspaces=["/srv/ws/project-0", "/srv/ws/project-1"] * 2 + ["/srv/ws/project-0"])[1]
 
 
 def test_list_is_paginated_and_carries_the_instance(admin_client, sessions):
@@ -59,6 +56,8 @@ def test_one_session_by_id_and_404_for_unknown_or_malformed(admin_client, sessio
 
 
 def test_anonymous_and_non_staff_users_are_refused_with_json(client, django_user_model, sessions):
+    # The instance is dead: a DELETE that ran would remove the row at once, so a refusal shows.
+    ServerInstance.objects.update(heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
     anonymous = client.get("/api/sessions")
     assert anonymous.status_code == 401
     assert anonymous["WWW-Authenticate"].startswith("Bearer")
@@ -66,7 +65,17 @@ def test_anonymous_and_non_staff_users_are_refused_with_json(client, django_user
     client.force_login(django_user_model.objects.create_user("plain", password="pw"))
     assert client.get("/api/sessions").status_code == 403
     assert client.delete(f"/api/sessions/{sessions[0].pk}").status_code == 403
+    assert LiveSession.objects.filter(pk=sessions[0].pk).exists()
     assert LiveSession.objects.count() == 5
+
+
+def test_pages_hold_100_rows_by_default_and_page_size_is_capped_at_1000(admin_client, instance_with_sessions):
+    instance_with_sessions(sessions=1001)
+    default = admin_client.get("/api/sessions").json()
+    assert (default["count"], len(default["results"])) == (1001, 100)
+    capped = admin_client.get("/api/sessions", {"page_size": 5000}).json()
+    assert len(capped["results"]) == 1000
+    assert "page=2" in capped["next"]
 
 
 def test_unknown_api_paths_are_json_404(admin_client):

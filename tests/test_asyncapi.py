@@ -4,6 +4,8 @@ import json
 import uuid
 
 import pytest
+import websockets
+from channels.testing import WebsocketCommunicator
 from jsonschema import ValidationError
 
 from sessions_app import errors, protocol
@@ -84,12 +86,43 @@ def test_binary_server_frames_are_rejected():
         check_server_frame(b"\x00")
 
 
+OFF_SCHEMA = json.dumps({"type": "pong"})  # a frame the protocol does not have
+
+
+async def off_schema_app(scope, receive, send) -> None:
+    """An ASGI WebSocket app that accepts, then sends one frame off the schema."""
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": OFF_SCHEMA})
+    await receive()
+
+
+async def test_the_communicator_wrapper_rejects_an_off_schema_frame():
+    comm = WebsocketCommunicator(off_schema_app, "/ws")
+    assert (await comm.connect())[0]
+    with pytest.raises(ValidationError):
+        await comm.receive_json_from()
+    await comm.disconnect()
+
+
+async def test_the_websockets_client_wrapper_rejects_an_off_schema_frame_on_recv_and_iteration():
+    async def handler(ws) -> None:
+        await ws.send(OFF_SCHEMA)
+        await ws.send(OFF_SCHEMA)
+        await ws.wait_closed()
+
+    async with websockets.serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with websockets.connect(f"ws://127.0.0.1:{port}") as ws:
+            with pytest.raises(ValidationError):
+                await ws.recv()
+            with pytest.raises(ValidationError):
+                async for _frame in ws:
+                    pass
+
+
 @pytest.mark.django_db(transaction=True)
-async def test_communicator_reads_are_validated(communicator):
-    # The autouse fixture wraps WebsocketCommunicator: a frame off the schema fails the read.
+async def test_frames_from_the_real_application_pass_the_wrapper(communicator):
     await communicator.send_to(text_data="{not json")
     frame = await communicator.receive_json_from()
     assert frame["code"] == errors.InvalidJson.code
-    from channels.testing import WebsocketCommunicator
-
-    assert WebsocketCommunicator.receive_output.__name__ == "checked_receive_output"

@@ -2,13 +2,15 @@
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.db import SessionStore
 
+from sessions_app.auth_fastpath import SessionCookieAuthMiddleware
 from sessions_app.models import LiveSession
-from wssproject.asgi import application
+
+from .communicators import open_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,14 +26,22 @@ def logged_in_session_key(django_user_model) -> tuple[int, str]:
     return user.pk, session.session_key
 
 
-async def open_session_row(workspace, headers=None) -> LiveSession:
-    comm = WebsocketCommunicator(application, "/ws", headers=headers or [])
-    assert (await comm.connect())[0]
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    reply = await comm.receive_json_from(timeout=5)
+async def open_session_row(workspace, headers: list) -> LiveSession:
+    comm, reply = await open_session(workspace, headers=headers)
     row = await LiveSession.objects.aget(pk=reply["session_id"])
     await comm.disconnect()
     return row
+
+
+async def scope_seen(headers: list) -> dict:
+    """The scope that SessionCookieAuthMiddleware hands to the application inside it."""
+    seen: dict = {}
+
+    async def inner(scope, receive, send) -> None:
+        seen.update(scope)
+
+    await SessionCookieAuthMiddleware(inner)({"type": "websocket", "path": "/ws", "headers": headers}, None, None)
+    return seen
 
 
 async def test_a_logged_in_session_cookie_records_the_user_on_the_session(workspace, django_user_model):
@@ -50,3 +60,19 @@ async def test_an_unknown_session_cookie_is_anonymous(workspace):
     cookie = f"{settings.SESSION_COOKIE_NAME}=nosuchsession".encode()
     row = await open_session_row(workspace, headers=[(b"cookie", cookie)])
     assert row.user_id is None
+
+
+async def test_a_handshake_without_the_session_cookie_skips_the_session_and_auth_middlewares():
+    # AuthMiddlewareStack puts a `session` in every scope and a lazy user to resolve on a
+    # database thread; the direct path has neither: a plain AnonymousUser and the cookies.
+    scope = await scope_seen([(b"cookie", b"theme=dark")])
+    assert "session" not in scope
+    assert type(scope["user"]) is AnonymousUser
+    assert scope["cookies"] == {"theme": "dark"}
+    assert "session" not in await scope_seen([])
+
+
+async def test_a_handshake_with_the_session_cookie_takes_the_full_stack():
+    scope = await scope_seen([(b"cookie", f"{settings.SESSION_COOKIE_NAME}=nosuchsession".encode())])
+    assert "session" in scope
+    assert type(scope["user"]) is not AnonymousUser  # Channels' lazy user, resolved by the stack

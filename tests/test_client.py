@@ -20,6 +20,7 @@ from sessions_app.client import (
 )
 from sessions_app.models import LiveSession
 
+from .polling import wait_until, wait_until_sync
 from .servers import ROOT
 
 
@@ -60,10 +61,11 @@ async def test_new_session_returns_a_typed_session_and_the_row_lives_with_the_cl
         assert (session.workspace_dir, session.request_id) == (str(workspace.resolve()), "r1")
         assert await LiveSession.objects.filter(pk=session.session_id).aexists()
     assert client.close_code == 1000
-    deadline = asyncio.get_running_loop().time() + 10
-    while await LiveSession.objects.filter(pk=session.session_id).aexists():
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.05)
+
+    async def row_gone() -> bool:
+        return not await LiveSession.objects.filter(pk=session.session_id).aexists()
+
+    await wait_until(row_gone, 10, what="the row removed")
 
 
 @pytest.mark.usefixtures("transactional_db")
@@ -132,18 +134,9 @@ def test_cli_prints_the_session_holds_it_and_closes_on_ctrl_c(daphne_server, wor
         assert cli.wait(timeout=20) == 0
     finally:
         cli.kill()
-    assert _row_goes(printed["session_id"])
-
-
-def _row_goes(session_id: str, timeout: float = 10) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while LiveSession.objects.filter(pk=session_id).exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    wait_until_sync(
+        lambda: not LiveSession.objects.filter(pk=printed["session_id"]).exists(), 10, what="the row removed"
+    )
 
 
 @pytest.mark.usefixtures("transactional_db")

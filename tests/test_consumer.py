@@ -1,34 +1,30 @@
 """The protocol through the real ASGI application, with Channels' WebsocketCommunicator."""
 
+import contextlib
 import json
+import logging
 import os
 import re
+import sqlite3
 import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from channels.testing import WebsocketCommunicator
+from django import db
 from django.db import DatabaseError
 
 from sessions_app import services
 from sessions_app.models import LiveSession
-from wssproject.asgi import application
 
-from .communicators import open_session
+from .communicators import connect, expect_close, new_session, open_session
+from .servers import test_database_url as database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-
-
-async def new_session(comm: WebsocketCommunicator, workspace_dir, **extra) -> dict:
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace_dir), **extra})
-    return await comm.receive_json_from(timeout=5)
-
-
-async def expect_close(comm: WebsocketCommunicator, code: int) -> None:
-    message = await comm.receive_output(timeout=5)
-    assert message == {"type": "websocket.close", "code": code}
 
 
 async def test_new_session_reply_carries_uuid4_real_path_and_utc_timestamp(communicator, workspace):
@@ -58,7 +54,68 @@ async def test_request_id_is_echoed(communicator, workspace, request_id):
     assert reply["request_id"] == request_id
 
 
-async def test_row_is_committed_before_the_reply_and_names_its_connection(communicator, workspace):
+COMMIT_GATE = 0x5753  # an advisory lock key of this test's own
+
+
+@contextlib.asynccontextmanager
+async def session_commits_held() -> AsyncIterator[Callable[[], None]]:
+    """Hold back the commit of every session row until the yielded `release()` is called.
+
+    PostgreSQL: a deferred constraint trigger makes each commit wait on an advisory lock the
+    test holds, so the row is inserted but not committed. SQLite: another connection holds
+    the write lock, so the writer's whole transaction (its commit too) waits.
+    """
+    vendor, params = db.connection.vendor, db.connection.settings_dict
+    if vendor == "postgresql":
+        gate = psycopg.connect(database_url(), autocommit=True)
+        gate.execute("SELECT pg_advisory_lock(%s)", (COMMIT_GATE,))
+        ddl = [
+            f"CREATE FUNCTION wss_commit_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"PERFORM pg_advisory_lock_shared({COMMIT_GATE}); PERFORM pg_advisory_unlock_shared({COMMIT_GATE}); "
+            f"RETURN NULL; END $$",
+            "CREATE CONSTRAINT TRIGGER wss_commit_gate AFTER INSERT ON sessions_app_livesession "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wss_commit_gate()",
+        ]
+        for statement in ddl:
+            gate.execute(statement)
+
+        def release() -> None:
+            gate.execute("SELECT pg_advisory_unlock(%s)", (COMMIT_GATE,))
+
+        try:
+            yield release
+        finally:
+            release()
+            gate.execute("DROP TRIGGER wss_commit_gate ON sessions_app_livesession")
+            gate.execute("DROP FUNCTION wss_commit_gate()")
+            gate.close()
+    else:
+        gate = sqlite3.connect(params["TEST"]["NAME"], isolation_level=None, check_same_thread=False)
+        gate.execute("BEGIN IMMEDIATE")
+
+        def release() -> None:
+            if gate.in_transaction:
+                gate.execute("COMMIT")
+
+        try:
+            yield release
+        finally:
+            release()
+            gate.close()
+
+
+async def test_the_reply_waits_for_the_rows_commit(communicator, workspace):
+    async with session_commits_held() as release:
+        await communicator.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
+        assert await communicator.receive_nothing(timeout=0.5), "replied before the row was committed"
+        assert not await LiveSession.objects.aexists()
+        release()
+        reply = await communicator.receive_json_from(timeout=10)
+    assert reply["type"] == "new_session"
+    assert await LiveSession.objects.filter(pk=reply["session_id"]).aexists()
+
+
+async def test_the_row_names_its_connection_and_its_creation_time(communicator, workspace):
     reply = await new_session(communicator, workspace)
     row = await LiveSession.objects.select_related("instance").aget(pk=reply["session_id"])
     assert row.channel_name
@@ -120,6 +177,13 @@ async def test_invalid_request_keeps_the_connection_open(communicator, workspace
     await assert_still_open_and_usable(communicator, workspace)
 
 
+async def test_a_directory_named_with_255_utf8_bytes_opens_a_session(communicator, tmp_path):
+    name = "é" * 127 + "a"  # 128 characters, 255 bytes: the kernel's NAME_MAX, and ours
+    (tmp_path / name).mkdir()
+    reply = await new_session(communicator, tmp_path / name)
+    assert reply["workspace_dir"] == str((tmp_path / name).resolve())
+
+
 async def test_missing_workspace_is_not_found_and_stays_open(communicator, workspace, tmp_path):
     (tmp_path / "file").write_text("x")
     for path in (tmp_path / "missing", tmp_path / "file"):
@@ -153,8 +217,7 @@ async def test_registry_failure_is_unavailable_and_the_connection_recovers(commu
 
 
 async def test_row_lives_exactly_as_long_as_the_connection(workspace):
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
+    comm = await connect()
     reply = await new_session(comm, workspace)
     assert await LiveSession.objects.filter(pk=reply["session_id"]).aexists()
     await comm.disconnect()
@@ -162,8 +225,7 @@ async def test_row_lives_exactly_as_long_as_the_connection(workspace):
 
 
 async def test_row_is_removed_after_a_fatal_protocol_error(workspace):
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
+    comm = await connect()
     reply = await new_session(comm, workspace)
     await comm.send_to(text_data="garbage")
     await comm.receive_json_from(timeout=5)
@@ -174,43 +236,46 @@ async def test_row_is_removed_after_a_fatal_protocol_error(workspace):
 
 
 async def test_disconnect_without_a_session_is_harmless():
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
+    comm = await connect()
     await comm.disconnect()
     assert await LiveSession.objects.acount() == 0
 
 
-async def test_unexpected_exception_becomes_internal_error_not_a_crash(communicator, workspace, monkeypatch):
+async def test_unexpected_exception_becomes_internal_error_not_a_crash(communicator, workspace, monkeypatch, caplog):
     from sessions_app import consumers
 
     def explode(*args, **kwargs):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(consumers, "workspace_resolve", explode)
-    reply = await new_session(communicator, workspace, request_id=5)
-    assert reply["code"] == "internal_error"
+    with caplog.at_level(logging.ERROR, logger="sessions_app.consumers"):
+        reply = await new_session(communicator, workspace, request_id=5)
+    assert (reply["code"], reply["request_id"]) == ("internal_error", 5)
+    [record] = [r for r in caplog.records if r.name == "sessions_app.consumers"]
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    assert "Traceback" in caplog.text and "RuntimeError: bug" in caplog.text
     monkeypatch.undo()
     await assert_still_open_and_usable(communicator, workspace)
 
 
 async def test_other_paths_are_refused_at_the_handshake():
+    from wssproject.asgi import application
+
     comm = WebsocketCommunicator(application, "/elsewhere")
     connected, _ = await comm.connect()
     assert not connected
 
 
 async def test_trailing_slash_path_works(workspace):
-    comm = WebsocketCommunicator(application, "/ws/")
-    assert (await comm.connect())[0]
+    comm = await connect("/ws/")
     assert (await new_session(comm, workspace))["type"] == "new_session"
     await comm.disconnect()
 
 
 async def test_many_connections_each_hold_their_own_session(workspace):
-    comms = [WebsocketCommunicator(application, "/ws") for _ in range(10)]
+    comms = [await connect() for _ in range(10)]
     ids = set()
     for comm in comms:
-        assert (await comm.connect())[0]
         ids.add((await new_session(comm, workspace))["session_id"])
     assert len(ids) == 10
     assert await LiveSession.objects.acount() == 10
@@ -229,6 +294,8 @@ def test_error_frames_are_single_json_objects():
 
 async def test_an_over_long_client_address_is_clamped_to_the_column_not_refused(workspace):
     # A forwarded-for header can make the peer anything; the column holds 64 characters.
+    from wssproject.asgi import application
+
     comm = WebsocketCommunicator(application, "/ws")
     comm.scope["client"] = ("f" * 100, 65535)  # read by the app when it runs, after this line
     assert (await comm.connect())[0]
@@ -259,3 +326,63 @@ async def test_a_non_database_failure_of_the_writer_does_not_escape_disconnect(w
     monkeypatch.setattr(services.registry_writer, "apply", broken)
     await comm.disconnect()  # re-raises whatever the application raised
     assert "registry delete of session" in caplog.text
+
+
+# --- after a closing error, frames still in flight get no answer -------------------------------
+
+
+async def close_4400(comm, workspace, settings) -> str:
+    await comm.send_to(text_data="not json")
+    return "invalid_json"
+
+
+async def close_4413(comm, workspace, settings) -> str:
+    await comm.send_to(text_data="x" * 70_000)
+    return "message_too_large"
+
+
+async def close_4415(comm, workspace, settings) -> str:
+    await comm.send_to(bytes_data=b"\x00")
+    return "unsupported_frame"
+
+
+async def close_4429(comm, workspace, settings) -> str:
+    # The test connects with a bucket of one frame that never refills.
+    assert [(await new_session(comm, ""))["code"] for _ in range(2)] == ["invalid_request", "rate_limited"]
+    await comm.send_json_to({"type": "new_session", "workspace_dir": ""})
+    return "rate_limit_exceeded"
+
+
+async def close_4410(comm, workspace, settings) -> str:
+    session_id = (await new_session(comm, workspace))["session_id"]
+    assert await services.session_terminate(session_id=session_id)
+    return "session_terminated"
+
+
+async def close_4503(comm, workspace, settings) -> str:
+    from sessions_app import lifecycle
+
+    await new_session(comm, workspace)
+    await lifecycle.stop()
+    return "server_shutting_down"
+
+
+CLOSERS = {4400: close_4400, 4413: close_4413, 4415: close_4415, 4429: close_4429, 4410: close_4410, 4503: close_4503}
+
+
+@pytest.mark.usefixtures("fresh_process")
+@pytest.mark.parametrize("close_code", CLOSERS)
+async def test_frames_after_a_closing_error_are_ignored(close_code, workspace, settings):
+    settings.WSS_RATE_LIMIT, settings.WSS_RATE_LIMIT_BURST = (0.001, 1) if close_code == 4429 else (20.0, 40)
+    comm = await connect()
+    code = await CLOSERS[close_code](comm, workspace, settings)
+    reply = await comm.receive_json_from(timeout=5)
+    assert (reply["type"], reply["code"]) == ("error", code)
+    await expect_close(comm, close_code)
+    # Frames the client sent before it saw the close: a good one, a bad one, a binary one.
+    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
+    await comm.send_to(text_data="not json")
+    await comm.send_to(bytes_data=b"\x00")
+    assert await comm.receive_nothing(timeout=0.3)
+    assert not await LiveSession.objects.aexists()
+    await comm.disconnect(code=close_code)

@@ -20,6 +20,8 @@ from asgiref.sync import sync_to_async
 
 from sessions_app.models import LiveSession, ServerInstance
 
+from .communicators import ws_open_session
+from .polling import wait_until
 from .servers import ROOT, ServerProcess
 from .servers import test_database_url as database_url
 
@@ -51,10 +53,7 @@ async def open_sessions(url: str, workspace, count: int) -> list[tuple[websocket
     async def one() -> tuple[websockets.ClientConnection, str]:
         async with gate:
             ws = await websockets.connect(url, open_timeout=30)
-            await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
-            reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
-            assert reply["type"] == "new_session", reply
-            return ws, reply["session_id"]
+            return ws, await ws_open_session(ws, workspace)
 
     return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), timeout=120)
 
@@ -78,16 +77,6 @@ def instance_of(server: ServerProcess) -> ServerInstance | None:
 @sync_to_async
 def sessions_of(instance_id) -> int:
     return LiveSession.objects.filter(instance_id=instance_id).count()
-
-
-async def wait_for(predicate, timeout: float, step: float = 0.05) -> float | None:
-    """Poll an async predicate; the seconds it took to hold, or None if the deadline passed first."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if await predicate():
-            return time.monotonic() - start
-        await asyncio.sleep(step)
-    return None
 
 
 def terminate_command(*session_ids: str) -> subprocess.CompletedProcess:
@@ -176,9 +165,8 @@ async def test_sigkill_with_200_sessions_is_reaped_by_a_peer_within_timeout_plus
             and not await ServerInstance.objects.filter(pk=instance_b.pk).aexists()
         )
 
-    took = await wait_for(reaped, timeout=TIMEOUT + HEARTBEAT + SLACK)
-    print(f"\nSIGKILL with {LOAD} sessions: reaped by the peer in {took} s (bound {TIMEOUT + HEARTBEAT} s)")
-    assert took is not None, f"not reaped within {TIMEOUT + HEARTBEAT} s + {SLACK} s slack"
+    took = await wait_until(reaped, TIMEOUT + HEARTBEAT + SLACK, what=f"reaped within {TIMEOUT + HEARTBEAT} s + slack")
+    print(f"\nSIGKILL with {LOAD} sessions: reaped by the peer in {took:.1f} s (bound {TIMEOUT + HEARTBEAT} s)")
     assert await instance_of(a) is not None
     codes = Counter([code for _, code in await asyncio.gather(*(last_words(ws) for ws, _ in on_b))])
     assert codes == {None: LOAD}  # 1006: the TCP connection dropped without a close frame
@@ -197,9 +185,8 @@ async def test_a_restarted_last_process_reaps_its_dead_predecessor_at_once(serve
     async def gone() -> bool:
         return not await ServerInstance.objects.filter(pk=predecessor.pk).aexists()
 
-    took = await wait_for(gone, timeout=SLACK)
-    print(f"\nrestart: predecessor's rows gone {took} s after the new process listened")
-    assert took is not None
+    took = await wait_until(gone, SLACK, what="the predecessor reaped at start")
+    print(f"\nrestart: predecessor's rows gone {took:.2f} s after the new process listened")
     assert await sessions_of(predecessor.pk) == 0
     assert await instance_of(second) is not None
 

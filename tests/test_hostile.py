@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from sessions_app.errors import all_error_classes
 from sessions_app.models import LiveSession
-from wssproject.asgi import application
+
+from .communicators import connect, new_session_frame, open_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,27 +41,27 @@ class Case:
     settings: dict = field(default_factory=dict)
 
 
-def new_session_frame(workspace_dir: object) -> str:
-    return json.dumps({"type": "new_session", "workspace_dir": workspace_dir, "request_id": "bad"})
+def bad_frame(workspace_dir: object) -> str:
+    return new_session_frame(workspace_dir, request_id="bad")
 
 
 OVER_LIMIT_BODY = '{"type":"new_session","workspace_dir":"/tmp","pad":"'
 
 CASES = [
     # workspace_dir, with WSS_WORKSPACE_ROOTS = [{root}]
-    Case("dotdot-escape", new_session_frame("{root}/../outside"), "workspace_forbidden"),
-    Case("shared-prefix-sibling", new_session_frame("{root}-evil"), "workspace_forbidden"),
-    Case("symlink-inside-pointing-out", new_session_frame("{root}/link-out"), "workspace_forbidden"),
-    Case("symlink-loop", new_session_frame("{root}/loop"), "workspace_not_found"),
-    Case("nul-byte", new_session_frame("{root}/a\x00b"), "invalid_request"),
-    Case("lone-surrogate", new_session_frame("{root}/\ud800"), "invalid_request"),
-    Case("300-char-component", new_session_frame("{root}/" + "c" * 300), "invalid_request"),
-    Case("5000-char-path", new_session_frame("/" + "/".join(["d" * 99] * 50)), "invalid_request"),
-    Case("tilde", new_session_frame("~"), "invalid_request"),
-    Case("empty-path", new_session_frame(""), "invalid_request"),
-    Case("a-file", new_session_frame("{root}/file"), "workspace_not_found"),
-    Case("missing-path", new_session_frame("{root}/missing"), "workspace_not_found"),
-    Case("path-not-a-string", new_session_frame(["/tmp"]), "invalid_request"),
+    Case("dotdot-escape", bad_frame("{root}/../outside"), "workspace_forbidden"),
+    Case("shared-prefix-sibling", bad_frame("{root}-evil"), "workspace_forbidden"),
+    Case("symlink-inside-pointing-out", bad_frame("{root}/link-out"), "workspace_forbidden"),
+    Case("symlink-loop", bad_frame("{root}/loop"), "workspace_not_found"),
+    Case("nul-byte", bad_frame("{root}/a\x00b"), "invalid_request"),
+    Case("lone-surrogate", bad_frame("{root}/\ud800"), "invalid_request"),
+    Case("300-char-component", bad_frame("{root}/" + "c" * 300), "invalid_request"),
+    Case("5000-char-path", bad_frame("/" + "/".join(["d" * 99] * 50)), "invalid_request"),
+    Case("tilde", bad_frame("~"), "invalid_request"),
+    Case("empty-path", bad_frame(""), "invalid_request"),
+    Case("a-file", bad_frame("{root}/file"), "workspace_not_found"),
+    Case("missing-path", bad_frame("{root}/missing"), "workspace_not_found"),
+    Case("path-not-a-string", bad_frame(["/tmp"]), "invalid_request"),
     Case("request-id-too-big", '{"type":"new_session","workspace_dir":"/tmp","request_id":' + str(2**60) + "}",
          "invalid_request"),
     # frames
@@ -102,10 +103,7 @@ def roots(tmp_path: Path, settings) -> Path:
 async def good(roots: Path):
     """A good session, opened before the bad client arrives, on its own connection."""
     (roots / "good").mkdir()
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(roots / "good")})
-    reply = await comm.receive_json_from(timeout=5)
+    comm, reply = await open_session(roots / "good")
     assert reply["type"] == "new_session"
     yield comm, reply["session_id"]
     await comm.disconnect()
@@ -136,8 +134,7 @@ async def test_bad_input_gets_its_code_and_fate_and_leaves_no_trace(case, roots,
     for name, value in case.settings.items():
         setattr(settings, name, value)
     frame = case.frame.replace("{root}", str(roots)) if isinstance(case.frame, str) else case.frame
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
+    comm = await connect()
     with caplog.at_level(logging.INFO):
         await send_frame(comm, frame)
         reply = await comm.receive_json_from(timeout=10)
@@ -147,7 +144,7 @@ async def test_bad_input_gets_its_code_and_fate_and_leaves_no_trace(case, roots,
         assert CLOSE_CODES[case.code] == case.close
         if case.close is None:
             assert reply.get("request_id") in ("bad", None)
-            await send_frame(comm, new_session_frame(""))  # still open: it answers again
+            await send_frame(comm, bad_frame(""))  # still open: it answers again
             assert (await comm.receive_json_from(timeout=5))["code"] == "invalid_request"
             await comm.disconnect()
         else:
@@ -166,15 +163,14 @@ async def test_unknown_extra_fields_are_ignored_through_the_app(communicator, wo
 async def test_a_flooding_connection_is_rate_limited_then_closed_4429_and_others_are_untouched(good, settings, caplog):
     settings.WSS_RATE_LIMIT = 0.001  # effectively no refill during the test
     settings.WSS_RATE_LIMIT_BURST = 2
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
+    comm = await connect()
     codes = []
     with caplog.at_level(logging.INFO):
         for _ in range(5):
-            await send_frame(comm, new_session_frame(""))
+            await send_frame(comm, bad_frame(""))
             codes.append((await comm.receive_json_from(timeout=5))["code"])
         assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4429}
-        await send_frame(comm, new_session_frame(""))  # already in flight when the close went out
+        await send_frame(comm, bad_frame(""))  # already in flight when the close went out
         assert await comm.receive_nothing(timeout=0.2)
         await comm.disconnect(code=4429)
     assert codes == ["invalid_request"] * 2 + ["rate_limited"] * 2 + ["rate_limit_exceeded"]
@@ -185,9 +181,8 @@ async def test_a_flooding_connection_is_rate_limited_then_closed_4429_and_others
 async def test_a_rate_limited_frame_is_dropped_unread(good, settings, roots):
     settings.WSS_RATE_LIMIT = 0.001
     settings.WSS_RATE_LIMIT_BURST = 1
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    await send_frame(comm, new_session_frame(""))
+    comm = await connect()
+    await send_frame(comm, bad_frame(""))
     assert (await comm.receive_json_from(timeout=5))["code"] == "invalid_request"
     await send_frame(comm, json.dumps({"type": "new_session", "workspace_dir": str(roots)}))
     assert (await comm.receive_json_from(timeout=5))["code"] == "rate_limited"
@@ -242,8 +237,7 @@ def unlimited(settings) -> None:
 )
 @given(frame=frames)
 async def test_arbitrary_frames_get_one_valid_reply_and_never_crash_the_server(frame, unlimited, good, caplog):
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
+    comm = await connect()
     await send_frame(comm, frame)
     output = await comm.receive_output(timeout=10)  # re-raises anything the application raised
     assert output["type"] == "websocket.send"
@@ -279,13 +273,13 @@ async def test_a_channel_layer_failure_still_removes_the_row(workspace, monkeypa
     before = server_errors()
     layer = FailingChannelLayer()
     monkeypatch.setattr(channels.consumer, "get_channel_layer", lambda alias=None: layer)
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    session_id = (await comm.receive_json_from(timeout=5))["session_id"]
+    comm, reply = await open_session(workspace)
+    session_id = reply["session_id"]
     assert await LiveSession.objects.filter(pk=session_id).aexists()
     layer.fail.set()
+    # The application itself ends with the layer's error (receive_output would only say so
+    # after its own timeout had run out).
     with pytest.raises(ConnectionError):
-        await comm.receive_output(timeout=5)
+        await asyncio.wait_for(comm.future, 5)
     assert not await LiveSession.objects.filter(pk=session_id).aexists()
     assert server_errors() == before + 1

@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-import weakref
 from datetime import timedelta
 
 import pytest
@@ -19,40 +17,11 @@ from sessions_app.models import LiveSession, ServerInstance
 from wssproject.asgi import application
 
 from . import communicators
+from .communicators import connect
 from .locks import instance_locked
 from .polling import wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-async def fresh_process(monkeypatch):
-    """A process that has neither started nor stopped; whatever a test starts is stopped after it."""
-    monkeypatch.setattr(services, "_instance_registered", False)
-    monkeypatch.setattr(services, "_instance_retired", False)
-    monkeypatch.setattr(services, "_lease_until", None)
-    monkeypatch.setattr(services, "_inserts_in_flight", set())
-    monkeypatch.setattr(
-        services, "_identity", services.ProcessIdentity(boot_id=uuid.uuid4(), host="this-host", pid=os.getpid())
-    )
-    monkeypatch.setattr(lifecycle, "_connections", weakref.WeakSet())
-    monkeypatch.setattr(lifecycle, "_stopping", False)
-    monkeypatch.setattr(lifecycle, "_predecessors_reaped", False)
-    monkeypatch.setattr(lifecycle, "_heartbeat", None)
-    monkeypatch.setattr(lifecycle, "_beats_good_since", None)
-    monkeypatch.setattr(lifecycle, "_lease_timer", None)
-    monkeypatch.setattr(lifecycle, "CLOSE_HANDSHAKE_SECONDS", 0.2)
-    yield
-    if lifecycle._heartbeat is not None:
-        lifecycle._heartbeat.cancel()
-    lifecycle.lease_end()
-    await lifecycle.executor_close()
-
-
-async def connect() -> WebsocketCommunicator:
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    return comm
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_process")]
 
 
 async def open_session(workspace) -> tuple[WebsocketCommunicator, str]:
@@ -110,7 +79,7 @@ async def test_a_stopping_process_refuses_new_connections():
 async def test_start_registers_this_instance_and_reaps_dead_predecessors_at_once():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    predecessor = await ServerInstance.objects.acreate(host="this-host", pid=child.pid)
+    predecessor = await ServerInstance.objects.acreate(host=services.process_identity().host, pid=child.pid)
     await LiveSession.objects.acreate(workspace_dir="/tmp", channel_name="ghost", instance=predecessor)
     await lifecycle.start()
     assert await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
@@ -120,7 +89,7 @@ async def test_start_registers_this_instance_and_reaps_dead_predecessors_at_once
 
 async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catches_up(monkeypatch, settings):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
-    predecessor = await ServerInstance.objects.acreate(host="this-host", pid=os.getpid())
+    predecessor = await ServerInstance.objects.acreate(host=services.process_identity().host, pid=os.getpid())
     register = services.instance_register_sync
 
     def registry_down():
@@ -136,7 +105,7 @@ async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catch
             services.process_identity().boot_id
         ]
 
-    await wait_until(caught_up, 10, what="registration after the registry came back")
+    await wait_until(caught_up, 10, what="the heartbeat registering and reaping the predecessor")
 
 
 async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_for_a_timeout(settings):
@@ -246,10 +215,7 @@ async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
     )
     await inbox.put({"type": "lifespan.startup"})
 
-    async def started() -> bool:
-        return received == [{"type": "lifespan.startup.complete"}]
-
-    await wait_until(started, 10, what="lifespan startup")
+    await wait_until(lambda: received == [{"type": "lifespan.startup.complete"}], 10, what="lifespan startup")
     assert await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
     await inbox.put({"type": "lifespan.shutdown"})
     await asyncio.wait_for(task, timeout=10)

@@ -4,11 +4,13 @@ floods, a mixed load, and the registry going away under a live server."""
 import asyncio
 import contextlib
 import json
+import statistics
 import time
 from pathlib import Path
 
 import pytest
 import websockets
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 
@@ -16,38 +18,11 @@ from sessions_app.models import LiveSession
 from sessions_app.protocol import SUBPROTOCOL
 from sessions_app.tokens import token_create
 
+from .communicators import close_code_after, new_session_frame, ws_open_session
+from .polling import wait_until
 from .proxy import TcpProxy
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
-
-
-def new_session_frame(workspace_dir: object, **extra) -> str:
-    return json.dumps({"type": "new_session", "workspace_dir": str(workspace_dir), **extra})
-
-
-async def open_session(ws, workspace) -> str:
-    await ws.send(new_session_frame(workspace))
-    reply = json.loads(await ws.recv())
-    assert reply["type"] == "new_session", reply
-    return reply["session_id"]
-
-
-async def close_code_after(ws, timeout: float = 30) -> int:
-    """Read until the server closes; the close code it sent (1006 when there was no close frame)."""
-    with pytest.raises(websockets.ConnectionClosed):
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout=timeout)
-    return ws.close_code
-
-
-async def wait_until(predicate, timeout: float) -> float:
-    """Poll an async predicate; the seconds it took to hold, or fail after `timeout`."""
-    start = time.monotonic()
-    while not await predicate():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
 
 
 async def refused_status(url: str, **kwargs) -> int:
@@ -78,7 +53,7 @@ async def test_a_disallowed_browser_origin_gets_403_and_is_logged_with_the_origi
 async def test_listed_origins_allowed_hosts_and_no_origin_are_let_in(origin_server, workspace, origin):
     kwargs = {} if origin is None else {"origin": origin.format(port=origin_server.port)}
     async with websockets.connect(origin_server.url, **kwargs) as ws:
-        assert await open_session(ws, workspace)
+        assert await ws_open_session(ws, workspace)
 
 
 @pytest.fixture
@@ -122,7 +97,7 @@ async def test_a_bearer_header_token_opens_a_session_under_its_user(locked_serve
     async with websockets.connect(
         locked_server.url, origin=ORIGIN, additional_headers={"Authorization": f"Bearer {raw}"}
     ) as ws:
-        session_id = await open_session(ws, workspace)
+        session_id = await ws_open_session(ws, workspace)
         assert (await LiveSession.objects.aget(pk=session_id)).user_id == alice.pk
 
 
@@ -132,7 +107,7 @@ async def test_a_browser_style_subprotocol_token_is_accepted_and_the_protocol_se
     alice, raw = alice_token
     async with websockets.connect(locked_server.url, origin=ORIGIN, subprotocols=[SUBPROTOCOL, f"bearer.{raw}"]) as ws:
         assert ws.subprotocol == SUBPROTOCOL
-        session_id = await open_session(ws, workspace)
+        session_id = await ws_open_session(ws, workspace)
         assert (await LiveSession.objects.aget(pk=session_id)).user_id == alice.pk
     assert raw not in locked_server.log()
 
@@ -142,11 +117,11 @@ async def test_a_browser_style_subprotocol_token_is_accepted_and_the_protocol_se
 
 async def test_invalid_utf8_drops_only_that_connection_and_others_are_untouched(daphne_server, workspace):
     async with websockets.connect(daphne_server.url) as good:
-        session_id = await open_session(good, workspace)
+        session_id = await ws_open_session(good, workspace)
         async with websockets.connect(daphne_server.url) as bad:
             await bad.send(b"\xff\xfe{", text=True)  # a text frame that is not UTF-8
             # autobahn fails the connection "by drop" (no close frame), so the client sees 1006.
-            assert await close_code_after(bad) in (1006, 1007)
+            assert await close_code_after(bad) == 1006
         assert await LiveSession.objects.acount() == 1
         await good.send(new_session_frame(workspace))
         assert json.loads(await good.recv())["code"] == "session_exists"
@@ -156,10 +131,10 @@ async def test_invalid_utf8_drops_only_that_connection_and_others_are_untouched(
 
 async def test_a_frame_over_daphnes_1_mib_cut_off_drops_only_that_connection(daphne_server, workspace):
     async with websockets.connect(daphne_server.url) as good:
-        session_id = await open_session(good, workspace)
+        session_id = await ws_open_session(good, workspace)
         async with websockets.connect(daphne_server.url, max_size=None) as bad:
             await bad.send("x" * (1024 * 1024 + 1))
-            assert await close_code_after(bad) in (1006, 1009)  # autobahn's cut: no error frame
+            assert await close_code_after(bad) == 1006  # autobahn's cut: no error frame, no close frame
         assert await LiveSession.objects.acount() == 1
         await good.send(new_session_frame(workspace))
         assert json.loads(await good.recv())["code"] == "session_exists"
@@ -182,15 +157,15 @@ async def test_a_client_that_stops_answering_pings_loses_its_session_within_inte
         websockets.connect(server.url, ping_interval=None) as alive,
         websockets.connect(server.url, ping_interval=None) as silent,
     ):
-        alive_id = await open_session(alive, workspace)
-        silent_id = await open_session(silent, workspace)
+        alive_id = await ws_open_session(alive, workspace)
+        silent_id = await ws_open_session(silent, workspace)
         silent.transport.pause_reading()  # the peer goes silent: pings are never read, so never answered
 
         async def silent_gone() -> bool:
             return not await LiveSession.objects.filter(pk=silent_id).aexists()
 
         bound = PING_INTERVAL + PING_TIMEOUT + DAPHNE_TIMEOUT_CHECK_PERIOD + MARGIN
-        took = await wait_until(silent_gone, timeout=bound)
+        took = await wait_until(silent_gone, bound, what="the silent peer's row removed")
         print(f"silent peer's session removed after {took:.1f} s (bound {bound} s)")
         # The responsive client lived through the same pings.
         assert await LiveSession.objects.filter(pk=alive_id).aexists()
@@ -200,6 +175,12 @@ async def test_a_client_that_stops_answering_pings_loses_its_session_within_inte
 
 
 # --- flooding --------------------------------------------------------------------------------------
+
+
+CALM_PACE = 0.02  # the calm client's pause between frames: 10 before and ~10 during stay inside a burst of 40
+# The flood's frames queue in the same process ahead of the calm client's: what the calm
+# client may lose, beyond its own quiet round trip, while the flood is read and discarded.
+FLOOD_ALLOWANCE = 0.25
 
 
 async def round_trip(ws) -> float:
@@ -213,8 +194,11 @@ async def test_a_flood_is_rate_limited_then_closed_4429_while_another_client_kee
     daphne_server, workspace
 ):
     async with websockets.connect(daphne_server.url) as calm, websockets.connect(daphne_server.url) as flood:
-        await open_session(calm, workspace)
-        before = [await round_trip(calm) for _ in range(5)]
+        await ws_open_session(calm, workspace)
+        before = []
+        for _ in range(10):
+            before.append(await round_trip(calm))
+            await asyncio.sleep(CALM_PACE)
 
         async def flooder() -> list[str]:
             sent = 0
@@ -236,7 +220,7 @@ async def test_a_flood_is_rate_limited_then_closed_4429_while_another_client_kee
         during = []
         while not receiver.done():
             during.append(await round_trip(calm))
-            await asyncio.sleep(0.1)  # a polite client: well inside the rate limit
+            await asyncio.sleep(CALM_PACE)
         codes = await receiver
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
@@ -245,10 +229,13 @@ async def test_a_flood_is_rate_limited_then_closed_4429_while_another_client_kee
     assert codes[-1] == "rate_limit_exceeded"
     assert "rate_limited" in codes
     assert set(codes) == {"invalid_request", "rate_limited", "rate_limit_exceeded"}
+    quiet, flooded = statistics.median(before), statistics.median(during)
     print(
-        f"calm client round trip: before max {max(before) * 1000:.1f} ms, during flood max {max(during) * 1000:.1f} ms"
+        f"calm client round trip, median and max: before {quiet * 1000:.1f} / {max(before) * 1000:.1f} ms,"
+        f" during the flood {flooded * 1000:.1f} / {max(during) * 1000:.1f} ms ({len(during)} trips)"
     )
-    assert max(during) < 1.0
+    assert flooded <= quiet + FLOOD_ALLOWANCE
+    assert max(during) <= max(before) + 2 * FLOOD_ALLOWANCE
     assert "Traceback" not in daphne_server.log()
 
 
@@ -299,7 +286,7 @@ async def test_100_good_sessions_survive_2000_bad_frames_on_other_connections(da
         for workspace in workspaces:
             ws = await websockets.connect(url)
             good.append(ws)
-            await open_session(ws, workspace)
+            await ws_open_session(ws, workspace)
         assert await LiveSession.objects.acount() == GOOD_SESSIONS
 
         open_connections = BAD_FRAMES // 2 // FRAMES_PER_OPEN_CONNECTION
@@ -338,7 +325,7 @@ async def test_registry_down_answers_unavailable_and_the_same_connection_recover
     server = server_factory(env={"DATABASE_URL": f"postgres://{user}@127.0.0.1:{proxy.port}/{params['NAME']}"})
     try:
         async with websockets.connect(server.url) as before, websockets.connect(server.url) as ws:
-            before_id = await open_session(before, workspace)
+            before_id = await ws_open_session(before, workspace)
 
             proxy.cut()
             for request_id in (1, 2):
@@ -367,7 +354,7 @@ CHANNEL_LAYER_BLOCK_SECONDS = 5  # channels-redis's BZPOPMIN timeout, also redis
 async def test_idle_sessions_outlive_the_channel_layers_blocking_reads(production_services, daphne_server, workspace):
     """A consumer waits on Redis in 5 s blocking reads; idling through several must not kill it (1011)."""
     async with websockets.connect(daphne_server.url) as ws:
-        session_id = await open_session(ws, workspace)
+        session_id = await ws_open_session(ws, workspace)
         await asyncio.sleep(CHANNEL_LAYER_BLOCK_SECONDS * 2 + 2)  # the idleness under test, not a wait for an effect
         await ws.send(new_session_frame(workspace))
         assert json.loads(await ws.recv())["code"] == "session_exists"
@@ -380,6 +367,12 @@ async def test_idle_sessions_outlive_the_channel_layers_blocking_reads(productio
 TWISTED_REQUEST_TIMEOUT = 60  # twisted.web.http's idle timeout for a connection, not configurable in daphne
 
 
+# A minute of waiting that neither the registry nor the channel layer can change (the
+# request never reaches the application): it runs in the embedded pass only.
+@pytest.mark.skipif(
+    "sqlite" not in settings.DATABASES["default"]["ENGINE"],
+    reason="daphne's own timeout, the same on every registry: checked once, in the embedded pass",
+)
 async def test_daphne_closes_half_open_handshakes_after_its_60_s_idle_timeout(daphne_server):
     """Slowloris: one socket sends nothing, one half a request; daphne must hang up on both."""
     silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", daphne_server.port)

@@ -2,23 +2,21 @@
 
 import asyncio
 import json
+import signal
 
 import pytest
 import websockets
 
-from sessions_app.models import LiveSession
+from sessions_app.models import LiveSession, ServerInstance
+
+from .communicators import ws_open_session
+from .polling import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
-async def wait_for_count(expected: int, timeout: float = 10) -> int:
-    """Poll the registry until it holds `expected` rows, or give up and return what it holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        count = await LiveSession.objects.acount()
-        if count == expected or asyncio.get_running_loop().time() > deadline:
-            return count
-        await asyncio.sleep(0.05)
+async def registry_empty() -> bool:
+    return not await LiveSession.objects.aexists()
 
 
 async def test_session_opens_and_its_row_goes_with_a_clean_close(daphne_server, workspace):
@@ -28,7 +26,7 @@ async def test_session_opens_and_its_row_goes_with_a_clean_close(daphne_server, 
         assert reply["type"] == "new_session"
         assert reply["request_id"] == "a"
         assert await LiveSession.objects.filter(pk=reply["session_id"]).aexists()
-    assert await wait_for_count(0) == 0
+    await wait_until(registry_empty, 10, what="the row removed")
 
 
 async def test_bad_json_gets_the_error_frame_then_close_4400(daphne_server):
@@ -60,20 +58,35 @@ async def test_binary_frame_gets_unsupported_frame_then_4415(daphne_server):
 
 async def test_abrupt_tcp_drop_removes_the_row(daphne_server, workspace):
     ws = await websockets.connect(daphne_server.url)
-    await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
-    reply = json.loads(await ws.recv())
-    assert await LiveSession.objects.filter(pk=reply["session_id"]).aexists()
+    session_id = await ws_open_session(ws, workspace)
+    assert await LiveSession.objects.filter(pk=session_id).aexists()
     ws.transport.abort()  # a TCP reset: no close frame
-    assert await wait_for_count(0) == 0
+    await wait_until(registry_empty, 10, what="the row removed")
 
 
 async def test_bad_clients_do_not_disturb_a_good_session(daphne_server, workspace):
     async with websockets.connect(daphne_server.url) as good:
-        await good.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
-        session_id = json.loads(await good.recv())["session_id"]
+        session_id = await ws_open_session(good, workspace)
         for frame in ["nope", b"\x00", "[]", '{"type": 1}']:
             async with websockets.connect(daphne_server.url) as bad:
                 await bad.send(frame)
                 assert json.loads(await bad.recv())["type"] == "error"
         assert await LiveSession.objects.filter(pk=session_id).aexists()
         assert "Traceback" not in daphne_server.log()
+
+
+async def test_daphne_registers_its_instance_at_start_and_retires_it_on_sigterm(daphne_server, workspace):
+    async def registered() -> bool:
+        return await ServerInstance.objects.filter(pid=daphne_server.process.pid).aexists()
+
+    await wait_until(registered, 10, what="the instance registered by the start hook, before any session")
+    async with websockets.connect(daphne_server.url) as ws:
+        await ws_open_session(ws, workspace)
+        daphne_server.signal(signal.SIGTERM)
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["code"] == "server_shutting_down"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd.code == 4503
+    assert await asyncio.to_thread(daphne_server.wait, 20) == 0
+    assert not await ServerInstance.objects.aexists()
+    assert not await LiveSession.objects.aexists()

@@ -131,6 +131,28 @@ async def test_an_origin_refusal_is_counted(settings):
     assert refused.value == 1
 
 
+@pytest.mark.django_db(transaction=True)
+async def test_an_auth_refusal_is_counted(settings):
+    settings.WSS_REQUIRE_AUTH = True
+    refused = Delta("wss_handshake_refusals_total", reason="auth")
+    comm = WebsocketCommunicator(application, "/ws")
+    connected, _ = await comm.connect()
+    assert not connected
+    assert refused.value == 1
+
+
+def test_every_refusal_reason_exported_is_one_the_code_emits(client):
+    # Each reason has a test above that makes the server refuse for it.
+    body = client.get("/metrics").content.decode()
+    exported = {
+        sample.labels["reason"]
+        for family in text_string_to_metric_families(body)
+        if family.name == "wss_handshake_refusals"
+        for sample in family.samples
+    }
+    assert exported == {"origin", "auth"}
+
+
 def test_reaped_sessions_count_without_touching_the_live_gauge():
     reaped, live = Delta("wss_sessions_ended_total", reason="reaped"), Delta("wss_live_sessions")
     metrics.sessions_reaped(3)

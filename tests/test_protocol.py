@@ -149,3 +149,29 @@ def test_encode_keeps_lone_surrogates_as_ascii_escapes():
     text = protocol.encode({"type": "error", "code": "x", "message": "\ud800"})
     assert text.isascii()
     assert json.loads(text)["message"] == "\ud800"
+
+
+# Path limits count UTF-8 bytes: "é" is two. A 255-byte name is 128 characters here, and a
+# 4096-byte path 2064: a limit counted in characters would let both boundaries through.
+NAME_255 = "é" * 127 + "a"
+CHUNK = "/" + "é" * 127  # 255 bytes
+
+
+@pytest.mark.parametrize(
+    ("workspace_dir", "accepted"),
+    [
+        ("/" + NAME_255, True),
+        ("/" + NAME_255 + "b", False),
+        ("/" + "é" * 128, False),
+        (CHUNK * 16 + "/" + "a" * 15, True),
+        (CHUNK * 16 + "/" + "a" * 16, False),
+    ],
+    ids=["name-255-bytes", "name-256-bytes", "name-256-bytes-all-2-byte", "path-4096-bytes", "path-4097-bytes"],
+)
+def test_path_limits_are_utf8_bytes_at_exactly_4096_and_255(workspace_dir, accepted):
+    frame = {"type": "new_session", "workspace_dir": workspace_dir}
+    if accepted:
+        assert decode(frame).workspace_dir == workspace_dir
+    else:
+        with pytest.raises(InvalidRequest):
+            decode(frame)

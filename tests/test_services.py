@@ -6,37 +6,31 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
 import websockets
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.db import connection
 from django.utils import timezone
 
 from sessions_app import services
 from sessions_app.errors import Unavailable
 from sessions_app.models import LiveSession, ServerInstance
-from wssproject.asgi import application
 
+from .communicators import open_session
 from .locks import instance_locked
 from .polling import wait_until
 from .proxy import TcpProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-
-async def open_session(workspace) -> tuple[WebsocketCommunicator, str]:
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    return comm, (await comm.receive_json_from(timeout=5))["session_id"]
+HOST = services.process_identity().host  # this machine: where predecessors are looked for
 
 
 async def test_terminate_sends_session_terminated_closes_4410_and_removes_the_row(workspace):
-    comm, session_id = await open_session(workspace)
+    comm, reply = await open_session(workspace)
+    session_id = reply["session_id"]
     assert await services.session_terminate(session_id=session_id) is True
     reply = await comm.receive_json_from(timeout=5)
     assert reply["type"] == "error"
@@ -47,8 +41,10 @@ async def test_terminate_sends_session_terminated_closes_4410_and_removes_the_ro
 
 
 async def test_terminate_leaves_other_sessions_alone(workspace):
-    comm_a, session_a = await open_session(workspace)
-    comm_b, session_b = await open_session(workspace)
+    comm_a, reply = await open_session(workspace)
+    session_a = reply["session_id"]
+    comm_b, reply = await open_session(workspace)
+    session_b = reply["session_id"]
     await services.session_terminate(session_id=session_a)
     assert (await comm_a.receive_json_from(timeout=5))["code"] == "session_terminated"
     assert await comm_b.receive_nothing(timeout=0.2)
@@ -72,34 +68,14 @@ async def test_session_create_re_registers_a_lost_instance(workspace):
     comm, _ = await open_session(workspace)
     await comm.disconnect()
     await ServerInstance.objects.all().adelete()  # as a reaper or a reset registry would
-    comm, second = await open_session(workspace)
+    comm, reply = await open_session(workspace)
+    second = reply["session_id"]
     assert await LiveSession.objects.filter(pk=second).aexists()
     assert await ServerInstance.objects.acount() == 1
     await comm.disconnect()
 
 
 # --- Heartbeat, reaping, retirement -------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_instance(monkeypatch):
-    """This process as a fresh, unregistered, un-retired instance (restored afterwards)."""
-    monkeypatch.setattr(services, "_instance_registered", False)
-    monkeypatch.setattr(services, "_instance_retired", False)
-    monkeypatch.setattr(services, "_lease_until", None)
-    monkeypatch.setattr(services, "_inserts_in_flight", set())
-    monkeypatch.setattr(
-        services, "_identity", services.ProcessIdentity(boot_id=uuid.uuid4(), host="this-host", pid=os.getpid())
-    )
-
-
-def instance_with_sessions(*, sessions: int, age: float = 0, host: str = "elsewhere", pid: int = 1) -> ServerInstance:
-    """An instance whose last heartbeat was `age` seconds ago, holding `sessions` rows."""
-    instance = ServerInstance.objects.create(host=host, pid=pid, heartbeat_at=timezone.now() - timedelta(seconds=age))
-    LiveSession.objects.bulk_create(
-        LiveSession(workspace_dir="/tmp", channel_name=f"c{i}", instance=instance) for i in range(sessions)
-    )
-    return instance
 
 
 def dead_pid() -> int:
@@ -109,16 +85,16 @@ def dead_pid() -> int:
     return child.pid
 
 
-def test_reap_removes_silent_instances_and_their_sessions_and_returns_the_count(fresh_instance):
-    silent = instance_with_sessions(sessions=3, age=60)
-    fresh = instance_with_sessions(sessions=2, age=0)
+def test_reap_removes_silent_instances_and_their_sessions_and_returns_the_count(fresh_instance, instance_with_sessions):
+    silent, _ = instance_with_sessions(sessions=3, age=60)
+    fresh, _ = instance_with_sessions(sessions=2, age=0)
     assert services.sessions_reap_sync(timeout=30) == 3
     assert list(ServerInstance.objects.values_list("pk", flat=True)) == [fresh.pk]
     assert not LiveSession.objects.filter(instance_id=silent.pk).exists()
     assert LiveSession.objects.filter(instance=fresh).count() == 2
 
 
-def test_reap_defaults_to_the_instance_timeout_setting(fresh_instance, settings):
+def test_reap_defaults_to_the_instance_timeout_setting(fresh_instance, settings, instance_with_sessions):
     settings.WSS_INSTANCE_TIMEOUT_SECONDS = 100
     instance_with_sessions(sessions=1, age=60)
     assert services.sessions_reap_sync() == 0
@@ -126,7 +102,7 @@ def test_reap_defaults_to_the_instance_timeout_setting(fresh_instance, settings)
     assert services.sessions_reap_sync() == 1
 
 
-def test_reap_with_nothing_dead_removes_nothing(fresh_instance):
+def test_reap_with_nothing_dead_removes_nothing(fresh_instance, instance_with_sessions):
     instance_with_sessions(sessions=2, age=1)
     assert services.sessions_reap_sync(timeout=30) == 0
     assert LiveSession.objects.count() == 2
@@ -147,21 +123,21 @@ def test_heartbeat_registers_again_after_being_reaped(fresh_instance):
     assert ServerInstance.objects.filter(pk=boot_id).exists()
 
 
-def test_predecessors_on_this_host_whose_pid_is_gone_are_reaped_at_once(fresh_instance):
-    gone = instance_with_sessions(sessions=4, host="this-host", pid=dead_pid())
+def test_predecessors_on_this_host_whose_pid_is_gone_are_reaped_at_once(fresh_instance, instance_with_sessions):
+    gone, _ = instance_with_sessions(sessions=4, host=HOST, pid=dead_pid())
     assert services.instance_predecessors_reap_sync() == 4
     assert not ServerInstance.objects.filter(pk=gone.pk).exists()
 
 
-def test_a_predecessor_holding_this_very_pid_is_reaped(fresh_instance):
-    instance_with_sessions(sessions=1, host="this-host", pid=os.getpid())
+def test_a_predecessor_holding_this_very_pid_is_reaped(fresh_instance, instance_with_sessions):
+    instance_with_sessions(sessions=1, host=HOST, pid=os.getpid())
     assert services.instance_predecessors_reap_sync() == 1
 
 
-def test_predecessor_reap_spares_running_pids_other_hosts_and_itself(fresh_instance):
+def test_predecessor_reap_spares_running_pids_other_hosts_and_itself(fresh_instance, instance_with_sessions):
     services.instance_register_sync()
-    running = instance_with_sessions(sessions=1, host="this-host", pid=os.getppid())
-    other_host = instance_with_sessions(sessions=1, host="elsewhere", pid=dead_pid())
+    running, _ = instance_with_sessions(sessions=1, host=HOST, pid=os.getppid())
+    other_host, _ = instance_with_sessions(sessions=1, host="elsewhere", pid=dead_pid())
     assert services.instance_predecessors_reap_sync() == 0
     assert set(ServerInstance.objects.values_list("pk", flat=True)) == {
         services.process_identity().boot_id,
@@ -170,10 +146,10 @@ def test_predecessor_reap_spares_running_pids_other_hosts_and_itself(fresh_insta
     }
 
 
-def test_retire_removes_this_instance_with_its_sessions_and_leaves_others(fresh_instance):
+def test_retire_removes_this_instance_with_its_sessions_and_leaves_others(fresh_instance, instance_with_sessions):
     services.instance_register_sync()
     LiveSession.objects.create(workspace_dir="/tmp", channel_name="x", instance_id=services.process_identity().boot_id)
-    other = instance_with_sessions(sessions=1)
+    other, _ = instance_with_sessions(sessions=1)
     assert services.instance_retire_sync() == 1
     assert list(ServerInstance.objects.values_list("pk", flat=True)) == [other.pk]
 

@@ -18,6 +18,8 @@ from sessions_app.protocol import SUBPROTOCOL
 from sessions_app.tokens import token_authenticate, token_create, token_revoke
 from wssproject.asgi import application
 
+from .communicators import new_session
+
 RAW_TOKEN = re.compile(r"wss_[A-Za-z0-9_-]{43}")
 
 
@@ -124,15 +126,16 @@ def test_create_token_command_refuses_an_unknown_user(db):
 # --- the handshake through the real ASGI app ----------------------------------------------
 
 
-async def connect(headers=(), subprotocols=None) -> tuple[WebsocketCommunicator, bool, object]:
+async def handshake(headers=(), subprotocols=None) -> tuple[WebsocketCommunicator, bool, object]:
+    """Attempt a handshake that may be refused: the communicator, whether it connected, the subprotocol."""
     comm = WebsocketCommunicator(application, "/ws", headers=list(headers), subprotocols=subprotocols)
     connected, detail = await comm.connect()
     return comm, connected, detail
 
 
-async def open_session(comm: WebsocketCommunicator, workspace) -> LiveSession:
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    reply = await comm.receive_json_from(timeout=5)
+async def session_row(comm: WebsocketCommunicator, workspace) -> LiveSession:
+    """Open a session on `comm`; its row, with the user it was recorded under."""
+    reply = await new_session(comm, workspace)
     return await LiveSession.objects.select_related("user").aget(pk=reply["session_id"])
 
 
@@ -144,7 +147,7 @@ def require_auth(settings):
 @pytest.mark.django_db(transaction=True)
 async def test_required_auth_refuses_an_anonymous_handshake_with_one_warning(require_auth, caplog):
     with caplog.at_level(logging.WARNING):
-        _comm, connected, _ = await connect()
+        _comm, connected, _ = await handshake()
     assert not connected
     refusals = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(refusals) == 1
@@ -155,9 +158,9 @@ async def test_required_auth_refuses_an_anonymous_handshake_with_one_warning(req
 @pytest.mark.django_db(transaction=True)
 async def test_bearer_header_token_opens_a_session_recorded_under_its_user(require_auth, alice, workspace):
     _, raw = await sync_to_async(token_create)(user=alice, name="ci")
-    comm, connected, _ = await connect(headers=[(b"authorization", f"Bearer {raw}".encode())])
+    comm, connected, _ = await handshake(headers=[(b"authorization", f"Bearer {raw}".encode())])
     assert connected
-    assert (await open_session(comm, workspace)).user == alice
+    assert (await session_row(comm, workspace)).user == alice
     await comm.disconnect()
 
 
@@ -166,10 +169,10 @@ async def test_subprotocol_token_is_accepted_and_the_server_selects_the_protocol
     require_auth, alice, workspace
 ):
     _, raw = await sync_to_async(token_create)(user=alice, name="browser")
-    comm, connected, subprotocol = await connect(subprotocols=[SUBPROTOCOL, f"bearer.{raw}"])
+    comm, connected, subprotocol = await handshake(subprotocols=[SUBPROTOCOL, f"bearer.{raw}"])
     assert connected
     assert subprotocol == SUBPROTOCOL
-    assert (await open_session(comm, workspace)).user == alice
+    assert (await session_row(comm, workspace)).user == alice
     await comm.disconnect()
 
 
@@ -178,9 +181,9 @@ async def test_logged_in_django_user_is_let_in_by_the_session_cookie(require_aut
     client = Client()
     await sync_to_async(client.force_login)(alice)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
-    comm, connected, _ = await connect(headers=[(b"cookie", cookie)])
+    comm, connected, _ = await handshake(headers=[(b"cookie", cookie)])
     assert connected
-    assert (await open_session(comm, workspace)).user == alice
+    assert (await session_row(comm, workspace)).user == alice
     await comm.disconnect()
 
 
@@ -191,7 +194,7 @@ async def test_a_revoked_token_is_refused_even_when_auth_is_optional(settings, a
     token, raw = await sync_to_async(token_create)(user=alice, name="old")
     await sync_to_async(token_revoke)(token=token)
     with caplog.at_level(logging.WARNING):
-        _, connected, _ = await connect(headers=[(b"authorization", f"Bearer {raw}".encode())])
+        _, connected, _ = await handshake(headers=[(b"authorization", f"Bearer {raw}".encode())])
     assert not connected
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(messages) == 1
@@ -201,8 +204,8 @@ async def test_a_revoked_token_is_refused_even_when_auth_is_optional(settings, a
 
 @pytest.mark.django_db(transaction=True)
 async def test_without_required_auth_an_anonymous_session_has_no_user(workspace):
-    comm, connected, subprotocol = await connect()
+    comm, connected, subprotocol = await handshake()
     assert connected
     assert subprotocol is None
-    assert (await open_session(comm, workspace)).user is None
+    assert (await session_row(comm, workspace)).user is None
     await comm.disconnect()
