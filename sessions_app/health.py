@@ -55,6 +55,10 @@ async def channel_layer_check() -> None:
     layer = get_channel_layer()
     if layer is None:
         raise RuntimeError("no channel layer is configured")
+    # During an outage the layer's receive waits for Redis instead of failing: say so at once.
+    unavailable = getattr(layer, "unavailable", None)
+    if unavailable is not None and (reason := unavailable()):
+        raise RuntimeError(reason)
     channel = await layer.new_channel("readyz.")
     token = uuid.uuid4().hex
     await layer.send(channel, {"type": "readyz.ping", "token": token})

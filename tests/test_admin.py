@@ -119,3 +119,18 @@ def test_changelist_shows_each_sessions_instance_and_whether_it_is_alive(admin_c
     assert str(dead) in page
     assert page.count('alt="True"') == 1
     assert page.count('alt="False"') == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terminate_action_says_so_at_error_level_when_the_channel_layer_fails(
+    admin_client, sessions, unreachable_channel_layer
+):
+    response = admin_client.post(
+        "/admin/sessions_app/livesession/",
+        {"action": "terminate_sessions", "_selected_action": [str(sessions[0].pk)]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert '<li class="error">1 session was not terminated: the channel layer (Redis) is unavailable.' in page
+    assert "Terminated" not in page
+    assert LiveSession.objects.count() == 3

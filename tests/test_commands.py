@@ -54,3 +54,13 @@ def test_terminate_sessions_fails_on_an_unknown_id():
 def test_terminate_sessions_fails_on_something_that_is_not_an_id():
     with pytest.raises(CommandError, match="not a session id"):
         run("terminate_sessions", "nope")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terminate_sessions_exits_75_when_the_channel_layer_fails(unreachable_channel_layer):
+    live = instance_with_sessions(sessions=1, age=0)
+    session_id = str(LiveSession.objects.get(instance=live).pk)
+    with pytest.raises(CommandError, match="not terminated") as failed:
+        run("terminate_sessions", session_id)
+    assert failed.value.returncode == 75
+    assert LiveSession.objects.filter(pk=session_id).exists()
