@@ -13,9 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import shutil
-import socket
-import subprocess
 import time
 from dataclasses import dataclass
 
@@ -24,6 +21,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer as PubSubLayer
 
 from sessions_app.layers import RedisChannelLayer as ProjectLayer
 from tests.proxy import TcpProxy
+from tests.servers import RedisServer
 
 LAYERS = {"core": CoreLayer, "pubsub": PubSubLayer, "project": ProjectLayer}
 OUTAGE_SECONDS = 5.0
@@ -52,38 +50,6 @@ class Outcome:
     first_after: str = "-"
     other_during: str = "-"
     log_records: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A throwaway redis-server without persistence on a loopback port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
 
 
 def describe(error: BaseException) -> str:
@@ -177,8 +143,7 @@ async def measure(name: str, fault: str, redis: RedisServer, proxy: TcpProxy) ->
 
 
 async def main(layers: list[str]) -> None:
-    redis = RedisServer(free_port())
-    redis.start()
+    redis = RedisServer().start()
     proxy = await TcpProxy("127.0.0.1", redis.port).start()
     outcomes = []
     try:

@@ -59,7 +59,10 @@ async def channel_layer_check() -> None:
     unavailable = getattr(layer, "unavailable", None)
     if unavailable is not None and (reason := unavailable()):
         raise RuntimeError(reason)
-    channel = await layer.new_channel("readyz.")
+    # The default prefix: the core Redis layer reads one key per prefix through one lock
+    # held by whichever consumer waits, so a channel of another prefix ("readyz.") is never
+    # read while the process holds a connection, and the check timed out.
+    channel = await layer.new_channel()
     token = uuid.uuid4().hex
     await layer.send(channel, {"type": "readyz.ping", "token": token})
     message = await layer.receive(channel)

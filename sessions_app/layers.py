@@ -139,6 +139,23 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
         for index in range(self.ring_size):
             await self.connection(index).ping()
 
+    async def send(self, channel: str, message: dict) -> None:
+        """Send; after a Redis failure, once more at once.
+
+        After an outage, redis-py's pool still holds connections that Redis (or the network)
+        closed, and the first command on one fails although Redis answers again (measured
+        with redis-py 8.1); that failure discards it, so the second attempt gets a fresh one.
+        A repeated message is harmless here: a consumer ignores a second terminate.
+        """
+        for attempt in (1, 2):
+            try:
+                return await super().send(channel, message)
+            except LAYER_FAILURES:
+                metrics.channel_layer_failed("send")
+                if attempt == 2:
+                    raise
+        return None
+
     async def receive(self, channel: str) -> dict:
         """The next message on `channel`, however long Redis is away meanwhile."""
         outage = self.outage()
