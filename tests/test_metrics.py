@@ -40,6 +40,9 @@ def test_metrics_are_prometheus_text_with_every_instrument(client):
         "wss_protocol_errors",
         "wss_handshake_refusals",
         "wss_new_session_seconds",
+        "wss_channel_layer_up",
+        "wss_channel_layer_outages",
+        "wss_channel_layer_failures",
     } <= families
     for reason in metrics.END_REASONS:
         assert f'wss_sessions_ended_total{{reason="{reason}"}}' in response.content.decode()
