@@ -42,7 +42,6 @@ SLACK = 5.0
 # Bounds documented in docs/operations.md ("What survives what").
 LAYER_RESUME_BOUND = 2.0  # the layer's probe pings at most once a second; then the consumer reads
 RECONCILE_BOUND = 2 * HEARTBEAT + 1  # a reconcile pass runs at each heartbeat; a row in flight gets one more
-REAP_BOUND = TIMEOUT + HEARTBEAT  # a reaper reaps after a whole timeout of healthy heartbeats of its own
 ANSWER_BOUND = 10.0  # a new_session during a database stall is answered within this
 # After a stall the stuck calls time out (WSS_REGISTRY_TIMEOUT_SECONDS, 5 s) before fresh ones run.
 STALL_BOUND = RECONCILE_BOUND + 5
