@@ -171,4 +171,7 @@ async def main(layers: list[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=list(LAYERS))
-    asyncio.run(main(parser.parse_args().layers))
+    parser.add_argument("--seconds", type=float, default=OUTAGE_SECONDS, help="how long Redis is away")
+    arguments = parser.parse_args()
+    OUTAGE_SECONDS = arguments.seconds
+    asyncio.run(main(arguments.layers))
