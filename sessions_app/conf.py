@@ -18,6 +18,9 @@ DEFAULTS: dict[str, Any] = {
     "WSS_METRICS_ALLOWED_IPS": ["127.0.0.1", "::1"],
     "WSS_METRICS_TOKEN": "",
     "WSS_READYZ_TIMEOUT_SECONDS": 2.0,
+    # The longest a caller waits for the registry (a session write, a heartbeat) before
+    # answering `unavailable` or counting the call as failed.
+    "WSS_REGISTRY_TIMEOUT_SECONDS": 5.0,
     # Access and flooding (issue 4): see docs/security.md.
     "WSS_REQUIRE_AUTH": False,
     "WSS_RATE_LIMIT": 20.0,

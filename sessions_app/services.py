@@ -2,14 +2,18 @@
 
 Async functions are what consumers call; each runs its queries off the event loop.
 Session inserts and deletes go through one group-commit writer (registry_writer.py):
-concurrent ones share a transaction, and each caller resumes after its commit.
-Database failures surface as `Unavailable`, which the protocol reports without closing.
+concurrent ones share a transaction, and each caller resumes after its commit. Every wait
+on the registry is bounded by WSS_REGISTRY_TIMEOUT_SECONDS. Database failures surface as
+`Unavailable`, which the protocol reports without closing; a failed delete is left to
+reconciliation (`sessions_reconcile`), which makes this instance's rows equal the sessions
+its connections hold.
 """
 
 import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -44,7 +48,14 @@ class ProcessIdentity:
 _identity = ProcessIdentity(boot_id=uuid.uuid4(), host=socket.gethostname(), pid=os.getpid())
 _instance_registered = False
 _instance_retired = False
-_instance_recreated_at: datetime | None = None
+# Until when (time.monotonic()) this instance may hold sessions: its last good heartbeat plus
+# the instance timeout minus one heartbeat. None while no heartbeat runs (tests, a bare ASGI app).
+_lease_until: float | None = None
+# Sessions whose insert was submitted and whose caller has not yet got the answer: the
+# reconciler must not take their committed rows for orphans.
+_inserts_in_flight: set[uuid.UUID] = set()
+
+CLIENT_ADDR_MAX = LiveSession._meta.get_field("client_addr").max_length
 
 
 def process_identity() -> ProcessIdentity:
@@ -58,48 +69,36 @@ def process_identity() -> ProcessIdentity:
 
 def instance_register_sync() -> uuid.UUID:
     """Insert or refresh this process's ServerInstance row; returns its boot id."""
-    global _instance_registered, _instance_recreated_at
+    global _instance_registered
     if _instance_retired:
         # Shutting down: a late insert must fail rather than bring the instance back.
         raise DatabaseError("this server instance has shut down")
     identity = process_identity()
     now = timezone.now()
-    _, created = ServerInstance.objects.update_or_create(
+    ServerInstance.objects.update_or_create(
         id=identity.boot_id,
         defaults={"heartbeat_at": now},
         create_defaults={"host": identity.host, "pid": identity.pid, "started_at": now, "heartbeat_at": now},
     )
-    if created and _instance_registered:
-        # The row had been reaped while this process lived: its older sessions lost their rows.
-        _instance_recreated_at = now
     _instance_registered = True
     return identity.boot_id
 
 
-def session_create_sync(operation: "SessionInsert") -> None:
-    """Commit one session row, registering this instance first if the registry lost it."""
-    if not _instance_registered:
-        instance_register_sync()
-    try:
-        with transaction.atomic():
-            _session_row(operation).save(force_insert=True)
-    except IntegrityError:
-        # The instance row is gone (reaped, or the registry was reset): register again, retry once.
-        instance_register_sync()
-        with transaction.atomic():
-            _session_row(operation).save(force_insert=True)
+def instance_lease_renew(until: float | None) -> None:
+    """Set until when (a time.monotonic() value) this instance may hold sessions; None: no lease kept."""
+    global _lease_until
+    _lease_until = until if until is None or _lease_until is None else max(until, _lease_until)
 
 
-def _session_row(operation: "SessionInsert") -> LiveSession:
-    return LiveSession(
-        id=operation.session_id,
-        workspace_dir=operation.workspace_dir,
-        created_at=operation.created_at,
-        channel_name=operation.channel_name,
-        client_addr=operation.client_addr,
-        instance_id=process_identity().boot_id,
-        user_id=operation.user_id,
-    )
+def instance_lease_expire() -> None:
+    """End the lease now: new sessions are refused until a heartbeat renews it."""
+    global _lease_until
+    _lease_until = time.monotonic()
+
+
+def instance_fenced() -> bool:
+    """Whether this instance's lease ran out: peers may reap it any moment, so it holds no sessions."""
+    return _lease_until is not None and time.monotonic() >= _lease_until
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,39 +110,55 @@ class SessionRecord:
     created_at: datetime
 
 
+def registry_timeout() -> float:
+    """How long a caller waits for the registry before answering `unavailable`."""
+    return app_settings.WSS_REGISTRY_TIMEOUT_SECONDS
+
+
 async def session_create(
     *, workspace_dir: str, channel_name: str, client_addr: str, user_id: int | None = None
 ) -> SessionRecord:
-    """Record a new live session; the row is committed before this returns."""
+    """Record a new live session; the row is committed before this returns.
+
+    Waits at most WSS_REGISTRY_TIMEOUT_SECONDS. A caller that gives up (timed out, or
+    cancelled because its client left) leaves no row: the insert is withdrawn if the
+    writer had not started it, and deleted if it committed anyway.
+    """
+    if instance_fenced():
+        raise Unavailable("This server cannot reach the session registry right now; try again shortly.")
     record = SessionRecord(session_id=uuid.uuid4(), workspace_dir=workspace_dir, created_at=timezone.now())
+    insert = SessionInsert(
+        session_id=record.session_id,
+        workspace_dir=record.workspace_dir,
+        created_at=record.created_at,
+        channel_name=channel_name,
+        # A forwarded-for header can make it anything: keep what fits, rather than fail the row.
+        client_addr=client_addr[:CLIENT_ADDR_MAX],
+        user_id=user_id,
+    )
+    _inserts_in_flight.add(record.session_id)
     try:
-        await registry_writer.submit(
-            SessionInsert(
-                session_id=record.session_id,
-                workspace_dir=record.workspace_dir,
-                created_at=record.created_at,
-                channel_name=channel_name,
-                client_addr=client_addr,
-                user_id=user_id,
-            )
+        await asyncio.wait_for(
+            registry_writer.submit(insert, undo=SessionDelete(session_id=record.session_id)), registry_timeout()
         )
-    except DatabaseError as error:
-        logger.warning("registry write failed: %s", error)
+    except (DatabaseError, TimeoutError) as error:
+        logger.warning("registry write failed: %s", str(error) or "timed out")
         raise Unavailable("The session registry is unavailable right now; try again shortly.") from None
+    finally:
+        _inserts_in_flight.discard(record.session_id)
     return record
 
 
-def session_delete_sync(session_id: uuid.UUID) -> None:
-    """Delete one session row; deleting a missing row is fine."""
-    LiveSession.objects.filter(pk=session_id).delete()
-
-
 async def session_close(*, session_id: uuid.UUID) -> None:
-    """Remove a session from the registry. Never raises: the reaper covers a failed delete."""
+    """Remove a session from the registry. Never raises: reconciliation removes a row left behind."""
     try:
-        await registry_writer.submit(SessionDelete(session_id=session_id))
-    except DatabaseError as error:
-        logger.warning("registry delete of session %s failed (the reaper will remove it): %s", session_id, error)
+        await asyncio.wait_for(registry_writer.submit(SessionDelete(session_id=session_id)), registry_timeout())
+    except Exception as error:
+        logger.warning(
+            "registry delete of session %s failed (reconciliation will remove it): %s",
+            session_id,
+            str(error) or type(error).__name__,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,11 +180,38 @@ class SessionDelete:
     session_id: uuid.UUID
 
 
-def registry_write_batch_sync(operations: list[SessionInsert | SessionDelete]) -> None:
-    """Apply queued inserts and deletes in one transaction: the group commit."""
+def _session_row(operation: SessionInsert) -> LiveSession:
+    """The one place a session row is built."""
+    return LiveSession(
+        id=operation.session_id,
+        workspace_dir=operation.workspace_dir,
+        created_at=operation.created_at,
+        channel_name=operation.channel_name,
+        client_addr=operation.client_addr,
+        instance_id=process_identity().boot_id,
+        user_id=operation.user_id,
+    )
+
+
+def registry_apply_sync(operations: list[SessionInsert | SessionDelete]) -> None:
+    """Apply queued inserts and deletes in one transaction: the group commit, or one row alone.
+
+    If this instance's row is gone (reaped, or the registry was reset), the inserts'
+    foreign keys fail: register again and apply once more.
+    """
     process_identity()  # first: after a fork this resets the registered flag
     if not _instance_registered:
         instance_register_sync()
+    try:
+        _apply(operations)
+    except IntegrityError:
+        if ServerInstance.objects.filter(pk=process_identity().boot_id).exists():
+            raise  # the row's own fault
+        instance_register_sync()
+        _apply(operations)
+
+
+def _apply(operations: list[SessionInsert | SessionDelete]) -> None:
     rows = [_session_row(op) for op in operations if isinstance(op, SessionInsert)]
     deleted = [op.session_id for op in operations if isinstance(op, SessionDelete)]
     with transaction.atomic():
@@ -179,15 +221,42 @@ def registry_write_batch_sync(operations: list[SessionInsert | SessionDelete]) -
             LiveSession.objects.filter(pk__in=deleted).delete()
 
 
-def registry_write_one_sync(operation: SessionInsert | SessionDelete) -> None:
-    """Apply one queued write alone: the fallback when its batch failed."""
-    if isinstance(operation, SessionInsert):
-        session_create_sync(operation)
-    else:
-        session_delete_sync(operation.session_id)
+registry_writer = GroupCommitWriter(apply=registry_apply_sync)
 
 
-registry_writer = GroupCommitWriter(apply_batch=registry_write_batch_sync, apply_one=registry_write_one_sync)
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """What a reconciliation did: orphan rows removed, and held sessions found without a row."""
+
+    removed: int
+    lost: frozenset[uuid.UUID]
+
+
+def sessions_reconcile_sync(*, held: frozenset[uuid.UUID], in_flight: frozenset[uuid.UUID]) -> Reconciliation:
+    """Make this instance's rows equal the sessions it holds (run on the writer's thread).
+
+    Rows no connection holds and no insert in flight explains are deleted. Held sessions
+    without a row are reported, not recorded again: the registry's authority (a reaper, an
+    operator) removed them, and writing them back could revive a session it ended.
+    """
+    boot_id = process_identity().boot_id
+    with transaction.atomic():
+        rows = set(LiveSession.objects.filter(instance_id=boot_id).values_list("pk", flat=True))
+        orphans = rows - held - in_flight
+        if orphans:
+            LiveSession.objects.filter(instance_id=boot_id, pk__in=orphans).delete()
+    return Reconciliation(removed=len(orphans), lost=frozenset(held - rows))
+
+
+async def sessions_reconcile(*, held: frozenset[uuid.UUID]) -> Reconciliation:
+    """Reconcile this instance's rows with `held`, the sessions its connections hold right now.
+
+    Queued on the registry writer behind every write submitted so far, in the same step
+    as the snapshot of inserts in flight, so no write can slip between the two.
+    """
+    in_flight = frozenset(_inserts_in_flight)
+    future = registry_writer.call(lambda: sessions_reconcile_sync(held=held, in_flight=in_flight))
+    return await asyncio.wait_for(future, registry_timeout())
 
 
 class TerminateResult(StrEnum):
@@ -253,14 +322,6 @@ def instances_delete_sync(instance_ids, *, reason: str) -> int:
     sessions = per_model.get(LiveSession._meta.label, 0)
     logger.info("removed %d session(s) of %d instance(s): %s", sessions, len(instance_ids), reason)
     return sessions
-
-
-def instance_recreated_at() -> datetime | None:
-    """When this instance's row was last found reaped and registered again (None: never).
-
-    Sessions created before then have no row any more; the lifecycle closes them.
-    """
-    return _instance_recreated_at
 
 
 def instance_heartbeat_sync() -> bool:

@@ -4,12 +4,12 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 import weakref
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 from django.utils import timezone
@@ -17,6 +17,10 @@ from django.utils import timezone
 from sessions_app import lifecycle, services
 from sessions_app.models import LiveSession, ServerInstance
 from wssproject.asgi import application
+
+from . import communicators
+from .locks import instance_locked
+from .polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,8 +30,8 @@ async def fresh_process(monkeypatch):
     """A process that has neither started nor stopped; whatever a test starts is stopped after it."""
     monkeypatch.setattr(services, "_instance_registered", False)
     monkeypatch.setattr(services, "_instance_retired", False)
-    monkeypatch.setattr(services, "_instance_recreated_at", None)
-    monkeypatch.setattr(lifecycle, "_recreation_seen", None)
+    monkeypatch.setattr(services, "_lease_until", None)
+    monkeypatch.setattr(services, "_inserts_in_flight", set())
     monkeypatch.setattr(
         services, "_identity", services.ProcessIdentity(boot_id=uuid.uuid4(), host="this-host", pid=os.getpid())
     )
@@ -35,10 +39,13 @@ async def fresh_process(monkeypatch):
     monkeypatch.setattr(lifecycle, "_stopping", False)
     monkeypatch.setattr(lifecycle, "_predecessors_reaped", False)
     monkeypatch.setattr(lifecycle, "_heartbeat", None)
+    monkeypatch.setattr(lifecycle, "_beats_good_since", None)
+    monkeypatch.setattr(lifecycle, "_lease_timer", None)
     monkeypatch.setattr(lifecycle, "CLOSE_HANDSHAKE_SECONDS", 0.2)
     yield
     if lifecycle._heartbeat is not None:
         lifecycle._heartbeat.cancel()
+    lifecycle.lease_end()
     await lifecycle.executor_close()
 
 
@@ -49,19 +56,19 @@ async def connect() -> WebsocketCommunicator:
 
 
 async def open_session(workspace) -> tuple[WebsocketCommunicator, str]:
-    comm = await connect()
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    return comm, (await comm.receive_json_from(timeout=5))["session_id"]
+    comm, reply = await communicators.open_session(workspace)
+    assert reply["type"] == "new_session", reply
+    return comm, reply["session_id"]
 
 
-async def wait_until(predicate, timeout: float = 10) -> bool:
-    """Poll an async predicate until it holds or the deadline passes."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+async def expect_session_lost(comm: WebsocketCommunicator, timeout: float = 10) -> float:
+    """Read `session_lost` and close 4503; the time.monotonic() at which the error frame arrived."""
+    reply = await comm.receive_json_from(timeout=timeout)
+    arrived = time.monotonic()
+    assert (reply["type"], reply["code"]) == ("error", "session_lost")
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    await comm.disconnect(code=4503)
+    return arrived
 
 
 async def test_stop_tells_every_connection_server_shutting_down_then_closes_4503(workspace):
@@ -129,37 +136,106 @@ async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catch
             services.process_identity().boot_id
         ]
 
-    assert await wait_until(caught_up)
+    await wait_until(caught_up, 10, what="registration after the registry came back")
 
 
-async def test_the_heartbeat_reaps_a_silent_peer(settings):
+async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_for_a_timeout(settings):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
-    settings.WSS_INSTANCE_TIMEOUT_SECONDS = 5
+    settings.WSS_INSTANCE_TIMEOUT_SECONDS = 1
     silent = await ServerInstance.objects.acreate(
         host="elsewhere", pid=1, heartbeat_at=timezone.now() - timedelta(minutes=1)
     )
+    started = time.monotonic()
     await lifecycle.start()
 
     async def reaped() -> bool:
         return not await ServerInstance.objects.filter(pk=silent.pk).aexists()
 
-    assert await wait_until(reaped)
+    await wait_until(reaped, 10, what="the silent peer reaped")
+    # After an outage shared by every process, all heartbeats are stale: a process that
+    # reaped at its first good beat would reap peers that are alive.
+    assert time.monotonic() - started >= settings.WSS_INSTANCE_TIMEOUT_SECONDS
 
 
-async def test_sessions_whose_rows_were_reaped_while_alive_are_closed_with_session_lost(workspace):
-    lost, _ = await open_session(workspace)
-    await ServerInstance.objects.all().adelete()  # a peer presumed this process dead
-    assert await sync_to_async(services.instance_heartbeat_sync)() is False
+async def test_reconciliation_removes_rows_of_this_instance_that_no_connection_holds(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.05
+    await lifecycle.start()
+    held, held_id = await open_session(workspace)
+    # A row left behind, as by a delete that failed while the database was away.
+    orphan = await LiveSession.objects.acreate(
+        workspace_dir=str(workspace), channel_name="gone", instance_id=services.process_identity().boot_id
+    )
+    elsewhere = await ServerInstance.objects.acreate(host="elsewhere", pid=1)
+    peers = await LiveSession.objects.acreate(workspace_dir=str(workspace), channel_name="peer", instance=elsewhere)
+
+    async def orphan_gone() -> bool:
+        return not await LiveSession.objects.filter(pk=orphan.pk).aexists()
+
+    await wait_until(orphan_gone, 10, what="the orphan row removed")
+    assert await LiveSession.objects.filter(pk=held_id).aexists()
+    assert await LiveSession.objects.filter(pk=peers.pk).aexists()
+    assert await held.receive_nothing(timeout=0.2)
+    await held.disconnect()
+
+
+async def test_a_held_session_whose_row_was_deleted_is_closed_with_session_lost_not_recorded_again(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.05
+    await lifecycle.start()
+    lost, lost_id = await open_session(workspace)
     kept, kept_id = await open_session(workspace)
-    assert await lifecycle.lost_sessions_close() == 1
-    reply = await lost.receive_json_from(timeout=5)
-    assert (reply["type"], reply["code"]) == ("error", "session_lost")
-    assert await lost.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    await LiveSession.objects.filter(pk=lost_id).adelete()  # an operator or a reaper ended it
+    await expect_session_lost(lost)
+    assert not await LiveSession.objects.filter(pk=lost_id).aexists()
     assert await kept.receive_nothing(timeout=0.2)
     assert await LiveSession.objects.filter(pk=kept_id).aexists()
-    assert await lifecycle.lost_sessions_close() == 0
-    await lost.disconnect(code=4503)
     await kept.disconnect()
+
+
+async def test_sessions_of_an_instance_reaped_while_alive_are_closed_and_new_ones_are_recorded(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.05
+    await lifecycle.start()
+    lost, _ = await open_session(workspace)
+    await ServerInstance.objects.all().adelete()  # a peer presumed this process dead
+    await expect_session_lost(lost)
+    fresh, fresh_id = await open_session(workspace)
+    assert await fresh.receive_nothing(timeout=0.3)  # several reconciliations: it keeps its row
+    row = await LiveSession.objects.select_related("instance").aget(pk=fresh_id)
+    assert row.instance_id == services.process_identity().boot_id
+    await fresh.disconnect()
+
+
+async def test_sessions_opened_while_reconciliation_runs_keep_their_rows(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.01  # reconcile as often as possible, to meet inserts in flight
+    await lifecycle.start()
+    opened = [await open_session(workspace) for _ in range(30)]
+    await asyncio.sleep(0.2)  # more reconciliations, now that every insert has landed
+    for comm, session_id in opened:
+        assert await comm.receive_nothing(timeout=0.01), "a fresh session was closed"
+        assert await LiveSession.objects.filter(pk=session_id).aexists()
+        await comm.disconnect()
+
+
+async def test_a_process_that_cannot_heartbeat_closes_its_sessions_before_peers_may_reap_them(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.1
+    settings.WSS_INSTANCE_TIMEOUT_SECONDS = 1.0  # lease: 0.9 s after the last good heartbeat
+    settings.WSS_REGISTRY_TIMEOUT_SECONDS = 0.3
+    await lifecycle.start()
+    held, _ = await open_session(workspace)
+    async with instance_locked(services.process_identity().boot_id):
+        blocked_at = time.monotonic()
+        fenced_after = await expect_session_lost(held) - blocked_at
+        # Until a heartbeat succeeds again, no new session: peers may reap this instance any moment.
+        refused, reply = await communicators.open_session(workspace)
+        assert reply["code"] == "unavailable"
+        await refused.disconnect()
+    assert fenced_after < settings.WSS_INSTANCE_TIMEOUT_SECONDS
+
+    async def accepted_again() -> bool:
+        comm, reply = await communicators.open_session(workspace)
+        await comm.disconnect()
+        return reply["type"] == "new_session"
+
+    await wait_until(accepted_again, 10, what="sessions accepted after the heartbeat recovered")
 
 
 async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
@@ -173,7 +249,7 @@ async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
     async def started() -> bool:
         return received == [{"type": "lifespan.startup.complete"}]
 
-    assert await wait_until(started)
+    await wait_until(started, 10, what="lifespan startup")
     assert await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
     await inbox.put({"type": "lifespan.shutdown"})
     await asyncio.wait_for(task, timeout=10)
@@ -183,3 +259,31 @@ async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
 
 async def _append(received: list[dict], message: dict) -> None:
     received.append(message)
+
+
+def dead_pid() -> int:
+    """A pid that ran a moment ago and runs no more."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.production
+async def test_a_lifecycle_call_stuck_in_the_database_does_not_hold_up_the_next_heartbeat(
+    production_services, settings
+):
+    settings.WSS_HEARTBEAT_SECONDS = 0.1
+    settings.WSS_REGISTRY_TIMEOUT_SECONDS = 0.3
+    # A dead predecessor whose row another transaction holds: reaping it hangs (up to the 2 s lock timeout).
+    predecessor = await ServerInstance.objects.acreate(host="this-host", pid=dead_pid())
+    boot_id = services.process_identity().boot_id
+    beats: set = set()
+
+    async def three_beats() -> bool:
+        beats.add(await ServerInstance.objects.filter(pk=boot_id).values_list("heartbeat_at", flat=True).afirst())
+        return len(beats - {None}) >= 3
+
+    async with instance_locked(predecessor.pk):
+        await lifecycle.start()  # registers, then gets stuck reaping the predecessor
+        # Each heartbeat runs on a fresh thread instead of queueing behind the stuck call.
+        await wait_until(three_beats, 1.5, what="heartbeats while a lifecycle call is stuck")

@@ -1,20 +1,29 @@
 """Registry services: terminate wherever the session lives, instance heartbeat, reaping, retirement."""
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import timedelta
 
 import pytest
+import websockets
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import connection
 from django.utils import timezone
 
 from sessions_app import services
 from sessions_app.errors import Unavailable
 from sessions_app.models import LiveSession, ServerInstance
 from wssproject.asgi import application
+
+from .locks import instance_locked
+from .polling import wait_until
+from .proxy import TcpProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -78,6 +87,8 @@ def fresh_instance(monkeypatch):
     """This process as a fresh, unregistered, un-retired instance (restored afterwards)."""
     monkeypatch.setattr(services, "_instance_registered", False)
     monkeypatch.setattr(services, "_instance_retired", False)
+    monkeypatch.setattr(services, "_lease_until", None)
+    monkeypatch.setattr(services, "_inserts_in_flight", set())
     monkeypatch.setattr(
         services, "_identity", services.ProcessIdentity(boot_id=uuid.uuid4(), host="this-host", pid=os.getpid())
     )
@@ -184,3 +195,114 @@ async def test_terminate_that_the_channel_layer_does_not_take_is_not_delivered(w
     )
     assert await services.session_terminate(session_id=row.pk) == services.TerminateResult.NOT_DELIVERED
     assert await LiveSession.objects.filter(pk=row.pk).aexists()  # nothing was done
+
+
+async def test_an_insert_whose_caller_left_while_it_was_stuck_leaves_no_row(fresh_instance, workspace):
+    await sync_to_async(services.instance_register_sync)()
+    taken = services.registry_writer.operations
+    async with instance_locked(services.process_identity().boot_id):
+        create = asyncio.create_task(
+            services.session_create(workspace_dir=str(workspace), channel_name="left", client_addr="")
+        )
+        await wait_until(lambda: services.registry_writer.operations > taken, 5, what="the insert under way")
+        create.cancel()  # as daphne cancels an application whose client has gone
+        with pytest.raises(asyncio.CancelledError):
+            await create
+    # The insert commits once the lock is gone, and its undo follows it.
+
+    async def no_row() -> bool:
+        return not await LiveSession.objects.aexists() and services.registry_writer.operations >= taken + 2
+
+    await wait_until(no_row, 5, what="the insert undone")
+
+
+# --- The registry behind a loopback proxy that stalls or cuts it (PostgreSQL) -------------------
+
+HEARTBEAT = 1.0
+REGISTRY_TIMEOUT = 5.0  # the default WSS_REGISTRY_TIMEOUT_SECONDS
+SLACK = 4.0  # what a loaded 2-core machine may add to a bound
+
+
+@pytest.fixture
+async def proxied_server(production_services, server_factory):
+    """A daphne whose registry is PostgreSQL through a TcpProxy; (server, proxy)."""
+    params = connection.settings_dict
+    proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
+    user = params.get("USER") or "postgres"
+    server = server_factory(
+        env={
+            "DATABASE_URL": f"postgres://{user}@127.0.0.1:{proxy.port}/{params['NAME']}",
+            "WSS_HEARTBEAT_SECONDS": str(HEARTBEAT),
+            "WSS_INSTANCE_TIMEOUT_SECONDS": "30",  # no lease expiry within these tests
+        }
+    )
+    yield server, proxy
+    await proxy.stop()
+
+
+async def live_open(url: str, workspace) -> tuple[websockets.ClientConnection, str]:
+    ws = await websockets.connect(url, open_timeout=10)
+    await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert reply["type"] == "new_session", reply
+    return ws, reply["session_id"]
+
+
+async def row_ids() -> set[str]:
+    return {str(pk) async for pk in LiveSession.objects.values_list("pk", flat=True)}
+
+
+@pytest.mark.production
+async def test_a_new_session_during_a_database_stall_is_answered_unavailable_within_the_bound(
+    proxied_server, workspace
+):
+    server, proxy = proxied_server
+    held, held_id = await live_open(server.url, workspace)
+    async with websockets.connect(server.url) as ws:
+        proxy.stall()  # connections stay open, nothing is answered
+        started = time.monotonic()
+        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "request_id": 1}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        took = time.monotonic() - started
+        print(f"\nnew_session during a database stall answered {reply.get('code')} after {took:.2f} s")
+        assert (reply["code"], reply["request_id"]) == ("unavailable", 1)
+        assert took < REGISTRY_TIMEOUT + SLACK / 2
+        proxy.restore()
+        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert reply["type"] == "new_session"
+        # The timed-out insert ran before this one (one writer, in order): committed, it must be undone.
+        took = await wait_until(
+            lambda: row_ids_equal({held_id, reply["session_id"]}), REGISTRY_TIMEOUT + SLACK, what="registry exact"
+        )
+        print(f"registry exact {took:.2f} s after the stall ended")
+    await held.close()
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.production
+async def test_rows_of_sessions_closed_while_the_database_was_cut_go_within_one_interval_of_its_return(
+    proxied_server, workspace
+):
+    server, proxy = proxied_server
+    opened = [await live_open(server.url, workspace) for _ in range(5)]
+    kept, kept_id = await live_open(server.url, workspace)
+    proxy.cut()
+    for ws, _ in opened:
+        await ws.close()
+    await wait_until(
+        lambda: server.log().count("registry delete of session") >= len(opened), 10, what="the deletes failing"
+    )
+    assert len(await row_ids()) == len(opened) + 1  # the lie the reconciler must undo
+    proxy.restore()
+    took = await wait_until(
+        lambda: row_ids_equal({kept_id}), HEARTBEAT + SLACK, what="the closed sessions' rows removed"
+    )
+    print(f"\nrows of {len(opened)} sessions closed during a cut gone {took:.2f} s after restore")
+    await kept.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+    assert json.loads(await asyncio.wait_for(kept.recv(), 10))["code"] == "session_exists"  # kept its session
+    await kept.close()
+
+
+async def row_ids_equal(expected: set[str]) -> bool:
+    return await row_ids() == expected

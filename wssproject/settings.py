@@ -120,7 +120,22 @@ else:
     # Persistent connections: the registry thread keeps one open instead of one per write.
     DATABASES["default"]["CONN_MAX_AGE"] = env_number("DATABASE_CONN_MAX_AGE", 600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = int(env_number("DATABASE_CONNECT_TIMEOUT", 5))
+    # Bounded calls: a hung query or a silent peer must surface as an error, not a thread
+    # stuck forever. The server cancels a statement (or a lock wait) that runs too long;
+    # TCP keepalives notice a database host that vanished without a reset. libpq knobs, in ms
+    # for the timeouts (0 turns one off, e.g. for a long `migrate`).
+    statement_ms = int(env_number("DATABASE_STATEMENT_TIMEOUT", 5, float) * 1000)
+    lock_ms = int(env_number("DATABASE_LOCK_TIMEOUT", 2, float) * 1000)
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "connect_timeout": int(env_number("DATABASE_CONNECT_TIMEOUT", 5)),
+            "options": f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}",
+            "keepalives": 1,
+            "keepalives_idle": int(env_number("DATABASE_KEEPALIVES_IDLE", 10)),
+            "keepalives_interval": int(env_number("DATABASE_KEEPALIVES_INTERVAL", 5)),
+            "keepalives_count": int(env_number("DATABASE_KEEPALIVES_COUNT", 3)),
+        }
+    )
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
@@ -193,6 +208,7 @@ WSS_INSTANCE_TIMEOUT_SECONDS = env_number("WSS_INSTANCE_TIMEOUT_SECONDS", 25, fl
 WSS_METRICS_ALLOWED_IPS = env_list("WSS_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 WSS_METRICS_TOKEN = os.environ.get("WSS_METRICS_TOKEN", "")
 WSS_READYZ_TIMEOUT_SECONDS = env_number("WSS_READYZ_TIMEOUT_SECONDS", 2, float)
+WSS_REGISTRY_TIMEOUT_SECONDS = env_number("WSS_REGISTRY_TIMEOUT_SECONDS", 5, float)
 
 # The sessions API (/api/sessions): staff users, by bearer token (whose lookup is
 # sessions_app.authentication.BearerTokenAuthentication.token_user) or the admin's cookie.
