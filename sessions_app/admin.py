@@ -6,7 +6,7 @@ from django.utils import timezone
 from django.utils.timesince import timesince
 
 from .models import ApiToken, LiveSession, ServerInstance
-from .services import sessions_terminate_sync
+from .services import TerminateResult, sessions_terminate_sync
 from .tokens import token_issue, token_revoke
 
 
@@ -35,8 +35,21 @@ class LiveSessionAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Terminate selected sessions", permissions=["terminate"])
     def terminate_sessions(self, request, queryset) -> None:
-        ended = sessions_terminate_sync(list(queryset.values_list("pk", flat=True)))
-        self.message_user(request, f"Terminated {ended} session{'' if ended == 1 else 's'}.", messages.SUCCESS)
+        results = sessions_terminate_sync(list(queryset.values_list("pk", flat=True)))
+        ended = results[TerminateResult.DELIVERED] + results[TerminateResult.REMOVED]
+        if ended or not results[TerminateResult.NOT_DELIVERED]:
+            self.message_user(request, f"Terminated {ended} session{'' if ended == 1 else 's'}.", messages.SUCCESS)
+        if failed := results[TerminateResult.NOT_DELIVERED]:
+            self.message_user(
+                request,
+                f"{failed} session{' was' if failed == 1 else 's were'} not terminated: the channel layer (Redis) "
+                "is unavailable. Nothing was done to them; try again shortly.",
+                messages.ERROR,
+            )
+        if gone := results[TerminateResult.NOT_FOUND]:
+            self.message_user(
+                request, f"{gone} session{' had' if gone == 1 else 's had'} already ended.", messages.WARNING
+            )
 
     def has_terminate_permission(self, request) -> bool:
         # Terminating is the delete of this model: "Can delete live session" grants it.

@@ -2,7 +2,8 @@
 
     GET    /api/sessions              paginated; ?workspace=<real path>, ?instance=<boot id>
     GET    /api/sessions/<id>
-    DELETE /api/sessions/<id>         terminate through the channel layer: 204, or 404
+    DELETE /api/sessions/<id>         terminate through the channel layer: 204, 404, or 503
+                                      when the channel layer did not take it (nothing done)
 
 Who may call it is settings.REST_FRAMEWORK's business (staff users by default); errors are
 DRF's JSON bodies, {"detail": ...}, with their HTTP status.
@@ -13,13 +14,21 @@ import uuid
 from asgiref.sync import async_to_sync
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .models import LiveSession, ServerInstance
-from .services import session_terminate
+from .services import TerminateResult, session_terminate
+
+
+class NotDelivered(APIException):
+    """503: the channel layer did not take the terminate; the session is untouched."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "not_delivered"
+    wait = 5  # DRF sends it as Retry-After
 
 
 class SessionPagination(PageNumberPagination):
@@ -72,8 +81,14 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def destroy(self, request: Request, pk: str) -> Response:
         """Terminate the session: its consumer sends `session_terminated` and closes 4410."""
         session_id = _uuid(pk, "session id", not_found=True)
-        if not async_to_sync(session_terminate)(session_id=session_id):
+        result = async_to_sync(session_terminate)(session_id=session_id)
+        if result is TerminateResult.NOT_FOUND:
             raise NotFound(f"No live session {pk}.")
+        if result is TerminateResult.NOT_DELIVERED:
+            raise NotDelivered(
+                f"Session {pk} was not terminated: the channel layer (Redis) is unavailable. Nothing was done; "
+                "try again shortly."
+            )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

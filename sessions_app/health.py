@@ -55,7 +55,14 @@ async def channel_layer_check() -> None:
     layer = get_channel_layer()
     if layer is None:
         raise RuntimeError("no channel layer is configured")
-    channel = await layer.new_channel("readyz.")
+    # During an outage the layer's receive waits for Redis instead of failing: say so at once.
+    unavailable = getattr(layer, "unavailable", None)
+    if unavailable is not None and (reason := unavailable()):
+        raise RuntimeError(reason)
+    # The default prefix: the core Redis layer reads one key per prefix through one lock
+    # held by whichever consumer waits, so a channel of another prefix ("readyz.") is never
+    # read while the process holds a connection, and the check timed out.
+    channel = await layer.new_channel()
     token = uuid.uuid4().hex
     await layer.send(channel, {"type": "readyz.ping", "token": token})
     message = await layer.receive(channel)

@@ -2,7 +2,8 @@
 
 Callers use the functions, never the instruments, so a label set stays in one place:
 `session_created(seconds)`, `session_ended(reason)`, `sessions_reaped(count)`,
-`protocol_error(code)`, `handshake_refused(reason)`. `GET /metrics` renders them.
+`protocol_error(code)`, `handshake_refused(reason)`, `channel_layer_failed(operation)`.
+`GET /metrics` renders them.
 """
 
 from prometheus_client import (
@@ -36,12 +37,21 @@ END_REASONS = (
 # `rate_limited` and `rate_limit_exceeded`), never a handshake: per-address connection
 # limits belong to the proxy.
 REFUSAL_REASONS = ("origin", "auth")
+# Channel-layer calls that Redis failed: a consumer's receive, the outage probe, a send
+# (a terminate).
+LAYER_OPERATIONS = ("receive", "probe", "send")
 
 LIVE_SESSIONS = Gauge("wss_live_sessions", "Sessions held open by this process right now.")
 SESSIONS_CREATED = Counter("wss_sessions_created", "Sessions opened by this process.")
 SESSIONS_ENDED = Counter("wss_sessions_ended", "Sessions ended, by reason.", ["reason"])
 PROTOCOL_ERRORS = Counter("wss_protocol_errors", "Error frames sent, by protocol error code.", ["code"])
 HANDSHAKE_REFUSALS = Counter("wss_handshake_refusals", "WebSocket handshakes refused, by reason.", ["reason"])
+LAYER_FAILURES = Counter(
+    "wss_channel_layer_failures", "Channel-layer calls that failed because Redis did, by operation.", ["operation"]
+)
+LAYER_OUTAGES = Counter("wss_channel_layer_outages", "Times this process found the channel layer down.")
+LAYER_UP = Gauge("wss_channel_layer_up", "1 while this process reaches the channel layer, 0 during an outage.")
+LAYER_UP.set(1)
 NEW_SESSION_SECONDS = Histogram(
     "wss_new_session_seconds",
     "Time from a new_session frame to its success reply being sent.",
@@ -53,6 +63,8 @@ for _reason in END_REASONS:
     SESSIONS_ENDED.labels(reason=_reason)
 for _reason in REFUSAL_REASONS:
     HANDSHAKE_REFUSALS.labels(reason=_reason)
+for _operation in LAYER_OPERATIONS:
+    LAYER_FAILURES.labels(operation=_operation)
 
 
 def session_created(seconds: float) -> None:
@@ -81,6 +93,22 @@ def protocol_error(code: str) -> None:
 def handshake_refused(reason: str) -> None:
     """A handshake was refused: `origin` or `auth` (REFUSAL_REASONS)."""
     HANDSHAKE_REFUSALS.labels(reason=reason).inc()
+
+
+def channel_layer_failed(operation: str) -> None:
+    """Redis failed a channel-layer call: `receive`, `probe` or `send`."""
+    LAYER_FAILURES.labels(operation=operation).inc()
+
+
+def channel_layer_down() -> None:
+    """An outage of the channel layer began (its first failure)."""
+    LAYER_OUTAGES.inc()
+    LAYER_UP.set(0)
+
+
+def channel_layer_up() -> None:
+    """The channel layer answers again."""
+    LAYER_UP.set(1)
 
 
 def exposition() -> tuple[bytes, str]:

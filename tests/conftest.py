@@ -198,3 +198,21 @@ def database_connections_closed_before_teardown(django_db_setup) -> Iterator[Non
 
     registry_writer.close_connection()
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
+@pytest.fixture
+def unreachable_channel_layer(settings) -> Iterator[None]:
+    """The project's Redis layer pointed at a loopback port nothing listens on: every call fails for real."""
+    from channels.layers import channel_layers
+
+    from .servers import free_port
+
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "sessions_app.layers.RedisChannelLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
+        }
+    }
+    channel_layers.backends.pop("default", None)
+    yield
+    channel_layers.backends.pop("default", None)

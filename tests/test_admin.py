@@ -153,3 +153,18 @@ def test_server_instances_are_read_only(admin_client, instance_with_sessions):
     assert 'name="_save"' not in admin_client.get(url).content.decode()
     assert admin_client.post(url, {"host": "renamed", "pid": 2}).status_code == 403
     assert ServerInstance.objects.get(pk=instance.pk).host == "elsewhere"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terminate_action_says_so_at_error_level_when_the_channel_layer_fails(
+    admin_client, sessions, unreachable_channel_layer
+):
+    response = admin_client.post(
+        "/admin/sessions_app/livesession/",
+        {"action": "terminate_sessions", "_selected_action": [str(sessions[0].pk)]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert '<li class="error">1 session was not terminated: the channel layer (Redis) is unavailable.' in page
+    assert "Terminated" not in page
+    assert LiveSession.objects.count() == 3

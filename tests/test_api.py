@@ -135,3 +135,14 @@ def test_an_api_token_of_a_staff_user_is_let_in_and_of_a_plain_user_is_not(clien
     assert strict.delete(f"/api/sessions/{uuid.uuid4()}").status_code == 403  # a cookie needs CSRF
     token_revoke(token=staff_token)
     assert client.get("/api/sessions", HTTP_AUTHORIZATION=f"Bearer {staff_raw}").status_code == 401
+
+
+def test_delete_that_the_channel_layer_does_not_take_is_503_and_leaves_the_session(
+    admin_client, sessions, unreachable_channel_layer
+):
+    LiveSession.objects.filter(pk=sessions[0].pk).update(channel_name="specific.abc!def")
+    response = admin_client.delete(f"/api/sessions/{sessions[0].pk}")
+    assert response.status_code == 503
+    assert "channel layer" in response.json()["detail"]
+    assert response["Retry-After"] == "5"
+    assert LiveSession.objects.filter(pk=sessions[0].pk).exists()

@@ -69,3 +69,13 @@ def test_concurrent_reapers_skip_the_rows_another_one_holds(production_services,
         assert set(LiveSession.objects.values_list("instance_id", flat=True)) == {held.pk}
     assert run("reap_sessions") == "Reaped 2 sessions.\n"  # released: the next pass takes it
     assert not free.sessions.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terminate_sessions_exits_75_when_the_channel_layer_fails(unreachable_channel_layer, instance_with_sessions):
+    live, _ = instance_with_sessions(sessions=1, age=0)
+    session_id = str(LiveSession.objects.get(instance=live).pk)
+    with pytest.raises(CommandError, match="not terminated") as failed:
+        run("terminate_sessions", session_id)
+    assert failed.value.returncode == 75
+    assert LiveSession.objects.filter(pk=session_id).exists()

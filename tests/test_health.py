@@ -6,6 +6,8 @@ import pytest
 
 from sessions_app import health
 
+from .polling import wait_until
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -59,17 +61,22 @@ def test_readyz_round_trips_through_redis(client, production_services):
     assert response.status_code == 200, response.json()
 
 
-@pytest.mark.production
-def test_readyz_reports_an_unreachable_redis(client, production_services, settings):
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
-    }
-    from channels.layers import channel_layers
-
-    channel_layers.backends.pop("default", None)
-    try:
-        response = client.get("/readyz")
-    finally:
-        channel_layers.backends.pop("default", None)
+def test_readyz_reports_an_unreachable_redis(client, unreachable_channel_layer):
+    response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["failed"] == ["channel_layer"]
+    assert "ConnectionError" in response.json()["checks"]["channel_layer"]
+
+
+async def test_readyz_says_how_long_the_layer_has_been_down_once_a_consumer_found_it_down(unreachable_channel_layer):
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    receive = asyncio.ensure_future(layer.receive(await layer.new_channel()))
+    try:
+        await wait_until(layer.unavailable, timeout=10, what="the layer marked down")
+        result = await health._bounded(health.channel_layer_check, 2)
+    finally:
+        receive.cancel()
+        await asyncio.gather(receive, return_exceptions=True)
+    assert result.startswith("failed: RuntimeError: down for ")

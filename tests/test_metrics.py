@@ -40,6 +40,9 @@ def test_metrics_are_prometheus_text_with_every_instrument(client):
         "wss_protocol_errors",
         "wss_handshake_refusals",
         "wss_new_session_seconds",
+        "wss_channel_layer_up",
+        "wss_channel_layer_outages",
+        "wss_channel_layer_failures",
     } <= families
     for reason in metrics.END_REASONS:
         assert f'wss_sessions_ended_total{{reason="{reason}"}}' in response.content.decode()
@@ -115,7 +118,7 @@ async def test_terminate_counts_as_terminated_once(workspace):
     terminated = Delta("wss_sessions_ended_total", reason="terminated")
     live = Delta("wss_live_sessions")
     comm, reply = await open_session(workspace)
-    assert await services.session_terminate(session_id=reply["session_id"])
+    assert await services.session_terminate(session_id=reply["session_id"]) == services.TerminateResult.DELIVERED
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     await comm.disconnect(code=4410)
     assert (terminated.value, live.value) == (1, 0)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -33,7 +34,7 @@ HOST = services.process_identity().host  # this machine: where predecessors are 
 async def test_terminate_sends_session_terminated_closes_4410_and_removes_the_row(workspace):
     comm, reply = await open_session(workspace)
     session_id = reply["session_id"]
-    assert await services.session_terminate(session_id=session_id) is True
+    assert await services.session_terminate(session_id=session_id) == services.TerminateResult.DELIVERED
     reply = await comm.receive_json_from(timeout=5)
     assert reply["type"] == "error"
     assert reply["code"] == "session_terminated"
@@ -55,14 +56,15 @@ async def test_terminate_leaves_other_sessions_alone(workspace):
     await comm_b.disconnect()
 
 
-async def test_terminate_of_an_unknown_session_is_false():
-    assert await services.session_terminate(session_id="00000000-0000-4000-8000-000000000000") is False
+async def test_terminate_of_an_unknown_session_is_not_found():
+    result = await services.session_terminate(session_id="00000000-0000-4000-8000-000000000000")
+    assert result == services.TerminateResult.NOT_FOUND
 
 
 async def test_terminate_deletes_the_row_of_a_dead_instance(workspace):
     dead = await ServerInstance.objects.acreate(host="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1))
     row = await LiveSession.objects.acreate(workspace_dir=str(workspace), channel_name="nobody", instance=dead)
-    assert await services.session_terminate(session_id=row.pk) is True
+    assert await services.session_terminate(session_id=row.pk) == services.TerminateResult.REMOVED
     assert not await LiveSession.objects.filter(pk=row.pk).aexists()
 
 
@@ -163,6 +165,15 @@ async def test_after_retire_a_late_session_create_is_unavailable_and_leaves_no_r
         await services.session_create(workspace_dir=str(workspace), channel_name="late", client_addr="")
     assert await LiveSession.objects.acount() == 0
     assert await ServerInstance.objects.acount() == 0
+
+
+async def test_terminate_that_the_channel_layer_does_not_take_is_not_delivered(workspace, unreachable_channel_layer):
+    instance = await ServerInstance.objects.acreate(host="h", pid=1)
+    row = await LiveSession.objects.acreate(
+        workspace_dir=str(workspace), channel_name="specific.abc!def", instance=instance
+    )
+    assert await services.session_terminate(session_id=row.pk) == services.TerminateResult.NOT_DELIVERED
+    assert await LiveSession.objects.filter(pk=row.pk).aexists()  # nothing was done
 
 
 async def test_an_insert_whose_caller_left_while_it_was_stuck_leaves_no_row(fresh_instance, workspace):

@@ -5,14 +5,18 @@ import uuid
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sessions_app.services import sessions_terminate_sync
+from sessions_app.services import TerminateResult, sessions_terminate_sync
+
+# sysexits.h EX_TEMPFAIL: a temporary failure, running the command again may work.
+EXIT_NOT_DELIVERED = 75
 
 
 class Command(BaseCommand):
     help = (
         "End live sessions by id, on whichever server process holds them: the client gets "
         "`session_terminated` and close 4410, and the row is removed. Needs REDIS_URL to reach "
-        "sessions held by server processes (the in-memory channel layer cannot)."
+        "sessions held by server processes (the in-memory channel layer cannot). Exits 1 when "
+        f"an id was not found, {EXIT_NOT_DELIVERED} when the channel layer failed (nothing was done: run it again)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -28,7 +32,14 @@ class Command(BaseCommand):
                 "warning: REDIS_URL is unset, so only sessions of dead instances can be ended from here; "
                 "live ones need the channel layer that the servers share."
             )
-        ended = sessions_terminate_sync(ids)
+        results = sessions_terminate_sync(ids)
+        ended = results[TerminateResult.DELIVERED] + results[TerminateResult.REMOVED]
         self.stdout.write(f"Terminated {ended} of {len(ids)} session{'' if len(ids) == 1 else 's'}.")
-        if ended < len(ids):
-            raise CommandError(f"{len(ids) - ended} session(s) not found")
+        if failed := results[TerminateResult.NOT_DELIVERED]:
+            raise CommandError(
+                f"{failed} session(s) not terminated: the channel layer (Redis) is unavailable; nothing was done "
+                "to them, run the command again",
+                returncode=EXIT_NOT_DELIVERED,
+            )
+        if missing := results[TerminateResult.NOT_FOUND]:
+            raise CommandError(f"{missing} session(s) not found")
