@@ -161,8 +161,8 @@ async def start() -> None:
     global _heartbeat
     if _heartbeat is not None:
         return
-    # No session before a first good heartbeat shows this instance alive to its peers.
-    services.instance_lease_expire()
+    # No lease until the first good heartbeat: a session insert registers the instance itself,
+    # and an instance without a row has nothing for peers to reap.
     try:
         await beat(services.instance_register_sync)
         await predecessors_reap()

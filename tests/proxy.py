@@ -68,7 +68,9 @@ class TcpProxy:
             client_writer.transport.abort()
             return
         self._links.update((client_writer, upstream_writer))
-        await asyncio.gather(self._pump(client_reader, upstream_writer), self._pump(upstream_reader, client_writer))
+        # Cancelled when the test's loop closes with links still open: nothing to report.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(self._pump(client_reader, upstream_writer), self._pump(upstream_reader, client_writer))
         self._links.difference_update((client_writer, upstream_writer))
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
