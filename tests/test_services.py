@@ -272,11 +272,10 @@ async def test_rows_of_sessions_closed_while_the_database_was_cut_go_within_one_
     proxied_server, workspace
 ):
     server, proxy = await proxied_server()
-    opened = [await live_open(server.url, workspace) for _ in range(5)]
+    opened = [await live_open(server.url, workspace) for _ in range(30)]
     kept, kept_id = await live_open(server.url, workspace)
     proxy.cut()
-    for ws, _ in opened:
-        await ws.close()
+    await asyncio.gather(*(ws.close() for ws, _ in opened))
     await wait_until(
         lambda: server.log().count("registry delete of session") >= len(opened), 10, what="the deletes failing"
     )
