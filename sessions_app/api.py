@@ -4,7 +4,8 @@
     GET    /api/sessions/<id>
     DELETE /api/sessions/<id>         terminate through the channel layer: 204, or 404
 
-Who may call it is settings.REST_FRAMEWORK's business (staff users by default); errors are
+Who may call it is settings.REST_FRAMEWORK's business: Django's model permissions on live
+sessions, as in the admin (sessions_app/permissions.py); errors are
 DRF's JSON bodies, {"detail": ...}, with their HTTP status.
 """
 
@@ -50,6 +51,7 @@ class LiveSessionSerializer(serializers.ModelSerializer):
 class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Live sessions: list, read one, terminate one."""
 
+    queryset = LiveSession.objects.all()  # names the model for the permission check
     serializer_class = LiveSessionSerializer
     pagination_class = SessionPagination
     lookup_value_regex = "[^/]+"

@@ -191,14 +191,15 @@ WSS_METRICS_ALLOWED_IPS = env_list("WSS_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1
 WSS_METRICS_TOKEN = os.environ.get("WSS_METRICS_TOKEN", "")
 WSS_READYZ_TIMEOUT_SECONDS = env_number("WSS_READYZ_TIMEOUT_SECONDS", 2, float)
 
-# The sessions API (/api/sessions): staff users, by bearer token (whose lookup is
+# The sessions API (/api/sessions): users with the model permissions the admin asks for
+# (view to read, delete to terminate), by bearer token (whose lookup is
 # sessions_app.authentication.BearerTokenAuthentication.token_user) or the admin's cookie.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "sessions_app.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_PERMISSION_CLASSES": ["sessions_app.permissions.ModelPermissions"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }

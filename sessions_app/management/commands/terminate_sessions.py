@@ -1,4 +1,8 @@
-"""`manage.py terminate_sessions <id>...`: end live sessions wherever they live."""
+"""`manage.py terminate_sessions <id>...`: end live sessions wherever they live.
+
+Runs as the operator of the machine (see create_token.py): no Django permission is asked;
+each terminate is recorded with the operator's login name (sessions_app/audit.py).
+"""
 
 import uuid
 
