@@ -12,7 +12,7 @@ the same address.
 
 import ipaddress
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -100,13 +100,11 @@ def client_is_loopback(scope: dict[str, Any]) -> bool:
 class ForwardedClientMiddleware:
     """Resolve `scope["client"]` once for HTTP and WebSocket, before any other layer reads it."""
 
-    _asgi_single_callable = True  # servers must not take the plain __call__ for ASGI 2
-
     def __init__(self, application: Any) -> None:
         self.application = application
 
-    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[Any]:
-        """A plain function handing back the inner coroutine: no frame held per connection."""
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        """`async def`, unlike the inner middlewares: servers tell ASGI 3 from ASGI 2 by it."""
         if scope["type"] in ("http", "websocket"):
             scope = client_resolve(scope)
-        return self.application(scope, receive, send)
+        return await self.application(scope, receive, send)
