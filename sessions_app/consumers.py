@@ -13,8 +13,8 @@ from .conf import app_settings
 from .errors import InternalError, ProtocolError, SessionExists, SessionTerminated
 from .events import client_address
 from .ratelimit import TokenBucket
+from .resolver import workspace_resolve_async
 from .services import SessionRecord, session_close, session_create
-from .workspaces import roots_resolve, workspace_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         started = time.monotonic()
         if self.session is not None:
             raise SessionExists(f"This connection already holds session {self.session.session_id}.")
-        workspace_dir = workspace_resolve(
-            message.workspace_dir, roots=roots_resolve(tuple(app_settings.WSS_WORKSPACE_ROOTS))
-        )
+        workspace_dir = await workspace_resolve_async(message.workspace_dir)
         self.session = await session_create(
             workspace_dir=workspace_dir,
             channel_name=self.channel_name,
