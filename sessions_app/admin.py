@@ -7,8 +7,8 @@ from django.db.models import Count
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from .audit import sessions_terminate_audited
 from .models import ApiToken, LiveSession, ServerInstance
-from .services import sessions_terminate_sync
 from .tokens import token_issue, token_revoke
 
 
@@ -37,7 +37,7 @@ class LiveSessionAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Terminate selected sessions", permissions=["terminate"])
     def terminate_sessions(self, request, queryset) -> None:
-        ended = sessions_terminate_sync(list(queryset.values_list("pk", flat=True)))
+        ended = sessions_terminate_audited(list(queryset.values_list("pk", flat=True)), via="admin", user=request.user)
         self.message_user(request, f"Terminated {ended} session{'' if ended == 1 else 's'}.", messages.SUCCESS)
 
     def has_terminate_permission(self, request) -> bool:

@@ -19,6 +19,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from .audit import terminate_recorded
 from .models import LiveSession, ServerInstance
 from .services import session_terminate
 
@@ -76,6 +77,7 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         session_id = _uuid(pk, "session id", not_found=True)
         if not async_to_sync(session_terminate)(session_id=session_id):
             raise NotFound(f"No live session {pk}.")
+        terminate_recorded(session_id=session_id, via="sessions API", user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

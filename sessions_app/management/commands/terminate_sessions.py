@@ -9,7 +9,7 @@ import uuid
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sessions_app.services import sessions_terminate_sync
+from sessions_app.audit import sessions_terminate_audited
 
 
 class Command(BaseCommand):
@@ -32,7 +32,7 @@ class Command(BaseCommand):
                 "warning: REDIS_URL is unset, so only sessions of dead instances can be ended from here; "
                 "live ones need the channel layer that the servers share."
             )
-        ended = sessions_terminate_sync(ids)
+        ended = sessions_terminate_audited(ids, via="terminate_sessions command")
         self.stdout.write(f"Terminated {ended} of {len(ids)} session{'' if len(ids) == 1 else 's'}.")
         if ended < len(ids):
             raise CommandError(f"{len(ids) - ended} session(s) not found")
