@@ -7,6 +7,7 @@ server's RSS (psutil) until the lock is released and the connection ends. Loopba
 bounded in frames and time.
 
     python -m bench.flood --server daphne --frames 200 --size 524288
+    python -m bench.flood --server daphne --held 1000     # instead: RSS per held session (the inbox's cost)
 """
 
 import argparse
@@ -144,6 +145,48 @@ async def measure(server: str, *, frames: int, size: int, hold: float, env: dict
             process.wait()
 
 
+async def measure_held(server: str, *, held: int, env: dict[str, str]) -> dict:
+    """RSS growth for `held` connections each holding a session (what the inbox costs when idle)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        database = Path(scratch) / "db.sqlite3"
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": f"sqlite:///{database}"},
+            check=True,
+        )
+        port = free_port()
+        process = start(server, database, port, env)
+        url = f"ws://127.0.0.1:{port}/ws"
+
+        async def hold() -> websockets.ClientConnection:
+            ws = await websockets.connect(url, open_timeout=30)
+            await ws.send(json.dumps({"type": "new_session", "workspace_dir": scratch}))
+            await ws.recv()
+            return ws
+
+        connections = []
+        try:
+            connections += [await hold() for _ in range(20)]  # warm
+            await asyncio.sleep(1)
+            before = psutil.Process(process.pid).memory_info().rss
+            for _ in range(0, held, 50):
+                connections += await asyncio.gather(*(hold() for _ in range(50)))
+            await asyncio.sleep(2)
+            growth = psutil.Process(process.pid).memory_info().rss - before
+            return {
+                "server": server,
+                "held": held,
+                "rss_growth_mib": round(growth / MIB, 1),
+                "kib_per_session": round(growth / held / 1024, 1),
+            }
+        finally:
+            for ws in connections:
+                await ws.close()
+            process.kill()
+            process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
@@ -151,8 +194,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512 * 1024, help="bytes per frame")
     parser.add_argument("--hold", type=float, default=6.0, help="seconds the registry stays locked")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server, repeatable")
+    parser.add_argument("--held", type=int, default=0, help="instead of a flood: hold this many sessions")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
+    if args.held:
+        print(json.dumps(asyncio.run(measure_held(args.server, held=args.held, env=env))))
+        return
     print(json.dumps(asyncio.run(measure(args.server, frames=args.frames, size=args.size, hold=args.hold, env=env))))
 
 
