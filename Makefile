@@ -23,8 +23,8 @@ install: $(STAMP)  ## Create .venv and install requirements.txt
 migrate: $(STAMP)  ## Apply database migrations
 	$(BIN)/python manage.py migrate --noinput
 
-run: migrate  ## Start daphne on $(HOST):$(PORT) (SQLite, in-memory layer by default)
-	$(BIN)/daphne -b $(HOST) -p $(PORT) wssproject.asgi:application
+run: migrate  ## Start daphne on $(HOST):$(PORT) in debug mode (SQLite, in-memory layer by default)
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(BIN)/daphne -b $(HOST) -p $(PORT) wssproject.asgi:application
 
 test: lint migrations-check test-embedded test-production  ## Run everything: lint, migrations, both test runs
 

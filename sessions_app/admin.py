@@ -1,12 +1,15 @@
 """The operators' view: live sessions and server instances, read-only; API tokens."""
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from .audit import sessions_terminate_audited
 from .models import ApiToken, LiveSession, ServerInstance
-from .services import TerminateResult, sessions_terminate_sync
+from .services import TerminateResult
 from .tokens import token_issue, token_revoke
 
 
@@ -35,7 +38,9 @@ class LiveSessionAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Terminate selected sessions", permissions=["terminate"])
     def terminate_sessions(self, request, queryset) -> None:
-        results = sessions_terminate_sync(list(queryset.values_list("pk", flat=True)))
+        results = sessions_terminate_audited(
+            list(queryset.values_list("pk", flat=True)), via="admin", user=request.user
+        )
         ended = results[TerminateResult.DELIVERED] + results[TerminateResult.REMOVED]
         if ended or not results[TerminateResult.NOT_DELIVERED]:
             self.message_user(request, f"Terminated {ended} session{'' if ended == 1 else 's'}.", messages.SUCCESS)
@@ -82,7 +87,11 @@ class ServerInstanceAdmin(ReadOnlyAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    """Create (the raw token is shown once, on the next page) and revoke API tokens."""
+    """Create (the raw token is shown once, on the next page) and revoke API tokens.
+
+    A token acts as its user, so minting one for someone else is acting as them: only
+    superusers may. Other users with the token permissions see, add and revoke their own.
+    """
 
     list_display = ["name", "user", "key_prefix", "created_at", "last_used_at", "revoked"]
     list_select_related = ["user"]
@@ -94,11 +103,23 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         return ["user", "name"] if obj is None else ["user", "name", *self.readonly_fields]
 
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        return queryset if request.user.is_superuser else queryset.filter(user=request.user)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def get_readonly_fields(self, request, obj=None):
         # A token belongs to its user for good: make a new one rather than move it.
         return [] if obj is None else ["user", *self.readonly_fields]
 
     def save_model(self, request, obj: ApiToken, form, change: bool) -> None:
+        if obj.user_id != request.user.pk and not request.user.is_superuser:
+            raise PermissionDenied("Only superusers create tokens for other users.")
         if not change:
             raw = token_issue(obj)
             super().save_model(request, obj, form, change)

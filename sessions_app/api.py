@@ -5,13 +5,13 @@
     DELETE /api/sessions/<id>         terminate through the channel layer: 204, 404, or 503
                                       when the channel layer did not take it (nothing done)
 
-Who may call it is settings.REST_FRAMEWORK's business (staff users by default); errors are
+Who may call it is settings.REST_FRAMEWORK's business: Django's model permissions on live
+sessions, as in the admin (sessions_app/permissions.py); errors are
 DRF's JSON bodies, {"detail": ...}, with their HTTP status.
 """
 
 import uuid
 
-from asgiref.sync import async_to_sync
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.exceptions import APIException, NotFound, ValidationError
@@ -19,8 +19,9 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from .audit import session_terminate_audited
 from .models import LiveSession, ServerInstance
-from .services import TerminateResult, session_terminate
+from .services import TerminateResult
 
 
 class NotDelivered(APIException):
@@ -59,6 +60,7 @@ class LiveSessionSerializer(serializers.ModelSerializer):
 class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Live sessions: list, read one, terminate one."""
 
+    queryset = LiveSession.objects.all()  # names the model for the permission check
     serializer_class = LiveSessionSerializer
     pagination_class = SessionPagination
     lookup_value_regex = "[^/]+"
@@ -81,7 +83,7 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def destroy(self, request: Request, pk: str) -> Response:
         """Terminate the session: its consumer sends `session_terminated` and closes 4410."""
         session_id = _uuid(pk, "session id", not_found=True)
-        result = async_to_sync(session_terminate)(session_id=session_id)
+        result = session_terminate_audited(session_id, via="sessions API", user=request.user)
         if result is TerminateResult.NOT_FOUND:
             raise NotFound(f"No live session {pk}.")
         if result is TerminateResult.NOT_DELIVERED:

@@ -14,6 +14,9 @@ class SessionsAppConfig(AppConfig):
         checks.register(check_workspace_roots, "wss")
         checks.register(check_heartbeat_bounds, "wss")
         checks.register(check_metrics_allowed_ips, "wss")
+        checks.register(check_trusted_proxies, "wss")
+        checks.register(check_server_proxy_headers, "wss")
+        checks.register(check_unrestricted, "wss", deploy=True)
 
 
 class WssAdminConfig(admin_apps.AdminConfig):
@@ -68,3 +71,60 @@ def check_metrics_allowed_ips(app_configs, **kwargs) -> list[checks.CheckMessage
                 )
             )
     return problems
+
+
+def check_trusted_proxies(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """Every WSS_TRUSTED_PROXIES entry must be an address or a network."""
+    import ipaddress
+
+    from .conf import app_settings
+
+    problems = []
+    for entry in app_settings.WSS_TRUSTED_PROXIES:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            problems.append(
+                checks.Error(
+                    f"WSS_TRUSTED_PROXIES entry {entry!r} is not an IP address or network",
+                    hint="List your proxies' addresses or CIDR networks: 10.0.0.5,10.1.0.0/16.",
+                    id="wss.E011",
+                )
+            )
+    return problems
+
+
+def check_server_proxy_headers(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """The server must not believe X-Forwarded-For from any peer: WSS_TRUSTED_PROXIES decides."""
+    import os
+    import sys
+
+    from .startup import server_proxy_header_problem
+
+    problem = server_proxy_header_problem(sys.argv, os.environ)
+    if problem is None:
+        return []
+    return [
+        checks.Error(
+            problem,
+            hint="Drop the server's proxy-header option and list the proxies in WSS_TRUSTED_PROXIES.",
+            id="wss.E012",
+        )
+    ]
+
+
+def check_unrestricted(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """Deploy check: without roots or authentication, anyone who reaches the port opens any directory."""
+    from .middleware import unrestricted
+
+    if not unrestricted():
+        return []
+    return [
+        checks.Warning(
+            "Neither WSS_WORKSPACE_ROOTS nor WSS_REQUIRE_AUTH is set: any client could open a session on "
+            "any directory of this machine. Clients beyond loopback are refused unless they log in or "
+            "present an API token.",
+            hint="Set WSS_WORKSPACE_ROOTS to the directories sessions may use, and WSS_REQUIRE_AUTH=true.",
+            id="wss.W020",
+        )
+    ]

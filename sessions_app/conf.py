@@ -26,6 +26,11 @@ DEFAULTS: dict[str, Any] = {
     "WSS_REQUIRE_AUTH": False,
     "WSS_RATE_LIMIT": 20.0,
     "WSS_RATE_LIMIT_BURST": 40,
+    # Safe defaults and bounds: see docs/security.md.
+    "WSS_TRUSTED_PROXIES": [],
+    "WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS": 2.0,
+    "WSS_WORKSPACE_RESOLVE_THREADS": 4,
+    "WSS_MAX_QUEUED_FRAMES": 40,
 }
 
 

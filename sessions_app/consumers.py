@@ -12,9 +12,10 @@ from . import events, lifecycle, protocol
 from .conf import app_settings
 from .errors import InternalError, ProtocolError, SessionExists, SessionTerminated
 from .events import client_address
+from .inbox import Inbox
 from .ratelimit import TokenBucket
+from .resolver import workspace_resolve_async
 from .services import SessionRecord, session_close, session_create
-from .workspaces import roots_resolve, workspace_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,19 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Run the connection; however it ends, even by a channel-layer failure, its row goes too."""
+        # Frames are read as they arrive and bounded there, not left buffered in the server (inbox.py).
+        inbox = Inbox(
+            receive,
+            bucket=TokenBucket(
+                rate=app_settings.WSS_RATE_LIMIT, burst=app_settings.WSS_RATE_LIMIT_BURST, now=time.monotonic()
+            ),
+            max_bytes=app_settings.WSS_MAX_MESSAGE_BYTES,
+            max_queued=app_settings.WSS_MAX_QUEUED_FRAMES,
+        )
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, inbox, send)
         finally:
+            inbox.close()
             # daphne calls disconnect() only after a clean end. An exception escaping the
             # base class (Redis failing under the channel layer's receive) would leak the row.
             if self.session is not None:
@@ -41,9 +52,6 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         if lifecycle.stopping():
             await self.close()
             return
-        self.bucket = TokenBucket(
-            rate=app_settings.WSS_RATE_LIMIT, burst=app_settings.WSS_RATE_LIMIT_BURST, now=time.monotonic()
-        )
         lifecycle.connection_opened(self)
         await self.accept(subprotocol=protocol.subprotocol_choose(self.scope.get("subprotocols", [])))
         events.connected(self.scope)
@@ -54,7 +62,6 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             return  # frames already in flight after a fatal error: nothing more to say
         message = None
         try:
-            self.bucket.admit(time.monotonic())
             message = protocol.decode(text_data, bytes_data, limit=app_settings.WSS_MAX_MESSAGE_BYTES)
             await HANDLERS[type(message)](self, message)
         except ProtocolError as error:
@@ -74,9 +81,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         started = time.monotonic()
         if self.session is not None:
             raise SessionExists(f"This connection already holds session {self.session.session_id}.")
-        workspace_dir = workspace_resolve(
-            message.workspace_dir, roots=roots_resolve(tuple(app_settings.WSS_WORKSPACE_ROOTS))
-        )
+        workspace_dir = await workspace_resolve_async(message.workspace_dir)
         self.session = await session_create(
             workspace_dir=workspace_dir,
             channel_name=self.channel_name,
@@ -92,6 +97,11 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             )
         )
         events.session_created(self.scope, self.session, started=started)
+
+    async def wss_refused(self, event: dict[str, Any]) -> None:
+        """A frame refused on arrival (rate, size, backlog: inbox.py): answer it in its turn."""
+        if self.closing_error is None:
+            await self.send_error(event["error"])
 
     async def session_terminate(self, event: dict[str, Any]) -> None:
         """Channel-layer event `session.terminate`: an operator ended this session."""

@@ -9,7 +9,7 @@
     ├── WorkspaceNotFound   open     the path does not exist or is not a directory
     ├── WorkspaceForbidden  open     the path resolves outside WSS_WORKSPACE_ROOTS
     ├── SessionExists       open     this connection already holds a live session
-    ├── Unavailable         open     the registry could not record the session
+    ├── Unavailable         open     the registry could not record the session, or the path did not resolve in time
     ├── InternalError       open     a bug on our side; logged with its traceback
     ├── SessionTerminated   4410     an operator ended the session (server-initiated)
     ├── ServerShuttingDown  4503     this server process is stopping; reconnect (server-initiated)

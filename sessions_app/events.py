@@ -63,6 +63,12 @@ def session_ended(scope: dict[str, Any], session: SessionRecord, *, reason: str,
     )
 
 
+def session_terminate_requested(*, session_id: Any, actor: str, via: str, result: str) -> None:
+    """Someone terminated a session (the audit line): `actor` a username or `operator:<login>`, `via` the
+    entry point, `result` what it achieved (delivered, removed, not_delivered)."""
+    _emit("session_terminate", session_id=session_id, actor=actor, via=via, result=str(result))
+
+
 def sessions_reaped(count: int) -> None:
     """The reaper removed `count` sessions of dead instances."""
     if count:

@@ -2,9 +2,13 @@
 
 /readyz checks the registry with a query and the channel layer with a round trip through
 a fresh channel, each bounded by WSS_READYZ_TIMEOUT_SECONDS; any failure is a 503 naming it.
+The public answer says only ok or failed per check: an exception's text names hosts, ports
+and users. The detail goes to the log, and into the answer for the callers /metrics serves
+(WSS_METRICS_ALLOWED_IPS, loopback by default, or the WSS_METRICS_TOKEN bearer token).
 """
 
 import asyncio
+import logging
 import uuid
 
 from channels.db import database_sync_to_async
@@ -15,6 +19,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from .conf import app_settings
+from .views import metrics_allowed
+
+logger = logging.getLogger(__name__)
 
 
 @never_cache
@@ -31,11 +38,18 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     timeout = app_settings.WSS_READYZ_TIMEOUT_SECONDS
     checks = {"database": database_check, "channel_layer": channel_layer_check}
     results = await asyncio.gather(*(_bounded(check, timeout) for check in checks.values()))
-    report = dict(zip(checks, results, strict=True))
-    failed = sorted(name for name, result in report.items() if result != "ok")
-    body = {"status": "ok" if not failed else "unavailable", "checks": report}
+    detail = dict(zip(checks, results, strict=True))
+    failed = sorted(name for name, result in detail.items() if result != "ok")
+    body = {
+        "status": "ok" if not failed else "unavailable",
+        "checks": {name: "ok" if result == "ok" else "failed" for name, result in detail.items()},
+    }
     if failed:
         body["failed"] = failed
+        for name in failed:
+            logger.warning("readyz: %s %s", name, detail[name])
+        if metrics_allowed(request):  # the callers /metrics serves see the detail
+            body["detail"] = {name: detail[name] for name in failed}
     return JsonResponse(body, status=200 if not failed else 503)
 
 

@@ -9,8 +9,11 @@ Django session cookie. A token, when presented, takes precedence:
 
 A presented token that is unknown or revoked is refused even when authentication is
 optional: a client holding a bad credential should learn it at once. With WSS_REQUIRE_AUTH
-on, a handshake without a logged-in user or a valid token is refused. Every refusal is an
-HTTP 403 and one warning line, without the token.
+on, a handshake without a logged-in user or a valid token is refused. With neither
+WSS_REQUIRE_AUTH nor WSS_WORKSPACE_ROOTS set (the service would open any directory for
+anyone), only loopback clients are served anonymously: a client from beyond loopback needs
+a user or a token too (docs/security.md). Every refusal is an HTTP 403 and one warning
+line, without the token.
 """
 
 import logging
@@ -22,6 +25,7 @@ from channels.security.websocket import WebsocketDenier
 from django.db import DatabaseError
 
 from . import events
+from .clients import client_is_loopback
 from .conf import app_settings
 from .tokens import bearer_credential, token_authenticate
 
@@ -65,6 +69,13 @@ class ApiTokenAuthMiddleware:
             scope = {**scope, "user": user}
         elif app_settings.WSS_REQUIRE_AUTH and not getattr(scope.get("user"), "is_authenticated", False):
             return await self.refuse(scope, receive, send, "no logged-in user or API token and WSS_REQUIRE_AUTH is on")
+        elif anonymous_refused_beyond_loopback(scope) and not getattr(scope.get("user"), "is_authenticated", False):
+            return await self.refuse(
+                scope,
+                receive,
+                send,
+                "an anonymous client beyond loopback, and neither WSS_WORKSPACE_ROOTS nor WSS_REQUIRE_AUTH is set",
+            )
         return await self.application(scope, receive, send)
 
     @staticmethod
@@ -72,3 +83,13 @@ class ApiTokenAuthMiddleware:
         """Log one warning line, count it, and deny the handshake (HTTP 403)."""
         events.handshake_refused(scope, reason="auth", detail=reason)
         return await WebsocketDenier()(scope, receive, send)
+
+
+def unrestricted() -> bool:
+    """Neither authentication nor workspace roots: anyone could open any directory."""
+    return not app_settings.WSS_REQUIRE_AUTH and not app_settings.WSS_WORKSPACE_ROOTS
+
+
+def anonymous_refused_beyond_loopback(scope: dict[str, Any]) -> bool:
+    """An unrestricted server serves anonymous clients on loopback only."""
+    return unrestricted() and not client_is_loopback(scope)

@@ -62,7 +62,7 @@ def decode(text_data: str | None, bytes_data: bytes | None, *, limit: int) -> Me
     """Turn one WebSocket frame into a message, or raise the ProtocolError that answers it."""
     if text_data is None:
         raise UnsupportedFrame("Binary frames are not supported: send JSON in a text frame.")
-    if _utf8_length_exceeds(text_data, limit):
+    if utf8_length_exceeds(text_data, limit):
         raise MessageTooLarge(f"The frame is larger than the limit of {limit} bytes.")
     obj = _load_object(text_data)
     request_id = _echoable_request_id(obj.get("request_id"))
@@ -144,7 +144,8 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _utf8_length_exceeds(text: str, limit: int) -> bool:
+def utf8_length_exceeds(text: str, limit: int) -> bool:
+    """Whether `text` is longer than `limit` bytes in UTF-8."""
     # A character is 1 to 4 bytes in UTF-8: most frames are decided without encoding.
     if len(text) > limit:
         return True

@@ -15,12 +15,10 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.db import DatabaseError, IntegrityError, transaction
@@ -309,11 +307,6 @@ async def session_terminate(*, session_id: uuid.UUID | str) -> TerminateResult:
         logger.warning("terminate of session %s not delivered: the channel layer failed (%r)", row.id, error)
         return TerminateResult.NOT_DELIVERED
     return TerminateResult.DELIVERED
-
-
-def sessions_terminate_sync(session_ids) -> Counter:
-    """Synchronous wrapper for the admin and management commands: how many ended up in each result."""
-    return Counter(async_to_sync(session_terminate)(session_id=session_id) for session_id in session_ids)
 
 
 # --- Instance lifecycle: heartbeat, reaping, retirement (driven by sessions_app.lifecycle) ---

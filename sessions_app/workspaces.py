@@ -1,8 +1,13 @@
 """Resolve a client's workspace path against the configured roots. No Channels, no ORM.
 
-The path is resolved with realpath (symlinks and `..`), then compared with the roots by
-`os.path.commonpath`, never a string prefix: `/srv/ws-evil` is not inside `/srv/ws`.
-Containment is decided before existence, so a forbidden path reveals nothing about it.
+Containment is decided twice, and before existence. First lexically, touching nothing: the
+path as sent must start with a root (as configured, or its real path) and stay inside it
+once `..` is folded, so a path outside the roots is refused without a single filesystem
+call and the answer says nothing about it (not even whether it holds symlinks). Then the
+path is resolved with realpath (symlinks and `..`) and compared again, which refuses a
+symlink inside a root that points out. Comparisons use `os.path.commonpath`, never a
+string prefix: `/srv/ws-evil` is not inside `/srv/ws`. This module blocks on the
+filesystem; sessions_app/resolver.py runs it off the event loop with a time bound.
 """
 
 import os
@@ -12,10 +17,16 @@ from functools import lru_cache
 from .errors import InvalidRequest, WorkspaceForbidden, WorkspaceNotFound
 
 
-def workspace_resolve(raw_path: str, *, roots: Iterable[str] = ()) -> str:
-    """Return the real path of an existing directory inside one of `roots` (any, if empty)."""
-    real = os.path.realpath(raw_path)
+def workspace_resolve(raw_path: str, *, roots: Iterable[str] = (), lexical_roots: Iterable[str] = ()) -> str:
+    """Return the real path of an existing directory inside one of `roots` (any, if empty).
+
+    `roots` are real paths; `lexical_roots` (the roots as configured) are accepted too by
+    the lexical check. Blocks on the filesystem.
+    """
     roots = list(roots)
+    if roots and not lexically_within(raw_path, [*roots, *lexical_roots]):
+        raise WorkspaceForbidden(f"{raw_path!r} is outside the allowed workspace roots.")
+    real = os.path.realpath(raw_path)
     if roots and not any(is_within(real, root) for root in roots):
         raise WorkspaceForbidden(f"{raw_path!r} is outside the allowed workspace roots.")
     if not os.path.isdir(real):
@@ -34,6 +45,14 @@ def is_utf8(path: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def lexically_within(raw_path: str, roots: Iterable[str]) -> bool:
+    """Whether the path as written starts with a root and stays inside it once `..` is folded. Pure."""
+    if not os.path.isabs(raw_path):
+        return False
+    folded = os.path.normpath(raw_path)
+    return any(is_within(raw_path, root) and is_within(folded, root) for root in roots)
 
 
 def is_within(path: str, root: str) -> bool:

@@ -242,12 +242,12 @@ async def test_disconnect_without_a_session_is_harmless():
 
 
 async def test_unexpected_exception_becomes_internal_error_not_a_crash(communicator, workspace, monkeypatch, caplog):
-    from sessions_app import consumers
+    from sessions_app import resolver
 
     def explode(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(consumers, "workspace_resolve", explode)
+    monkeypatch.setattr(resolver, "blocking_resolve", explode)
     with caplog.at_level(logging.ERROR, logger="sessions_app.consumers"):
         reply = await new_session(communicator, workspace, request_id=5)
     assert (reply["code"], reply["request_id"]) == ("internal_error", 5)

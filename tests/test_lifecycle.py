@@ -74,6 +74,9 @@ async def test_a_stopping_process_refuses_new_connections():
     comm = WebsocketCommunicator(application, "/ws")
     connected, _ = await comm.connect()
     assert not connected
+    # End it as a server would: left running into the loop's teardown, the consumer's
+    # channels-redis read swallows the teardown's cancellation and the test hangs.
+    await comm.disconnect()
 
 
 async def test_start_registers_this_instance_and_reaps_dead_predecessors_at_once():

@@ -1,5 +1,8 @@
 """ASGI entry point: `daphne wssproject.asgi:application` (or uvicorn).
 
+At import, the system checks run (sessions_app/startup.py): a configuration error stops
+the server, whichever it is, before it serves anything. Every request first has its client
+address resolved (X-Forwarded-For only from WSS_TRUSTED_PROXIES: sessions_app/clients.py).
 HTTP goes to Django; WebSockets pass the origin check, then authentication (session
 cookie, skipped for handshakes without one: sessions_app/auth_fastpath.py; API token and
 WSS_REQUIRE_AUTH: sessions_app/middleware.py), then reach sessions_app's routes. The
@@ -18,20 +21,27 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from sessions_app import lifecycle  # noqa: E402
+from sessions_app.startup import startup_check  # noqa: E402
+
+startup_check()
+
 from sessions_app.auth_fastpath import SessionCookieAuthMiddleware  # noqa: E402
+from sessions_app.clients import ForwardedClientMiddleware  # noqa: E402
 from sessions_app.middleware import ApiTokenAuthMiddleware  # noqa: E402
 from sessions_app.origin import SessionOriginValidator  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": SessionOriginValidator(
-            SessionCookieAuthMiddleware(ApiTokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
-        ),
-        # uvicorn (and other lifespan servers): register, heartbeat, retire on SIGTERM/SIGINT.
-        "lifespan": lifecycle.lifespan_app,
-    }
+application = ForwardedClientMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": SessionOriginValidator(
+                SessionCookieAuthMiddleware(ApiTokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+            ),
+            # uvicorn (and other lifespan servers): register, heartbeat, retire on SIGTERM/SIGINT.
+            "lifespan": lifecycle.lifespan_app,
+        }
+    )
 )
 # daphne has no lifespan: the same start and stop hook into its Twisted reactor.
 lifecycle.daphne_install()

@@ -6,10 +6,11 @@ DATABASE_URL and REDIS_URL switch to PostgreSQL and channels-redis.
 """
 
 import os
-import warnings
 from pathlib import Path
 
 import dj_database_url
+
+from wssproject.secretkey import secret_key_load_or_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -46,16 +47,12 @@ def env_number(name: str, default: float, cast: type = int) -> float:
         raise ValueError(f"{name}={raw!r} is not a number") from error
 
 
-DEV_SECRET_KEY = "django-insecure-wss-sessions-development-key-do-not-deploy"
-DEBUG = env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", DEV_SECRET_KEY)
-if not DEBUG and SECRET_KEY == DEV_SECRET_KEY:
-    warnings.warn(
-        "DJANGO_DEBUG is off but DJANGO_SECRET_KEY is unset: the public development key is "
-        "in use. Set DJANGO_SECRET_KEY before exposing this server.",
-        RuntimeWarning,
-        stacklevel=1,
-    )
+# Safe by default (docs/security.md): debug only when asked for (`make run` asks), and never
+# a public signing key: without DJANGO_SECRET_KEY, a random key generated on first use and
+# kept in DJANGO_SECRET_KEY_FILE (mode 0600, git-ignored).
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY_FILE = Path(os.environ.get("DJANGO_SECRET_KEY_FILE", "") or BASE_DIR / ".secret_key")
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "") or secret_key_load_or_create(SECRET_KEY_FILE)
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
@@ -214,14 +211,15 @@ WSS_METRICS_TOKEN = os.environ.get("WSS_METRICS_TOKEN", "")
 WSS_READYZ_TIMEOUT_SECONDS = env_number("WSS_READYZ_TIMEOUT_SECONDS", 2, float)
 WSS_REGISTRY_TIMEOUT_SECONDS = env_number("WSS_REGISTRY_TIMEOUT_SECONDS", 5, float)
 
-# The sessions API (/api/sessions): staff users, by bearer token (whose lookup is
+# The sessions API (/api/sessions): users with the model permissions the admin asks for
+# (view to read, delete to terminate), by bearer token (whose lookup is
 # sessions_app.authentication.BearerTokenAuthentication.token_user) or the admin's cookie.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "sessions_app.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_PERMISSION_CLASSES": ["sessions_app.permissions.ModelPermissions"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }
@@ -229,3 +227,15 @@ REST_FRAMEWORK = {
 WSS_REQUIRE_AUTH = env_bool("WSS_REQUIRE_AUTH", False)
 WSS_RATE_LIMIT = env_number("WSS_RATE_LIMIT", 20, float)
 WSS_RATE_LIMIT_BURST = int(env_number("WSS_RATE_LIMIT_BURST", 40))
+
+# --- Security (docs/security.md): cookies over TLS, masked settings, trusted proxies, bounds --
+# Behind a TLS-terminating proxy: session and CSRF cookies only over HTTPS. The redirect to
+# HTTPS and HSTS belong to that proxy (docs/security.md, `check --deploy`).
+if env_bool("DJANGO_HTTPS", False):
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+# Error pages (debug, and the e-mailed reports) mask URLs with credentials and every secret.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "sessions_app.reporting.CredentialMaskingFilter"
+WSS_TRUSTED_PROXIES = env_list("WSS_TRUSTED_PROXIES", [])
+WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS = env_number("WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS", 2, float)
+WSS_WORKSPACE_RESOLVE_THREADS = int(env_number("WSS_WORKSPACE_RESOLVE_THREADS", 4))
+WSS_MAX_QUEUED_FRAMES = int(env_number("WSS_MAX_QUEUED_FRAMES", 40))

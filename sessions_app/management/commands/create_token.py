@@ -1,4 +1,8 @@
-"""`manage.py create_token <username> [--name NAME]`: print a new API token, once."""
+"""`manage.py create_token <username> [--name NAME]`: print a new API token, once.
+
+Management commands run as the operator of the machine: whoever can run them holds the
+database's credentials and the signing key, so they are not asked for Django permissions.
+"""
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError

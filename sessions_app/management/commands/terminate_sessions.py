@@ -1,11 +1,16 @@
-"""`manage.py terminate_sessions <id>...`: end live sessions wherever they live."""
+"""`manage.py terminate_sessions <id>...`: end live sessions wherever they live.
+
+Runs as the operator of the machine (see create_token.py): no Django permission is asked;
+each terminate is recorded with the operator's login name (sessions_app/audit.py).
+"""
 
 import uuid
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sessions_app.services import TerminateResult, sessions_terminate_sync
+from sessions_app.audit import sessions_terminate_audited
+from sessions_app.services import TerminateResult
 
 # sysexits.h EX_TEMPFAIL: a temporary failure, running the command again may work.
 EXIT_NOT_DELIVERED = 75
@@ -32,7 +37,7 @@ class Command(BaseCommand):
                 "warning: REDIS_URL is unset, so only sessions of dead instances can be ended from here; "
                 "live ones need the channel layer that the servers share."
             )
-        results = sessions_terminate_sync(ids)
+        results = sessions_terminate_audited(ids, via="terminate_sessions command")
         ended = results[TerminateResult.DELIVERED] + results[TerminateResult.REMOVED]
         self.stdout.write(f"Terminated {ended} of {len(ids)} session{'' if len(ids) == 1 else 's'}.")
         if failed := results[TerminateResult.NOT_DELIVERED]:

@@ -1,0 +1,64 @@
+"""Who terminated which session, and when: the admin's history and one log line per terminate.
+
+Every terminate, from the admin, the sessions API or a management command, goes through
+`sessions_terminate_audited`. A user's terminate becomes an admin LogEntry (the admin's
+history and its *Recent actions*: who, when, which session) and an `session_terminate`
+event line; a command's has no Django user (it runs as the machine's operator), so its
+line names the operator's login name.
+"""
+
+import getpass
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+
+from asgiref.sync import async_to_sync
+from django.contrib.admin.models import DELETION, LogEntry
+from django.contrib.contenttypes.models import ContentType
+
+from . import events
+from .models import LiveSession
+from .services import TerminateResult, session_terminate
+
+# The results that ended a session; the others did nothing.
+ENDED = (TerminateResult.DELIVERED, TerminateResult.REMOVED)
+
+
+def operator_name() -> str:
+    """The login name of whoever runs a management command."""
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "operator:unknown"
+
+
+def terminate_recorded(*, session_id: uuid.UUID | str, result: TerminateResult, via: str, user=None) -> None:
+    """Record one terminate: the event line always (with its result), a LogEntry when a user ended a session."""
+    ended = result in ENDED
+    if user is not None and user.is_authenticated:
+        if ended:
+            LogEntry.objects.create(
+                user_id=user.pk,
+                content_type=ContentType.objects.get_for_model(LiveSession),
+                object_id=str(session_id),
+                object_repr=str(session_id),
+                action_flag=DELETION,
+                change_message=f"Terminated through the {via}.",
+            )
+        actor = user.get_username()
+    else:
+        actor = operator_name()
+    events.session_terminate_requested(session_id=session_id, actor=actor, via=via, result=result)
+
+
+def session_terminate_audited(session_id: uuid.UUID | str, *, via: str, user=None) -> TerminateResult:
+    """Terminate one session and record what happened."""
+    result = async_to_sync(session_terminate)(session_id=session_id)
+    if result is not TerminateResult.NOT_FOUND:
+        terminate_recorded(session_id=session_id, result=result, via=via, user=user)
+    return result
+
+
+def sessions_terminate_audited(session_ids: Iterable[uuid.UUID | str], *, via: str, user=None) -> Counter:
+    """Terminate each session and record each one found; how many ended up in each result."""
+    return Counter(session_terminate_audited(session_id, via=via, user=user) for session_id in session_ids)

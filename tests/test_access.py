@@ -1,0 +1,99 @@
+"""One access model: the admin and the sessions API grant the same things for the same permissions.
+
+Refusals are made observable: the session rows belong to a dead instance, so a terminate
+that went through would delete them; after a refusal they must still be there.
+"""
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+
+from sessions_app.models import ApiToken, LiveSession, ServerInstance
+from sessions_app.tokens import token_create
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def dead_sessions(db) -> list[LiveSession]:
+    """Two sessions of a dead instance: a permitted terminate deletes their rows at once."""
+    instance = ServerInstance.objects.create(host="h", pid=1, heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
+    return [
+        LiveSession.objects.create(workspace_dir=f"/srv/ws/{n}", channel_name=f"c{n}", instance=instance)
+        for n in range(2)
+    ]
+
+
+def staff_with(django_user_model, name: str, *codenames: str):
+    user = django_user_model.objects.create_user(name, password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+def test_api_refuses_staff_without_the_view_permission_and_terminates_nothing(client, django_user_model, dead_sessions):
+    client.force_login(staff_with(django_user_model, "staff"))
+    assert client.get("/api/sessions").status_code == 403
+    assert client.get(f"/api/sessions/{dead_sessions[0].pk}").status_code == 403
+    assert client.get("/api/sessions", {"instance": "not-a-uuid"}).status_code == 403  # nothing parsed first
+    assert client.delete(f"/api/sessions/{dead_sessions[0].pk}").status_code == 403
+    assert LiveSession.objects.count() == 2
+
+
+def test_api_view_permission_reads_but_does_not_terminate(client, django_user_model, dead_sessions):
+    client.force_login(staff_with(django_user_model, "viewer", "view_livesession"))
+    assert client.get("/api/sessions").json()["count"] == 2
+    assert client.delete(f"/api/sessions/{dead_sessions[0].pk}").status_code == 403
+    assert LiveSession.objects.count() == 2
+
+
+def test_api_delete_without_view_is_still_refused_to_read(client, django_user_model, dead_sessions):
+    client.force_login(staff_with(django_user_model, "deleter", "delete_livesession"))
+    assert client.get("/api/sessions").status_code == 403
+    assert client.delete(f"/api/sessions/{dead_sessions[0].pk}").status_code == 204
+    assert LiveSession.objects.count() == 1
+
+
+def test_api_token_carries_its_users_permissions_only(client, django_user_model, dead_sessions):
+    _, bare = token_create(user=staff_with(django_user_model, "bare"), name="t")
+    _, viewer = token_create(user=staff_with(django_user_model, "viewer", "view_livesession"), name="t")
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION=f"Bearer {bare}").status_code == 403
+    assert client.get("/api/sessions", HTTP_AUTHORIZATION=f"Bearer {viewer}").status_code == 200
+    refused = client.delete(f"/api/sessions/{dead_sessions[0].pk}", HTTP_AUTHORIZATION=f"Bearer {viewer}")
+    assert refused.status_code == 403
+    assert LiveSession.objects.count() == 2
+
+
+def test_admin_refuses_staff_without_permissions_and_terminates_nothing(client, django_user_model, dead_sessions):
+    action = {"action": "terminate_sessions", "_selected_action": [str(s.pk) for s in dead_sessions]}
+    client.force_login(staff_with(django_user_model, "staff"))
+    assert client.get("/admin/sessions_app/livesession/").status_code == 403
+    assert client.post("/admin/sessions_app/livesession/", action).status_code == 403
+    client.force_login(staff_with(django_user_model, "viewer", "view_livesession"))
+    assert "terminate_sessions" not in client.get("/admin/sessions_app/livesession/").content.decode()
+    client.post("/admin/sessions_app/livesession/", action)
+    assert LiveSession.objects.count() == 2
+    client.force_login(staff_with(django_user_model, "operator", "view_livesession", "delete_livesession"))
+    client.post("/admin/sessions_app/livesession/", action)
+    assert LiveSession.objects.count() == 0
+
+
+def test_only_superusers_mint_tokens_for_other_users(client, django_user_model, admin_user):
+    minter = staff_with(django_user_model, "minter", "add_apitoken", "view_apitoken", "change_apitoken")
+    client.force_login(minter)
+    form = client.get("/admin/sessions_app/apitoken/add/").content.decode()
+    assert f'value="{minter.pk}"' in form
+    assert f'value="{admin_user.pk}"' not in form
+    refused = client.post("/admin/sessions_app/apitoken/add/", {"user": admin_user.pk, "name": "as admin"})
+    assert refused.status_code == 200  # the form again, with an error: not a valid choice
+    assert not ApiToken.objects.filter(user=admin_user).exists()
+    client.post("/admin/sessions_app/apitoken/add/", {"user": minter.pk, "name": "mine"})
+    assert ApiToken.objects.filter(user=minter, name="mine").exists()
+    # Nor may they see or revoke someone else's.
+    others, _ = token_create(user=admin_user, name="admin's")
+    assert "admin&#x27;s" not in client.get("/admin/sessions_app/apitoken/").content.decode()
+    client.post("/admin/sessions_app/apitoken/", {"action": "revoke_tokens", "_selected_action": [others.pk]})
+    others.refresh_from_db()
+    assert not others.is_revoked
+    client.force_login(admin_user)
+    client.post("/admin/sessions_app/apitoken/add/", {"user": minter.pk, "name": "from the superuser"})
+    assert ApiToken.objects.filter(user=minter, name="from the superuser").exists()

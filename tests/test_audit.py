@@ -1,0 +1,76 @@
+"""Every terminate, from the admin, the API or a command, is recorded: who, when, which session."""
+
+import getpass
+import logging
+
+import pytest
+from django.contrib.admin.models import DELETION, LogEntry
+from django.contrib.auth.models import Permission
+from django.core.management import call_command
+from django.utils import timezone
+
+from sessions_app.models import LiveSession, ServerInstance
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def dead_session(db) -> LiveSession:
+    instance = ServerInstance.objects.create(host="h", pid=1, heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
+    return LiveSession.objects.create(workspace_dir="/srv/ws/a", channel_name="c", instance=instance)
+
+
+def audit_lines(caplog) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if getattr(record, "event", None) == "session_terminate"]
+
+
+def assert_recorded(caplog, session: LiveSession, user, via: str) -> None:
+    entry = LogEntry.objects.get(object_id=str(session.pk))
+    assert (entry.user, entry.action_flag) == (user, DELETION)
+    assert entry.content_type.model == "livesession"
+    assert via in entry.change_message
+    assert abs((timezone.now() - entry.action_time).total_seconds()) < 60
+    [line] = audit_lines(caplog)
+    assert (line.session_id, line.actor) == (str(session.pk), user.username)
+    assert via in line.via
+
+
+def test_an_admin_terminate_is_in_the_admins_history_and_the_log(admin_client, admin_user, dead_session, caplog):
+    with caplog.at_level(logging.INFO, logger="sessions_app.events"):
+        admin_client.post(
+            "/admin/sessions_app/livesession/",
+            {"action": "terminate_sessions", "_selected_action": [str(dead_session.pk)]},
+        )
+    assert not LiveSession.objects.exists()
+    assert_recorded(caplog, dead_session, admin_user, "admin")
+    assert str(dead_session.pk) in admin_client.get("/admin/").content.decode()  # under Recent actions
+
+
+def test_an_api_terminate_is_recorded_under_its_caller(client, django_user_model, dead_session, caplog):
+    ops = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
+    ops.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
+    client.force_login(ops)
+    with caplog.at_level(logging.INFO, logger="sessions_app.events"):
+        assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 204
+    assert_recorded(caplog, dead_session, ops, "sessions API")
+
+
+def test_a_command_terminate_is_logged_under_the_operators_login(dead_session, caplog):
+    with caplog.at_level(logging.INFO, logger="sessions_app.events"):
+        call_command("terminate_sessions", str(dead_session.pk), stdout=None, stderr=None)
+    [line] = audit_lines(caplog)
+    assert (line.session_id, line.actor, line.via) == (
+        str(dead_session.pk),
+        f"operator:{getpass.getuser()}",
+        "terminate_sessions command",
+    )
+
+
+def test_a_refused_or_missing_terminate_records_nothing(client, django_user_model, dead_session, caplog):
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_livesession"))
+    client.force_login(viewer)
+    with caplog.at_level(logging.INFO, logger="sessions_app.events"):
+        assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 403
+    assert not LogEntry.objects.exists()
+    assert audit_lines(caplog) == []

@@ -1,0 +1,103 @@
+"""Nothing leaked: /readyz tells the public only which check failed; error pages mask credentials."""
+
+import logging
+import sys
+import uuid
+
+import pytest
+from django.test import RequestFactory
+from django.views.debug import ExceptionReporter
+
+from sessions_app import health
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SECRET_DETAIL = "connection to server at db.internal (10.0.0.9), port 5432 failed: FATAL: role wss_admin"
+
+
+@pytest.fixture
+def failing_database(monkeypatch) -> None:
+    async def broken() -> None:
+        raise RuntimeError(SECRET_DETAIL)
+
+    monkeypatch.setattr(health, "database_check", broken)
+
+
+def test_readyz_tells_a_remote_caller_only_which_check_failed(client, failing_database, caplog):
+    with caplog.at_level(logging.WARNING, logger="sessions_app.health"):
+        response = client.get("/readyz", REMOTE_ADDR="203.0.113.7")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "failed", "channel_layer": "ok"},
+        "failed": ["database"],
+    }
+    assert "db.internal" not in response.content.decode()
+    assert "db.internal" in caplog.text  # the detail goes to the log
+
+
+def test_readyz_gives_the_detail_to_the_metrics_token_from_anywhere(client, failing_database, settings):
+    settings.WSS_METRICS_TOKEN = "scrape-secret"
+    anonymous = client.get("/readyz", REMOTE_ADDR="203.0.113.7").json()
+    assert "detail" not in anonymous
+    with_token = client.get("/readyz", REMOTE_ADDR="203.0.113.7", HTTP_AUTHORIZATION="Bearer scrape-secret").json()
+    assert "db.internal" in with_token["detail"]["database"]
+
+
+@pytest.mark.production
+def test_readyz_hides_an_unreachable_redis_address_from_remote_callers(client, production_services, settings):
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": ["redis://:hunter2@127.0.0.1:1/0"]},
+        }
+    }
+    from channels.layers import channel_layers
+
+    channel_layers.backends.pop("default", None)
+    try:
+        response = client.get("/readyz", REMOTE_ADDR="203.0.113.7")
+    finally:
+        channel_layers.backends.pop("default", None)
+    assert response.status_code == 503
+    assert response.json()["checks"]["channel_layer"] == "failed"
+    assert "127.0.0.1" not in response.content.decode()
+
+
+# Made at run time: the debug page shows source lines around each frame, so a literal would show.
+SECRETS = [f"pw{n}-{uuid.uuid4().hex}" for n in range(8)]
+
+
+def debug_page() -> str:
+    """Django's technical 500 page for an exception raised under the current settings."""
+    request = RequestFactory().get("/boom", HTTP_AUTHORIZATION=f"Bearer wss_{SECRETS[6]}")
+    try:
+        fail_holding_a_dsn()
+    except RuntimeError:
+        return ExceptionReporter(request, *sys.exc_info()).get_traceback_html()
+
+
+def fail_holding_a_dsn() -> None:
+    """Raise with a connection URL in a local variable, which the page lists."""
+    dsn = f"postgres://wss:{SECRETS[7]}@db.internal/wss"
+    raise RuntimeError(f"boom after {len(dsn)}")
+
+
+def test_the_debug_page_masks_connection_urls_and_tokens(settings):
+    settings.DEBUG = True
+    settings.DATABASE_URL = f"postgres://wss:{SECRETS[0]}@db.internal:5432/wss"
+    settings.REDIS_URL = f"redis://:{SECRETS[1]}@redis.internal:6379/0"
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": f"redis://:{SECRETS[2]}@redis.internal:6379/0"}]},
+        }
+    }
+    settings.WSS_METRICS_TOKEN = SECRETS[3]
+    settings.SENTRY_DSN = f"https://{SECRETS[4]}@sentry.example.com/1"
+    settings.SOME_BACKUP_LOCATION = f"s3://user:{SECRETS[5]}@bucket/path"
+    page = debug_page()
+    assert "RuntimeError" in page  # it is the debug page
+    assert "DATABASE_URL" in page  # with its settings listed
+    for number, secret in enumerate(SECRETS):
+        assert secret not in page, number
