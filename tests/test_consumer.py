@@ -292,9 +292,11 @@ def test_error_frames_are_single_json_objects():
     assert json.loads(text) == {"type": "error", "code": "session_exists", "message": "x", "request_id": 1}
 
 
-async def test_an_over_long_client_address_is_clamped_to_the_column_not_refused(workspace):
+async def test_an_over_long_client_address_is_clamped_to_the_column_not_refused(workspace, settings):
     # A forwarded-for header can make the peer anything; the column holds 64 characters.
     from wssproject.asgi import application
+
+    settings.WSS_WORKSPACE_ROOTS = [str(workspace.parent)]  # a peer beyond loopback needs a restricted server
 
     comm = WebsocketCommunicator(application, "/ws")
     comm.scope["client"] = ("f" * 100, 65535)  # read by the app when it runs, after this line
