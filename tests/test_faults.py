@@ -352,11 +352,7 @@ async def test_redis_restart_closes_no_connection_and_a_later_terminate_arrives(
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
-# Until the registry reconciles, bounds its calls and holds a lease (being built beside this).
-needs_reconciliation = pytest.mark.xfail(strict=True, reason="needs reconciliation, bounded calls and the lease")
 
-
-@needs_reconciliation
 async def test_database_outage_of_8_s_while_30_clients_close_leaves_exactly_the_held_rows(
     cluster, database_proxy, clients, record_property
 ):
@@ -384,7 +380,6 @@ async def test_database_outage_of_8_s_while_30_clients_close_leaves_exactly_the_
     assert await registry_ids() == clients.held() and len(clients.held()) == 20
 
 
-@needs_reconciliation
 async def test_database_stall_of_20_s_answers_new_session_within_10_s_and_converges(
     cluster, database_proxy, clients, record_property
 ):
@@ -434,7 +429,6 @@ async def fresh_session_recorded(url: str, clients: Clients) -> bool:
     return True
 
 
-@needs_reconciliation
 async def test_sigkill_during_a_database_outage_is_reaped_by_the_peer_after_the_restore(
     cluster, database_proxy, clients, record_property
 ):
