@@ -3,8 +3,10 @@
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -13,7 +15,7 @@ import pytest
 import websockets
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.db import connection
+from django.db import DataError, connection
 from django.utils import timezone
 
 from sessions_app import services
@@ -225,19 +227,27 @@ SLACK = 4.0  # what a loaded 2-core machine may add to a bound
 
 @pytest.fixture
 async def proxied_server(production_services, server_factory):
-    """A daphne whose registry is PostgreSQL through a TcpProxy; (server, proxy)."""
+    """Start a daphne whose registry is PostgreSQL through a TcpProxy; (server, proxy)."""
     params = connection.settings_dict
-    proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
     user = params.get("USER") or "postgres"
-    server = server_factory(
-        env={
-            "DATABASE_URL": f"postgres://{user}@127.0.0.1:{proxy.port}/{params['NAME']}",
-            "WSS_HEARTBEAT_SECONDS": str(HEARTBEAT),
-            "WSS_INSTANCE_TIMEOUT_SECONDS": "30",  # no lease expiry within these tests
-        }
-    )
-    yield server, proxy
-    await proxy.stop()
+    proxies: list[TcpProxy] = []
+
+    async def start(**env: str) -> tuple:
+        proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
+        proxies.append(proxy)
+        server = server_factory(
+            env={
+                "DATABASE_URL": f"postgres://{user}@127.0.0.1:{proxy.port}/{params['NAME']}",
+                "WSS_HEARTBEAT_SECONDS": str(HEARTBEAT),
+                "WSS_INSTANCE_TIMEOUT_SECONDS": "30",  # no lease expiry within these tests
+                **env,
+            }
+        )
+        return server, proxy
+
+    yield start
+    for proxy in proxies:
+        await proxy.stop()
 
 
 async def live_open(url: str, workspace) -> tuple[websockets.ClientConnection, str]:
@@ -256,7 +266,7 @@ async def row_ids() -> set[str]:
 async def test_a_new_session_during_a_database_stall_is_answered_unavailable_within_the_bound(
     proxied_server, workspace
 ):
-    server, proxy = proxied_server
+    server, proxy = await proxied_server()
     held, held_id = await live_open(server.url, workspace)
     async with websockets.connect(server.url) as ws:
         proxy.stall()  # connections stay open, nothing is answered
@@ -284,12 +294,11 @@ async def test_a_new_session_during_a_database_stall_is_answered_unavailable_wit
 async def test_rows_of_sessions_closed_while_the_database_was_cut_go_within_one_interval_of_its_return(
     proxied_server, workspace
 ):
-    server, proxy = proxied_server
-    opened = [await live_open(server.url, workspace) for _ in range(5)]
+    server, proxy = await proxied_server()
+    opened = [await live_open(server.url, workspace) for _ in range(30)]
     kept, kept_id = await live_open(server.url, workspace)
     proxy.cut()
-    for ws, _ in opened:
-        await ws.close()
+    await asyncio.gather(*(ws.close() for ws, _ in opened))
     await wait_until(
         lambda: server.log().count("registry delete of session") >= len(opened), 10, what="the deletes failing"
     )
@@ -306,3 +315,47 @@ async def test_rows_of_sessions_closed_while_the_database_was_cut_go_within_one_
 
 async def row_ids_equal(expected: set[str]) -> bool:
     return await row_ids() == expected
+
+
+@pytest.mark.production
+async def test_a_row_the_database_refuses_fails_only_its_caller_in_a_shared_batch(
+    production_services, fresh_instance, workspace
+):
+    def insert(client_addr: str) -> services.SessionInsert:
+        return services.SessionInsert(
+            session_id=uuid.uuid4(),
+            workspace_dir=str(workspace),
+            created_at=timezone.now(),
+            channel_name="c",
+            client_addr=client_addr,
+            user_id=None,
+        )
+
+    good, too_long, other = insert("a"), insert("x" * 100), insert("b")  # the column holds 64
+    await services.registry_writer.submit(good)  # registered, so the next three share one batch
+    gate = threading.Event()
+    services.registry_writer.call(lambda: gate.wait(timeout=10))
+    tasks = [
+        asyncio.create_task(services.registry_writer.submit(operation))
+        for operation in (too_long, other, services.SessionDelete(session_id=good.session_id))
+    ]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[0], DataError)
+    assert results[1:] == [None, None]
+    assert {pk async for pk in LiveSession.objects.values_list("pk", flat=True)} == {other.session_id}
+
+
+@pytest.mark.production
+async def test_a_process_stops_promptly_while_its_database_hangs(proxied_server, workspace):
+    server, proxy = await proxied_server(WSS_HEARTBEAT_SECONDS="0.5", WSS_REGISTRY_TIMEOUT_SECONDS="1")
+    ws, _ = await live_open(server.url, workspace)
+    proxy.stall()
+    await wait_until(lambda: "heartbeat failed" in server.log(), 10, what="a lifecycle call stuck in the stall")
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    # The stop gives the registry 3 timeouts, the clients 2 s; threads stuck in the database must not hold the exit.
+    await asyncio.to_thread(server.wait, 3 * 1 + 2 + SLACK)
+    print(f"\nstopped {time.monotonic() - started:.2f} s after SIGTERM while the database hung")
+    await ws.close()

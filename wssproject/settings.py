@@ -134,6 +134,9 @@ else:
             "keepalives_idle": int(env_number("DATABASE_KEEPALIVES_IDLE", 10)),
             "keepalives_interval": int(env_number("DATABASE_KEEPALIVES_INTERVAL", 5)),
             "keepalives_count": int(env_number("DATABASE_KEEPALIVES_COUNT", 3)),
+            # Keepalives probe only an idle link; this bounds bytes sent and never acknowledged
+            # (a host that vanished mid-query), which TCP would otherwise retry for ~15 minutes.
+            "tcp_user_timeout": int(env_number("DATABASE_TCP_USER_TIMEOUT", 30, float) * 1000),
         }
     )
 
