@@ -166,6 +166,18 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
             except LAYER_FAILURES as error:
                 outage.failed("receive", error)
 
+    async def _clean_receive_backup(self, index: int, channel: str) -> None:
+        """channels-redis's cleanup after a read, in a task of its own nobody awaits.
+
+        When Redis fails right after a read, the stock task dies with a traceback ("Task
+        exception was never retrieved"). Nothing is lost: the message stays in the backup
+        queue and is read again after the outage, and a repeated terminate is ignored.
+        """
+        try:
+            await super()._clean_receive_backup(index, channel)
+        except LAYER_FAILURES:
+            metrics.channel_layer_failed("receive")
+
     def unavailable(self) -> str | None:
         """Why the layer is down on this loop, or None while it is up."""
         outage = self.outage()

@@ -161,15 +161,22 @@ async def start() -> None:
     global _heartbeat
     if _heartbeat is not None:
         return
-    # No lease until the first good heartbeat: a session insert registers the instance itself,
-    # and an instance without a row has nothing for peers to reap.
+    # While this first registration runs (daphne already accepts connections), a session
+    # insert registers the instance itself, so new sessions need not be refused; only a
+    # process that could not register refuses them until a heartbeat shows it alive.
+    registered = False
     try:
         await beat(services.instance_register_sync)
+        registered = True
         await predecessors_reap()
     except (DatabaseError, TimeoutError) as error:
+        if not registered:
+            services.instance_lease_expire()
         # A registry down at start must not stop the server: the heartbeat retries.
         logger.warning("registry work at start failed (%s); the heartbeat will retry", _describe(error))
     except Exception:
+        if not registered:
+            services.instance_lease_expire()
         logger.exception("registry work at start failed; the heartbeat will retry")
     _heartbeat = asyncio.get_running_loop().create_task(heartbeat_loop(), name="wss-heartbeat")
     logger.info(

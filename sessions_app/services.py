@@ -100,6 +100,12 @@ def instance_lease_renew(until: float | None) -> None:
     _lease_until = until if until is None or _lease_until is None else max(until, _lease_until)
 
 
+def instance_lease_expire() -> None:
+    """End the lease now: new sessions are refused until a heartbeat renews it."""
+    global _lease_until
+    _lease_until = time.monotonic()
+
+
 def instance_fenced() -> bool:
     """Whether this instance's lease ran out: peers may reap it any moment, so it holds no sessions."""
     return _lease_until is not None and time.monotonic() >= _lease_until

@@ -262,6 +262,13 @@ def metric_samples(server: ServerProcess) -> dict[str, float]:
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if not line.startswith("#")}
 
 
+def assert_no_traceback(*servers: ServerProcess) -> None:
+    """No server logged an exception it did not handle."""
+    for server in servers:
+        log = server.log()
+        assert "Traceback" not in log, log[log.index("Traceback") - 500 :][:3000]
+
+
 async def terminated_with_4410(held: Held, bound: float) -> float:
     """Wait until the client saw `session_terminated` and close 4410; the seconds it took."""
     took = await wait_until(lambda: not held.open, timeout=bound + SLACK, what="the terminate reaching its client")
@@ -320,7 +327,7 @@ async def test_redis_outage_of_5_s_closes_no_connection_and_a_later_terminate_ar
     for server in (a, b):
         log = server.log()
         assert log.count("channel layer unavailable") == 1, log  # once per outage, not per retry
-        assert "Traceback" not in log
+    assert_no_traceback(a, b)
 
 
 async def test_redis_restart_closes_no_connection_and_a_later_terminate_arrives(
@@ -346,17 +353,12 @@ async def test_redis_restart_closes_no_connection_and_a_later_terminate_arrives(
     report(record_property, case, f"churn meanwhile: {dict(counts)}")
     await registry_converges(clients, bound=RECONCILE_BOUND, case=case, since=restarted, record=record_property)
     assert len(clients.held()) == 29
-    for server in (a, b):
-        assert "Traceback" not in server.log()
+    assert_no_traceback(a, b)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
-# Until the registry reconciles, bounds its calls and holds a lease (being built beside this).
-needs_reconciliation = pytest.mark.xfail(strict=True, reason="needs reconciliation, bounded calls and the lease")
 
-
-@needs_reconciliation
 async def test_database_outage_of_8_s_while_30_clients_close_leaves_exactly_the_held_rows(
     cluster, database_proxy, clients, record_property
 ):
@@ -382,9 +384,9 @@ async def test_database_outage_of_8_s_while_30_clients_close_leaves_exactly_the_
     await clients.open(a.url, 5)
     await clients.open(b.url, 5)
     assert await registry_ids() == clients.held() and len(clients.held()) == 20
+    assert_no_traceback(a, b)
 
 
-@needs_reconciliation
 async def test_database_stall_of_20_s_answers_new_session_within_10_s_and_converges(
     cluster, database_proxy, clients, record_property
 ):
@@ -418,6 +420,7 @@ async def test_database_stall_of_20_s_answers_new_session_within_10_s_and_conver
     await registry_converges(clients, bound=STALL_BOUND, case=case, since=restored, record=record_property)
     await wait_until(lambda: fresh_session_recorded(a.url, clients), timeout=STALL_BOUND + SLACK, step=0.5)
     assert await registry_ids() == clients.held()
+    assert_no_traceback(a, b)
 
 
 async def fresh_session_recorded(url: str, clients: Clients) -> bool:
@@ -434,7 +437,6 @@ async def fresh_session_recorded(url: str, clients: Clients) -> bool:
     return True
 
 
-@needs_reconciliation
 async def test_sigkill_during_a_database_outage_is_reaped_by_the_peer_after_the_restore(
     cluster, database_proxy, clients, record_property
 ):
@@ -462,3 +464,4 @@ async def test_sigkill_during_a_database_outage_is_reaped_by_the_peer_after_the_
     bound = timeout + HEARTBEAT
     await registry_converges(clients, bound=bound, case=case, since=restored, record=record_property)
     assert all(held.open for held in on_a)
+    assert_no_traceback(a)
