@@ -2,11 +2,13 @@
 
     start     register this instance, reap this host's dead predecessors, start the heartbeat
     running   every WSS_HEARTBEAT_SECONDS: refresh the heartbeat, reap instances silent for
-              longer than WSS_INSTANCE_TIMEOUT_SECONDS (any live process reaps any dead one);
+              longer than WSS_INSTANCE_TIMEOUT_SECONDS (any live process reaps any dead one),
+              remove detached sessions older than WSS_RESUME_GRACE_SECONDS (`expired`);
               if this instance itself was reaped, register again and close the sessions
               that lost their rows with `session_lost` (4503)
     stop      refuse new connections, send `server_shutting_down` + close 4503 to every
-              connection still open, delete this instance and all its sessions
+              connection still open, delete this instance and its v1 sessions, detach its
+              resumable ones (a client resumes them on another process)
 
 Hooks: under daphne, Twisted's reactor (`callWhenRunning`, and a "before shutdown" trigger
 that daphne waits for); under uvicorn and other ASGI servers, the ASGI lifespan protocol
@@ -136,6 +138,7 @@ async def heartbeat_loop() -> None:
             await registry_call(services.instance_heartbeat_sync)
             await predecessors_reap()  # in case the registry was down at start
             events.sessions_reaped(await registry_call(services.sessions_reap_sync))
+            events.sessions_expired(await registry_call(services.sessions_expire_sync))
             await lost_sessions_close()
         except DatabaseError as error:
             logger.warning("heartbeat failed (%s); retrying in %g s", error, app_settings.WSS_HEARTBEAT_SECONDS)
@@ -176,8 +179,11 @@ async def stop() -> int:
         _heartbeat = None
     connections = list(_connections)
     for connection in connections:
+        resumable = connection.session is not None and connection.session.resumable
+        # Resumable sessions are detached by the retire below, not deleted: say so.
+        text = "This server is shutting down; resume the session on a new connection." if resumable else None
         try:
-            await connection.send_error(ServerShuttingDown("This server is shutting down; reconnect."))
+            await connection.send_error(ServerShuttingDown(text or "This server is shutting down; reconnect."))
         except Exception:
             logger.debug("could not tell a connection about the shutdown", exc_info=True)
     removed = 0

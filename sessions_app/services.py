@@ -8,9 +8,10 @@ Database failures surface as `Unavailable`, which the protocol reports without c
 
 import logging
 import os
+import secrets
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
@@ -22,6 +23,7 @@ from .conf import app_settings
 from .errors import Unavailable
 from .models import LiveSession, ServerInstance
 from .registry_writer import GroupCommitWriter
+from .tokens import token_hash
 
 logger = logging.getLogger(__name__)
 
@@ -93,23 +95,50 @@ def _session_row(operation: "SessionInsert") -> LiveSession:
         client_addr=operation.client_addr,
         instance_id=process_identity().boot_id,
         user_id=operation.user_id,
+        resumable=operation.resume_token_hash != "",
+        resume_token_hash=operation.resume_token_hash,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
-    """What a consumer keeps about its session once the row is committed."""
+    """What a consumer keeps about its session once the row is committed (or reattached)."""
 
     session_id: uuid.UUID
     workspace_dir: str
     created_at: datetime
+    resumable: bool = False
+    # Shown to the client once, in the reply; only its hash is stored.
+    resume_token: str | None = field(default=None, repr=False, compare=False)
+
+
+def resume_token_new() -> tuple[str, str]:
+    """A fresh resume token (256 bits from the CSPRNG) and the SHA-256 that is stored instead."""
+    raw = secrets.token_urlsafe(32)
+    return raw, token_hash(raw)
+
+
+def resume_grace_seconds() -> float:
+    """WSS_RESUME_GRACE_SECONDS: how long a detached session waits; 0 turns resume off."""
+    return max(0.0, float(app_settings.WSS_RESUME_GRACE_SECONDS))
 
 
 async def session_create(
-    *, workspace_dir: str, channel_name: str, client_addr: str, user_id: int | None = None
+    *, workspace_dir: str, channel_name: str, client_addr: str, user_id: int | None = None, resumable: bool = False
 ) -> SessionRecord:
-    """Record a new live session; the row is committed before this returns."""
-    record = SessionRecord(session_id=uuid.uuid4(), workspace_dir=workspace_dir, created_at=timezone.now())
+    """Record a new live session; the row is committed before this returns.
+
+    A resumable session (only when WSS_RESUME_GRACE_SECONDS is above 0) gets a resume token,
+    returned in the record and stored as its hash.
+    """
+    token, token_digest = resume_token_new() if resumable and resume_grace_seconds() > 0 else (None, "")
+    record = SessionRecord(
+        session_id=uuid.uuid4(),
+        workspace_dir=workspace_dir,
+        created_at=timezone.now(),
+        resumable=token is not None,
+        resume_token=token,
+    )
     try:
         await registry_writer.submit(
             SessionInsert(
@@ -119,6 +148,7 @@ async def session_create(
                 channel_name=channel_name,
                 client_addr=client_addr,
                 user_id=user_id,
+                resume_token_hash=token_digest,
             )
         )
     except DatabaseError as error:
@@ -127,17 +157,127 @@ async def session_create(
     return record
 
 
-def session_delete_sync(session_id: uuid.UUID) -> None:
-    """Delete one session row; deleting a missing row is fine."""
-    LiveSession.objects.filter(pk=session_id).delete()
+def session_delete_sync(session_id: uuid.UUID, *, channel_name: str | None = None) -> None:
+    """Delete one session row (only while `channel_name` still holds it, when given); a missing row is fine."""
+    rows = LiveSession.objects.filter(pk=session_id)
+    if channel_name is not None:
+        rows = rows.filter(channel_name=channel_name)
+    rows.delete()
 
 
-async def session_close(*, session_id: uuid.UUID) -> None:
-    """Remove a session from the registry. Never raises: the reaper covers a failed delete."""
+async def session_close(*, session_id: uuid.UUID, channel_name: str | None = None) -> None:
+    """Remove a session from the registry. Never raises: the reaper covers a failed delete.
+
+    With `channel_name`, only while that connection still holds it: a resumable session may
+    have moved to another connection, whose row this one must not remove.
+    """
     try:
-        await registry_writer.submit(SessionDelete(session_id=session_id))
+        await registry_writer.submit(SessionDelete(session_id=session_id, channel_name=channel_name))
     except DatabaseError as error:
         logger.warning("registry delete of session %s failed (the reaper will remove it): %s", session_id, error)
+
+
+async def session_detach(*, session_id: uuid.UUID, channel_name: str) -> bool:
+    """Detach a resumable session from its ended connection: the row stays for the grace period.
+
+    Only while `channel_name` still holds it (it may have been resumed elsewhere). Returns
+    whether the row was detached; never raises (the reaper detaches what a failure left).
+    """
+    operation = SessionDetach(session_id=session_id, channel_name=channel_name)
+    try:
+        await registry_writer.submit(operation)
+    except DatabaseError as error:
+        logger.warning("registry detach of session %s failed (the reaper will detach it): %s", session_id, error)
+        return False
+    return operation.detached
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A session reattached to a connection, and the connection that held it until now, if any."""
+
+    record: SessionRecord
+    previous_channel: str
+
+
+async def session_resume(
+    *, session_id: uuid.UUID, resume_token: str, channel_name: str, client_addr: str, user_id: int | None
+) -> Resumed | None:
+    """Reattach a resumable session to this connection, spending its token; None when there is none.
+
+    None covers every refusal alike (unknown id, wrong or spent token, expired, never
+    resumable, another user's): the caller answers all of them with one message. A session
+    still attached elsewhere moves here; `previous_channel` names the connection to tell.
+    """
+    if resume_grace_seconds() <= 0:
+        return None
+    token, token_digest = resume_token_new()
+    operation = SessionResume(
+        session_id=session_id,
+        presented_hash=token_hash(resume_token),
+        new_hash=token_digest,
+        channel_name=channel_name,
+        client_addr=client_addr,
+        user_id=user_id,
+        grace_seconds=resume_grace_seconds(),
+    )
+    try:
+        await registry_writer.submit(operation)
+    except DatabaseError as error:
+        logger.warning("registry resume of session %s failed: %s", session_id, error)
+        raise Unavailable("The session registry is unavailable right now; try again shortly.") from None
+    if operation.result is None:
+        return None
+    row_record, previous_channel = operation.result
+    return Resumed(
+        record=SessionRecord(
+            session_id=row_record.session_id,
+            workspace_dir=row_record.workspace_dir,
+            created_at=row_record.created_at,
+            resumable=True,
+            resume_token=token,
+        ),
+        previous_channel=previous_channel,
+    )
+
+
+def session_resume_sync(operation: "SessionResume") -> None:
+    """Apply a resume: lock the row, check token, owner and grace, move it here; sets `operation.result`."""
+    operation.result = None
+    if not _instance_registered:
+        instance_register_sync()
+    now = timezone.now()
+    with transaction.atomic():
+        row = (
+            LiveSession.objects.select_for_update()
+            .filter(pk=operation.session_id, resumable=True, resume_token_hash=operation.presented_hash)
+            .first()
+        )
+        if row is None or row.user_id != operation.user_id:
+            return
+        if row.detached_at is not None and row.detached_at <= now - timedelta(seconds=operation.grace_seconds):
+            return  # expired: the reaper has not removed it yet, but it is gone for the client
+        previous_channel = row.channel_name if row.detached_at is None else ""
+        LiveSession.objects.filter(pk=row.pk).update(
+            instance_id=process_identity().boot_id,
+            channel_name=operation.channel_name,
+            client_addr=operation.client_addr,
+            detached_at=None,
+            resume_token_hash=operation.new_hash,
+        )
+    operation.result = (
+        SessionRecord(session_id=row.id, workspace_dir=row.workspace_dir, created_at=row.created_at, resumable=True),
+        previous_channel,
+    )
+
+
+def session_detach_sync(operation: "SessionDetach") -> None:
+    """Apply a detach: only a resumable row that this connection still holds; sets `operation.detached`."""
+    operation.detached = bool(
+        LiveSession.objects.filter(pk=operation.session_id, channel_name=operation.channel_name, resumable=True).update(
+            instance=None, channel_name="", detached_at=timezone.now()
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,35 +290,75 @@ class SessionInsert:
     channel_name: str
     client_addr: str
     user_id: int | None
+    resume_token_hash: str = ""  # empty: not resumable
 
 
 @dataclass(frozen=True, slots=True)
 class SessionDelete:
-    """A queued registry write: delete this session's row."""
+    """A queued registry write: delete this session's row (only while `channel_name` holds it, if given)."""
 
     session_id: uuid.UUID
+    channel_name: str | None = None
 
 
-def registry_write_batch_sync(operations: list[SessionInsert | SessionDelete]) -> None:
-    """Apply queued inserts and deletes in one transaction: the group commit."""
+@dataclass(slots=True)
+class SessionDetach:
+    """A queued registry write: detach this resumable session from `channel_name`; `detached` is the outcome."""
+
+    session_id: uuid.UUID
+    channel_name: str
+    detached: bool = False
+
+
+@dataclass(slots=True)
+class SessionResume:
+    """A queued registry write: move a resumable session to `channel_name`; `result` is the outcome."""
+
+    session_id: uuid.UUID
+    presented_hash: str
+    new_hash: str
+    channel_name: str
+    client_addr: str
+    user_id: int | None
+    grace_seconds: float
+    result: tuple[SessionRecord, str] | None = None
+
+
+RegistryWrite = SessionInsert | SessionDelete | SessionDetach | SessionResume
+
+
+def registry_write_batch_sync(operations: list[RegistryWrite]) -> None:
+    """Apply queued writes in one transaction: the group commit.
+
+    Inserts (new ids) go first in one statement, and unconditional deletes (v1 sessions,
+    which never move) in another; writes to resumable sessions, which can move between
+    connections, are applied one by one in queue order.
+    """
     process_identity()  # first: after a fork this resets the registered flag
     if not _instance_registered:
         instance_register_sync()
     rows = [_session_row(op) for op in operations if isinstance(op, SessionInsert)]
-    deleted = [op.session_id for op in operations if isinstance(op, SessionDelete)]
+    deleted = [op.session_id for op in operations if isinstance(op, SessionDelete) and op.channel_name is None]
+    ordered = [op for op in operations if not isinstance(op, SessionInsert) and op.session_id not in deleted]
     with transaction.atomic():
         if rows:
             LiveSession.objects.bulk_create(rows)
         if deleted:
             LiveSession.objects.filter(pk__in=deleted).delete()
+        for operation in ordered:
+            registry_write_one_sync(operation)
 
 
-def registry_write_one_sync(operation: SessionInsert | SessionDelete) -> None:
+def registry_write_one_sync(operation: RegistryWrite) -> None:
     """Apply one queued write alone: the fallback when its batch failed."""
     if isinstance(operation, SessionInsert):
         session_create_sync(operation)
+    elif isinstance(operation, SessionDelete):
+        session_delete_sync(operation.session_id, channel_name=operation.channel_name)
+    elif isinstance(operation, SessionDetach):
+        session_detach_sync(operation)
     else:
-        session_delete_sync(operation.session_id)
+        session_resume_sync(operation)
 
 
 registry_writer = GroupCommitWriter(apply_batch=registry_write_batch_sync, apply_one=registry_write_one_sync)
@@ -188,13 +368,13 @@ async def session_terminate(*, session_id: uuid.UUID | str) -> bool:
     """End a live session wherever it lives; False when there is no such session.
 
     A session on a live instance is told through the channel layer: its consumer removes
-    the row, sends `session_terminated` and closes with 4410. A session whose instance is
-    dead has no consumer to tell, so its row is simply deleted.
+    the row, sends `session_terminated` and closes with 4410. A detached session, or one
+    whose instance is dead, has no consumer to tell, so its row is simply deleted.
     """
     row = await LiveSession.objects.select_related("instance").filter(pk=session_id).afirst()
     if row is None:
         return False
-    if row.instance.is_alive:
+    if row.instance is not None and row.instance.is_alive:
         await get_channel_layer().send(row.channel_name, {"type": "session.terminate", "session_id": str(row.id)})
     else:
         await row.adelete()
@@ -210,18 +390,43 @@ def sessions_terminate_sync(session_ids) -> int:
 
 
 def instances_delete_sync(instance_ids, *, reason: str) -> int:
-    """Delete these instances and, by cascade, their sessions; returns how many sessions went.
+    """Delete these instances; detach their resumable sessions and, by cascade, delete the others.
 
     The one place where rows are reaped: a dead peer, a dead predecessor, or this process
-    shutting down.
+    shutting down. Returns how many sessions were deleted (the detached ones wait for a
+    resume and are counted when they expire).
     """
     instance_ids = list(instance_ids)
     if not instance_ids:
         return 0
-    _, per_model = ServerInstance.objects.filter(pk__in=instance_ids).delete()
+    with transaction.atomic():
+        detached = LiveSession.objects.filter(instance_id__in=instance_ids, resumable=True).update(
+            instance=None, channel_name="", detached_at=timezone.now()
+        )
+        _, per_model = ServerInstance.objects.filter(pk__in=instance_ids).delete()
     sessions = per_model.get(LiveSession._meta.label, 0)
-    logger.info("removed %d session(s) of %d instance(s): %s", sessions, len(instance_ids), reason)
+    logger.info(
+        "removed %d session(s) and detached %d resumable one(s) of %d instance(s): %s",
+        sessions,
+        detached,
+        len(instance_ids),
+        reason,
+    )
     return sessions
+
+
+def sessions_expire_sync(*, grace: float | None = None) -> int:
+    """Remove detached sessions whose grace (WSS_RESUME_GRACE_SECONDS) has run out; returns how many.
+
+    Every live process runs it on each heartbeat, so a session expires within the grace
+    plus one heartbeat.
+    """
+    seconds = resume_grace_seconds() if grace is None else grace
+    cutoff = timezone.now() - timedelta(seconds=seconds)
+    expired, _ = LiveSession.objects.filter(detached_at__lte=cutoff).delete()
+    if expired:
+        logger.info("expired %d detached session(s) after %g s", expired, seconds)
+    return expired
 
 
 def instance_recreated_at() -> datetime | None:
