@@ -246,25 +246,36 @@ def session_resume_sync(operation: "SessionResume") -> None:
     operation.result = None
     if not _instance_registered:
         instance_register_sync()
+    try:
+        with transaction.atomic():
+            _session_move(operation)
+    except IntegrityError:
+        # This instance's row is gone (reaped, or the registry was reset): register again, retry once.
+        operation.result = None
+        instance_register_sync()
+        with transaction.atomic():
+            _session_move(operation)
+
+
+def _session_move(operation: "SessionResume") -> None:
     now = timezone.now()
-    with transaction.atomic():
-        row = (
-            LiveSession.objects.select_for_update()
-            .filter(pk=operation.session_id, resumable=True, resume_token_hash=operation.presented_hash)
-            .first()
-        )
-        if row is None or row.user_id != operation.user_id:
-            return
-        if row.detached_at is not None and row.detached_at <= now - timedelta(seconds=operation.grace_seconds):
-            return  # expired: the reaper has not removed it yet, but it is gone for the client
-        previous_channel = row.channel_name if row.detached_at is None else ""
-        LiveSession.objects.filter(pk=row.pk).update(
-            instance_id=process_identity().boot_id,
-            channel_name=operation.channel_name,
-            client_addr=operation.client_addr,
-            detached_at=None,
-            resume_token_hash=operation.new_hash,
-        )
+    row = (
+        LiveSession.objects.select_for_update()
+        .filter(pk=operation.session_id, resumable=True, resume_token_hash=operation.presented_hash)
+        .first()
+    )
+    if row is None or row.user_id != operation.user_id:
+        return
+    if row.detached_at is not None and row.detached_at <= now - timedelta(seconds=operation.grace_seconds):
+        return  # expired: the reaper has not removed it yet, but it is gone for the client
+    previous_channel = row.channel_name if row.detached_at is None else ""
+    LiveSession.objects.filter(pk=row.pk).update(
+        instance_id=process_identity().boot_id,
+        channel_name=operation.channel_name,
+        client_addr=operation.client_addr,
+        detached_at=None,
+        resume_token_hash=operation.new_hash,
+    )
     operation.result = (
         SessionRecord(session_id=row.id, workspace_dir=row.workspace_dir, created_at=row.created_at, resumable=True),
         previous_channel,

@@ -183,3 +183,42 @@ async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
 
 async def _append(received: list[dict], message: dict) -> None:
     received.append(message)
+
+
+async def test_stop_detaches_resumable_sessions_and_still_removes_v1_ones(workspace):
+    from .communicators import open_session as open_with
+
+    resumable, resumable_reply = await open_with(workspace, fields={"resumable": True})
+    v1, v1_reply = await open_with(workspace)
+    assert await lifecycle.stop() == 1  # the v1 row; the resumable one is detached, not removed
+    messages = []
+    for comm in (resumable, v1):
+        reply = await comm.receive_json_from(timeout=5)
+        assert reply["code"] == "server_shutting_down"
+        messages.append(reply["message"])
+        assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    assert "resume" in messages[0] and "resume" not in messages[1]
+    kept = await LiveSession.objects.aget(pk=resumable_reply["session_id"])
+    assert kept.detached_at is not None and kept.instance_id is None
+    assert not await LiveSession.objects.filter(pk=v1_reply["session_id"]).aexists()
+    # The consumers' own ends (daphne cancels them) do not undo the detach.
+    await resumable.disconnect(code=4503)
+    await v1.disconnect(code=4503)
+    assert (await LiveSession.objects.aget(pk=resumable_reply["session_id"])).detached_at is not None
+
+
+async def test_the_heartbeat_expires_a_detached_session_after_its_grace(workspace, settings):
+    from .communicators import open_session as open_with
+
+    settings.WSS_HEARTBEAT_SECONDS, settings.WSS_RESUME_GRACE_SECONDS = 0.1, 0.5
+    comm, reply = await open_with(workspace, fields={"resumable": True})
+    await comm.disconnect(code=1006)
+    await lifecycle.start()
+    detached_at = (await LiveSession.objects.aget(pk=reply["session_id"])).detached_at
+
+    async def expired() -> bool:
+        return not await LiveSession.objects.filter(pk=reply["session_id"]).aexists()
+
+    assert await wait_until(expired, timeout=5)
+    gone_after = (timezone.now() - detached_at).total_seconds()
+    assert 0.5 <= gone_after  # never before the grace; the bound (grace + heartbeat) is checked live
