@@ -5,9 +5,7 @@ from pathlib import Path
 from channels.testing import WebsocketCommunicator
 
 
-async def open_session(
-    workspace: Path, *, fields: dict | None = None, **kwargs
-) -> tuple[WebsocketCommunicator, dict]:
+async def open_session(workspace: Path, *, fields: dict | None = None, **kwargs) -> tuple[WebsocketCommunicator, dict]:
     """Connect to /ws, send new_session on `workspace` (plus `fields`); the communicator and the reply."""
     from wssproject.asgi import application
 

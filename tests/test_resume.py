@@ -317,7 +317,11 @@ async def test_a_session_of_a_silent_instance_resumes_at_once_without_the_reaper
     dead = await ServerInstance.objects.acreate(host="gone", pid=1)  # heartbeat fresh: not reapable yet
     token, digest = services.resume_token_new()
     stranded = await LiveSession.objects.acreate(
-        workspace_dir=str(workspace), channel_name="dead-channel", instance=dead, resumable=True, resume_token_hash=digest
+        workspace_dir=str(workspace),
+        channel_name="dead-channel",
+        instance=dead,
+        resumable=True,
+        resume_token_hash=digest,
     )
     comm = await connect()
     reply = await resume(comm, str(stranded.pk), token)
