@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 import websockets
@@ -243,21 +244,46 @@ async def test_resume_on_another_process_while_attached_takes_over_with_4409(ser
         assert "session_taken_over" in a.log() and "Traceback" not in a.log()
 
 
+async def raw_sessions(url: str, workspace, count: int) -> list[tuple[websockets.ClientConnection, dict]]:
+    """`count` resumable sessions on plain connections that resume nothing by themselves."""
+
+    async def one() -> tuple[websockets.ClientConnection, dict]:
+        ws = await websockets.connect(url, open_timeout=30)
+        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "resumable": True}))
+        return ws, json.loads(await asyncio.wait_for(ws.recv(), 30))
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
 @pytest.mark.production
 @pytest.mark.usefixtures("production_services")
 async def test_sigterm_with_20_resumable_sessions_all_resume_on_the_other_process(servers, workspace):
+    """Clients that hold on (hold() resumes at once) and clients that come back after the process exited."""
     a, b = servers(), servers()
-    held = await holders(a.url, workspace, CLIENTS, fallback=[b.url])
-    ids = {client.session.session_id for client, _ in held}
+    held = await holders(a.url, workspace, CLIENTS // 2, fallback=[b.url])
+    late = await raw_sessions(a.url, workspace, CLIENTS // 2)
+    ids = {client.session.session_id for client, _ in held} | {uuid.UUID(reply["session_id"]) for _, reply in late}
+    instance_a = await instance_of(a)
     started = time.monotonic()
     a.signal(signal.SIGTERM)
     took = await all_on(held, b, 30)
-    print(f"\nSIGTERM: {CLIENTS} sessions resumed on the other process in {took:.2f} s")
+    print(f"\nSIGTERM: {CLIENTS // 2} holding clients resumed on the other process in {took:.2f} s")
     assert await asyncio.to_thread(a.wait, 30) == 0
+    print(f"process exited {time.monotonic() - started:.2f} s after SIGTERM")
+    # The stopped process detached the sessions nobody had resumed yet; none was deleted.
+    found = {row.id: row for row in await rows()}
+    assert set(found) == ids
+    assert not await ServerInstance.objects.filter(pk=instance_a.pk).aexists()
+    for _, reply in late:
+        assert found[uuid.UUID(reply["session_id"])].detached_at is not None
+    for _, reply in late:
+        async with connect(b.url) as client:
+            session = await client.resume_session(reply["session_id"], reply["resume_token"])
+            assert session.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z") == reply["created_at"]
+            client.websocket.transport.abort()  # a drop: stays detached for the next check
     alive(held)
     assert {row.id for row in await rows()} == ids
     assert all(client.resumes == 1 for client, _ in held)
-    print(f"process exited {time.monotonic() - started:.2f} s after SIGTERM")
     await release(held)
 
 
