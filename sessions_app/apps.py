@@ -14,6 +14,7 @@ class SessionsAppConfig(AppConfig):
         checks.register(check_workspace_roots, "wss")
         checks.register(check_heartbeat_bounds, "wss")
         checks.register(check_metrics_allowed_ips, "wss")
+        checks.register(check_resume_grace, "wss")
 
 
 class WssAdminConfig(admin_apps.AdminConfig):
@@ -68,3 +69,19 @@ def check_metrics_allowed_ips(app_configs, **kwargs) -> list[checks.CheckMessage
                 )
             )
     return problems
+
+
+def check_resume_grace(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """WSS_RESUME_GRACE_SECONDS is a duration: 0 (resume off) or more."""
+    from .conf import app_settings
+
+    grace = app_settings.WSS_RESUME_GRACE_SECONDS
+    if isinstance(grace, int | float) and grace >= 0:
+        return []
+    return [
+        checks.Error(
+            f"WSS_RESUME_GRACE_SECONDS={grace!r} must be a number of seconds, 0 or more.",
+            hint="Default 30; 0 turns resume off.",
+            id="wss.E011",
+        )
+    ]

@@ -157,7 +157,11 @@ async def lost_sessions_close() -> int:
     if recreated is None or recreated == _recreation_seen:
         return 0
     _recreation_seen = recreated
-    lost = [c for c in list(_connections) if c.session is not None and c.session.created_at < recreated]
+    lost = [
+        c
+        for c in list(_connections)
+        if c.session is not None and (c.session.attached_at or c.session.created_at) < recreated
+    ]
     for connection in lost:
         with contextlib.suppress(Exception):
             await connection.send_error(SessionLost("This session was lost by the registry; reconnect."))

@@ -110,6 +110,8 @@ class SessionRecord:
     resumable: bool = False
     # Shown to the client once, in the reply; only its hash is stored.
     resume_token: str | None = field(default=None, repr=False, compare=False)
+    # When the row was last attached here by a resume (None: since created_at).
+    attached_at: datetime | None = None
 
 
 def resume_token_new() -> tuple[str, str]:
@@ -236,6 +238,7 @@ async def session_resume(
             created_at=row_record.created_at,
             resumable=True,
             resume_token=token,
+            attached_at=timezone.now(),  # after the commit, so after any re-registration it caused
         ),
         previous_channel=previous_channel,
     )
@@ -349,7 +352,7 @@ def registry_write_batch_sync(operations: list[RegistryWrite]) -> None:
     if not _instance_registered:
         instance_register_sync()
     rows = [_session_row(op) for op in operations if isinstance(op, SessionInsert)]
-    deleted = [op.session_id for op in operations if isinstance(op, SessionDelete) and op.channel_name is None]
+    deleted = {op.session_id for op in operations if isinstance(op, SessionDelete) and op.channel_name is None}
     ordered = [op for op in operations if not isinstance(op, SessionInsert) and op.session_id not in deleted]
     with transaction.atomic():
         if rows:
