@@ -20,6 +20,9 @@ DEFAULTS: dict[str, Any] = {
     "WSS_READYZ_TIMEOUT_SECONDS": 2.0,
     # Resume (protocol v1.1): how long a detached resumable session waits; 0 turns resume off.
     "WSS_RESUME_GRACE_SECONDS": 30.0,
+    # The longest a caller waits for the registry (a session write, a heartbeat) before
+    # answering `unavailable` or counting the call as failed.
+    "WSS_REGISTRY_TIMEOUT_SECONDS": 5.0,
     # Access and flooding (issue 4): see docs/security.md.
     "WSS_REQUIRE_AUTH": False,
     "WSS_RATE_LIMIT": 20.0,

@@ -1,29 +1,37 @@
 """The server process's life: register at start, heartbeat and reap while running, retire on stop.
 
     start     register this instance, reap this host's dead predecessors, start the heartbeat
-    running   every WSS_HEARTBEAT_SECONDS: refresh the heartbeat, reap instances silent for
-              longer than WSS_INSTANCE_TIMEOUT_SECONDS (any live process reaps any dead one),
-              remove detached sessions older than WSS_RESUME_GRACE_SECONDS (`expired`);
-              if this instance itself was reaped, register again and close the sessions
-              that lost their rows with `session_lost` (4503)
+    running   every WSS_HEARTBEAT_SECONDS: refresh the heartbeat; reap instances silent for
+              longer than WSS_INSTANCE_TIMEOUT_SECONDS (any live process reaps any dead
+              one, once its own heartbeats have held for that long); remove detached
+              sessions whose WSS_RESUME_GRACE_SECONDS ran out (`expired`); reconcile this
+              instance's rows with the sessions its connections hold
+    lease     a heartbeat older than the timeout minus one heartbeat means peers may reap
+              this instance any moment: it closes its sessions with `session_lost` (4503)
+              itself and refuses new ones until a heartbeat succeeds again
     stop      refuse new connections, send `server_shutting_down` + close 4503 to every
               connection still open, delete this instance and its v1 sessions, detach its
               resumable ones (a client resumes them on another process)
 
 Hooks: under daphne, Twisted's reactor (`callWhenRunning`, and a "before shutdown" trigger
 that daphne waits for); under uvicorn and other ASGI servers, the ASGI lifespan protocol
-(`lifespan_app`). Registry writes run on one dedicated thread, so the heartbeat never
-waits behind the consumers' queries and uses one database connection.
+(`lifespan_app`). Registry calls run on one dedicated thread with its own connection, so
+the heartbeat never waits behind the consumers' writes; each is bounded by
+WSS_REGISTRY_TIMEOUT_SECONDS, and a call that overruns leaves its thread behind (a daemon:
+it never holds up the exit) while the next call gets a fresh one.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import queue
 import sys
+import threading
+import time
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from django.db import DatabaseError, close_old_connections, connections
@@ -38,24 +46,31 @@ T = TypeVar("T")
 
 # How long a stop waits for the clients' close handshakes before letting the server exit.
 CLOSE_HANDSHAKE_SECONDS = 2.0
-# How long a stop waits for the registry before giving up (the reaper then covers it).
-RETIRE_TIMEOUT_SECONDS = 15.0
+# How long a stop waits for the registry, in registry timeouts (15 s by default), before
+# giving up: peers then reap the rows.
+RETIRE_TIMEOUTS = 3
 
 
 class Connection(Protocol):
     """What the lifecycle needs of a consumer: its session, and rendering an error frame."""
 
     session: services.SessionRecord | None
+    channel_name: str
 
     async def send_error(self, error: ProtocolError) -> None: ...
 
+    async def session_taken_over(self, event: dict[str, Any]) -> None: ...
+
 
 _connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
-_executor: ThreadPoolExecutor | None = None
+_executor: "_DaemonExecutor | None" = None
 _heartbeat: asyncio.Task | None = None
 _stopping = False
 _predecessors_reaped = False
-_recreation_seen: datetime | None = None
+# time.monotonic() at which the current run of good heartbeats began (None: the last one failed).
+_beats_good_since: float | None = None
+_lease_timer: asyncio.TimerHandle | None = None
+_fencing: asyncio.Task | None = None  # kept: the loop holds only weak references to tasks
 
 
 def connection_opened(connection: Connection) -> None:
@@ -68,16 +83,56 @@ def connection_closed(connection: Connection) -> None:
     _connections.discard(connection)
 
 
+def sessions_held() -> dict[uuid.UUID, Connection]:
+    """The sessions this process's connections hold right now, by id: the truth the registry must match."""
+    return {c.session.session_id: c for c in list(_connections) if c.session is not None}
+
+
 def stopping() -> bool:
     """Whether this process has begun to stop: new connections are refused."""
     return _stopping
 
 
-async def registry_call(function: Callable[[], T]) -> T:
-    """Run a registry function on the lifecycle thread (its own database connection)."""
+class _DaemonExecutor(concurrent.futures.Executor):
+    """One daemon thread running calls in order: a call stuck in the database never holds up the exit.
+
+    (ThreadPoolExecutor's threads are joined at interpreter exit.)
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._calls.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._calls.put(None)
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as error:
+                future.set_exception(error)
+        connections.close_all()
+
+
+async def registry_call(function: Callable[[], T], *, timeout: float | None = None) -> T:
+    """Run a registry function on the lifecycle thread (its own database connection).
+
+    Waits at most `timeout` seconds (WSS_REGISTRY_TIMEOUT_SECONDS by default), then raises
+    TimeoutError; the stuck thread is left to finish alone and the next call gets a new one.
+    """
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wss-lifecycle")
+        _executor = _DaemonExecutor("wss-lifecycle")
+    executor = _executor
 
     def call() -> T:
         close_old_connections()
@@ -86,7 +141,14 @@ async def registry_call(function: Callable[[], T]) -> T:
         finally:
             close_old_connections()
 
-    return await asyncio.get_running_loop().run_in_executor(_executor, call)
+    future = asyncio.get_running_loop().run_in_executor(executor, call)
+    try:
+        return await asyncio.wait_for(future, services.registry_timeout() if timeout is None else timeout)
+    except TimeoutError:
+        if _executor is executor:
+            _executor = None
+        executor.shutdown(wait=False)  # the thread ends (closing its connection) once its call returns
+        raise
 
 
 async def executor_close() -> None:
@@ -96,7 +158,9 @@ async def executor_close() -> None:
         return
     executor, _executor = _executor, None
     with contextlib.suppress(Exception):
-        await asyncio.get_running_loop().run_in_executor(executor, connections.close_all)
+        await asyncio.wait_for(
+            asyncio.get_running_loop().run_in_executor(executor, connections.close_all), services.registry_timeout()
+        )
     executor.shutdown(wait=False)
 
 
@@ -105,10 +169,12 @@ async def start() -> None:
     global _heartbeat
     if _heartbeat is not None:
         return
+    # No session before a first good heartbeat shows this instance alive to its peers.
+    services.instance_lease_expire()
     try:
-        await registry_call(services.instance_register_sync)
+        await beat(services.instance_register_sync)
         await predecessors_reap()
-    except DatabaseError as error:
+    except (DatabaseError, TimeoutError) as error:
         # A registry down at start must not stop the server: the heartbeat retries.
         logger.warning("instance registration at start failed (%s); the heartbeat will retry", error)
     except Exception:
@@ -131,42 +197,136 @@ async def predecessors_reap() -> None:
 
 
 async def heartbeat_loop() -> None:
-    """Every WSS_HEARTBEAT_SECONDS: refresh this instance's heartbeat, then reap dead instances."""
+    """Every WSS_HEARTBEAT_SECONDS: one `heartbeat()`."""
     while True:
         await asyncio.sleep(app_settings.WSS_HEARTBEAT_SECONDS)
-        try:
-            await registry_call(services.instance_heartbeat_sync)
-            await predecessors_reap()  # in case the registry was down at start
+        await heartbeat()
+
+
+async def heartbeat() -> None:
+    """Refresh this instance's heartbeat, reap dead instances, reconcile this instance's rows. Never raises."""
+    try:
+        await beat(services.instance_heartbeat_sync)
+    except Exception as error:
+        logger.warning("heartbeat failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS)
+        return
+    try:
+        await predecessors_reap()  # in case the registry was down at start
+        if reaping_allowed():
             events.sessions_reaped(await registry_call(services.sessions_reap_sync))
-            events.sessions_expired(await registry_call(services.sessions_expire_sync))
-            await lost_sessions_close()
-        except DatabaseError as error:
-            logger.warning("heartbeat failed (%s); retrying in %g s", error, app_settings.WSS_HEARTBEAT_SECONDS)
-        except Exception:
-            logger.exception("heartbeat failed; retrying in %g s", app_settings.WSS_HEARTBEAT_SECONDS)
+    except Exception as error:
+        logger.warning("reaping failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS)
+    try:
+        # Not held back by the reaper rule: a detach time is the registry's own clock, so the
+        # grace is the same whoever counts it, and the bound (grace + one heartbeat) holds
+        # even for a process that has only just started.
+        events.sessions_expired(await registry_call(services.sessions_expire_sync))
+    except Exception as error:
+        logger.warning("expiry failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS)
+    try:
+        await reconcile()
+    except Exception as error:
+        logger.warning(
+            "reconciliation failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS
+        )
 
 
-async def lost_sessions_close() -> int:
-    """Close, with `session_lost` and 4503, this process's sessions whose rows a peer reaped.
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
 
-    That happens when this process missed its heartbeats for longer than the timeout (a
-    database outage, a stalled process) and was presumed dead. Returns how many were closed.
+
+async def beat(function: Callable[[], Any]) -> None:
+    """Run a heartbeat (or the registration) and, if it succeeded, renew the lease from its start."""
+    global _beats_good_since
+    started = time.monotonic()
+    try:
+        await registry_call(function)
+    except BaseException:
+        _beats_good_since = None
+        raise
+    if _beats_good_since is None or services.instance_fenced():
+        _beats_good_since = started  # a lapsed lease breaks the run, even without a failure
+    lease_renew(started)
+
+
+def lease_renew(started: float) -> None:
+    """Hold the lease until the instance timeout minus one heartbeat after `started`, then fence."""
+    global _lease_timer
+    until = started + app_settings.WSS_INSTANCE_TIMEOUT_SECONDS - app_settings.WSS_HEARTBEAT_SECONDS
+    services.instance_lease_renew(until)
+    if _lease_timer is not None:
+        _lease_timer.cancel()
+    loop = asyncio.get_running_loop()
+    _lease_timer = loop.call_at(loop.time() + (until - time.monotonic()), _lease_expired)
+
+
+def _lease_expired() -> None:
+    global _fencing
+    if services.instance_fenced() and not _stopping:
+        _fencing = asyncio.ensure_future(sessions_fence())
+
+
+def reaping_allowed() -> bool:
+    """Whether this process may reap peers: its own heartbeats have held for a whole instance timeout.
+
+    After an outage every process shared, each one's heartbeat is stale; the first to
+    recover would otherwise reap all the others, alive as they are.
     """
-    global _recreation_seen
-    recreated = services.instance_recreated_at()
-    if recreated is None or recreated == _recreation_seen:
-        return 0
-    _recreation_seen = recreated
-    lost = [
-        c
-        for c in list(_connections)
-        if c.session is not None and (c.session.attached_at or c.session.created_at) < recreated
-    ]
-    for connection in lost:
+    return (
+        _beats_good_since is not None
+        and time.monotonic() - _beats_good_since >= app_settings.WSS_INSTANCE_TIMEOUT_SECONDS
+    )
+
+
+async def sessions_fence() -> int:
+    """The lease ran out: close every session with `session_lost` (4503) before a peer can reap it.
+
+    Each closed connection then tries to delete its row; reconciliation removes the rows
+    left behind once the registry answers. Returns how many sessions were closed.
+    """
+    held = sessions_held()
+    for connection in held.values():
         with contextlib.suppress(Exception):
-            await connection.send_error(SessionLost("This session was lost by the registry; reconnect."))
-    logger.warning("closed %d session(s) whose rows were reaped while this process lived", len(lost))
-    return len(lost)
+            await connection.send_error(SessionLost("This server lost the session registry; reconnect."))
+    if held:
+        logger.warning(
+            "no heartbeat for %g s: closed %d session(s) before peers could reap them",
+            app_settings.WSS_INSTANCE_TIMEOUT_SECONDS - app_settings.WSS_HEARTBEAT_SECONDS,
+            len(held),
+        )
+    return len(held)
+
+
+async def reconcile() -> services.Reconciliation:
+    """Make this instance's rows equal the sessions it holds; close held sessions whose rows are gone.
+
+    A missing row means the registry's authority (a reaper, an operator) ended the
+    session: it is closed with `session_lost` (4503), never recorded again. A resumable
+    session whose row now names another connection was resumed there and the notice did
+    not arrive: it is closed with `session_taken_over` (4409), as the notice would have.
+    """
+    held = sessions_held()
+    result = await services.sessions_reconcile(held={pk: c.channel_name for pk, c in held.items()})
+    for session_id in result.lost | result.moved:
+        connection = held[session_id]
+        if connection.session is None or connection.session.session_id != session_id:
+            continue
+        with contextlib.suppress(Exception):
+            if session_id in result.moved:
+                # What the consumer does when the notice arrives: let go without a write, 4409.
+                await connection.session_taken_over({"session_id": str(session_id)})
+            else:
+                await connection.send_error(SessionLost("This session was lost by the registry; reconnect."))
+    if result.removed or result.detached or result.lost or result.moved:
+        logger.warning(
+            "reconciled the registry: removed %d and detached %d row(s) no connection held, closed %d session(s)"
+            " whose rows were gone and %d resumed elsewhere",
+            result.removed,
+            result.detached,
+            len(result.lost),
+            len(result.moved),
+        )
+    return result
 
 
 async def stop() -> int:
@@ -181,6 +341,7 @@ async def stop() -> int:
     if _heartbeat is not None:
         _heartbeat.cancel()
         _heartbeat = None
+    lease_end()
     connections = list(_connections)
     for connection in connections:
         resumable = connection.session is not None and connection.session.resumable
@@ -192,13 +353,24 @@ async def stop() -> int:
             logger.debug("could not tell a connection about the shutdown", exc_info=True)
     removed = 0
     try:
-        removed = await asyncio.wait_for(registry_call(services.instance_retire_sync), RETIRE_TIMEOUT_SECONDS)
+        removed = await registry_call(
+            services.instance_retire_sync, timeout=RETIRE_TIMEOUTS * services.registry_timeout()
+        )
     except Exception:
         logger.exception("could not remove this instance's sessions; peers will reap them")
     await closes_wait(CLOSE_HANDSHAKE_SECONDS)
     await executor_close()
     logger.info("stopped: closed %d connection(s), removed %d session row(s)", len(connections), removed)
     return removed
+
+
+def lease_end() -> None:
+    """Keep no lease any more (the process is stopping): nothing will fence it."""
+    global _lease_timer
+    if _lease_timer is not None:
+        _lease_timer.cancel()
+        _lease_timer = None
+    services.instance_lease_renew(None)
 
 
 async def closes_wait(timeout: float) -> None:

@@ -2,16 +2,22 @@
 
 Async functions are what consumers call; each runs its queries off the event loop.
 Session inserts and deletes go through one group-commit writer (registry_writer.py):
-concurrent ones share a transaction, and each caller resumes after its commit.
-Database failures surface as `Unavailable`, which the protocol reports without closing.
+concurrent ones share a transaction, and each caller resumes after its commit. Every wait
+on the registry is bounded by WSS_REGISTRY_TIMEOUT_SECONDS. Database failures surface as
+`Unavailable`, which the protocol reports without closing; a failed delete is left to
+reconciliation (`sessions_reconcile`), which makes this instance's rows equal the sessions
+its connections hold.
 """
 
+import asyncio
 import logging
 import os
 import secrets
 import socket
+import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from asgiref.sync import async_to_sync
@@ -40,7 +46,14 @@ class ProcessIdentity:
 _identity = ProcessIdentity(boot_id=uuid.uuid4(), host=socket.gethostname(), pid=os.getpid())
 _instance_registered = False
 _instance_retired = False
-_instance_recreated_at: datetime | None = None
+# Until when (time.monotonic()) this instance may hold sessions: its last good heartbeat plus
+# the instance timeout minus one heartbeat. None while no heartbeat runs (tests, a bare ASGI app).
+_lease_until: float | None = None
+# Sessions whose insert was submitted and whose caller has not yet got the answer: the
+# reconciler must not take their committed rows for orphans.
+_inserts_in_flight: set[uuid.UUID] = set()
+
+CLIENT_ADDR_MAX = LiveSession._meta.get_field("client_addr").max_length
 
 
 def process_identity() -> ProcessIdentity:
@@ -54,50 +67,36 @@ def process_identity() -> ProcessIdentity:
 
 def instance_register_sync() -> uuid.UUID:
     """Insert or refresh this process's ServerInstance row; returns its boot id."""
-    global _instance_registered, _instance_recreated_at
+    global _instance_registered
     if _instance_retired:
         # Shutting down: a late insert must fail rather than bring the instance back.
         raise DatabaseError("this server instance has shut down")
     identity = process_identity()
     now = timezone.now()
-    _, created = ServerInstance.objects.update_or_create(
+    ServerInstance.objects.update_or_create(
         id=identity.boot_id,
         defaults={"heartbeat_at": now},
         create_defaults={"host": identity.host, "pid": identity.pid, "started_at": now, "heartbeat_at": now},
     )
-    if created and _instance_registered:
-        # The row had been reaped while this process lived: its older sessions lost their rows.
-        _instance_recreated_at = now
     _instance_registered = True
     return identity.boot_id
 
 
-def session_create_sync(operation: "SessionInsert") -> None:
-    """Commit one session row, registering this instance first if the registry lost it."""
-    if not _instance_registered:
-        instance_register_sync()
-    try:
-        with transaction.atomic():
-            _session_row(operation).save(force_insert=True)
-    except IntegrityError:
-        # The instance row is gone (reaped, or the registry was reset): register again, retry once.
-        instance_register_sync()
-        with transaction.atomic():
-            _session_row(operation).save(force_insert=True)
+def instance_lease_renew(until: float | None) -> None:
+    """Set until when (a time.monotonic() value) this instance may hold sessions; None: no lease kept."""
+    global _lease_until
+    _lease_until = until if until is None or _lease_until is None else max(until, _lease_until)
 
 
-def _session_row(operation: "SessionInsert") -> LiveSession:
-    return LiveSession(
-        id=operation.session_id,
-        workspace_dir=operation.workspace_dir,
-        created_at=operation.created_at,
-        channel_name=operation.channel_name,
-        client_addr=operation.client_addr,
-        instance_id=process_identity().boot_id,
-        user_id=operation.user_id,
-        resumable=operation.resume_token_hash != "",
-        resume_token_hash=operation.resume_token_hash,
-    )
+def instance_lease_expire() -> None:
+    """End the lease now: new sessions are refused until a heartbeat renews it."""
+    global _lease_until
+    _lease_until = time.monotonic()
+
+
+def instance_fenced() -> bool:
+    """Whether this instance's lease ran out: peers may reap it any moment, so it holds no sessions."""
+    return _lease_until is not None and time.monotonic() >= _lease_until
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +109,6 @@ class SessionRecord:
     resumable: bool = False
     # Shown to the client once, in the reply; only its hash is stored.
     resume_token: str | None = field(default=None, repr=False, compare=False)
-    # When the row was last attached here by a resume (None: since created_at).
-    attached_at: datetime | None = None
 
 
 def resume_token_new() -> tuple[str, str]:
@@ -125,6 +122,11 @@ def resume_grace_seconds() -> float:
     return max(0.0, float(app_settings.WSS_RESUME_GRACE_SECONDS))
 
 
+def registry_timeout() -> float:
+    """How long a caller waits for the registry before answering `unavailable`."""
+    return app_settings.WSS_REGISTRY_TIMEOUT_SECONDS
+
+
 async def session_create(
     *, workspace_dir: str, channel_name: str, client_addr: str, user_id: int | None = None, resumable: bool = False
 ) -> SessionRecord:
@@ -132,7 +134,13 @@ async def session_create(
 
     A resumable session (only when WSS_RESUME_GRACE_SECONDS is above 0) gets a resume token,
     returned in the record and stored as its hash.
+
+    Waits at most WSS_REGISTRY_TIMEOUT_SECONDS. A caller that gives up (timed out, or
+    cancelled because its client left) leaves no row: the insert is withdrawn if the
+    writer had not started it, and deleted if it committed anyway.
     """
+    if instance_fenced():
+        raise Unavailable("This server cannot reach the session registry right now; try again shortly.")
     token, token_digest = resume_token_new() if resumable and resume_grace_seconds() > 0 else (None, "")
     record = SessionRecord(
         session_id=uuid.uuid4(),
@@ -141,57 +149,69 @@ async def session_create(
         resumable=token is not None,
         resume_token=token,
     )
+    insert = SessionInsert(
+        session_id=record.session_id,
+        workspace_dir=record.workspace_dir,
+        created_at=record.created_at,
+        channel_name=channel_name,
+        # A forwarded-for header can make it anything: keep what fits, rather than fail the row.
+        client_addr=client_addr[:CLIENT_ADDR_MAX],
+        user_id=user_id,
+        resume_token_hash=token_digest,
+    )
+    _inserts_in_flight.add(record.session_id)
     try:
-        await registry_writer.submit(
-            SessionInsert(
-                session_id=record.session_id,
-                workspace_dir=record.workspace_dir,
-                created_at=record.created_at,
-                channel_name=channel_name,
-                client_addr=client_addr,
-                user_id=user_id,
-                resume_token_hash=token_digest,
-            )
+        await asyncio.wait_for(
+            registry_writer.submit(insert, undo=SessionDelete(session_id=record.session_id)), registry_timeout()
         )
-    except DatabaseError as error:
-        logger.warning("registry write failed: %s", error)
+    except (DatabaseError, TimeoutError) as error:
+        logger.warning("registry write failed: %s", str(error) or "timed out")
         raise Unavailable("The session registry is unavailable right now; try again shortly.") from None
+    finally:
+        _inserts_in_flight.discard(record.session_id)
     return record
 
 
-def session_delete_sync(session_id: uuid.UUID, *, channel_name: str | None = None) -> None:
-    """Delete one session row (only while `channel_name` still holds it, when given); a missing row is fine."""
-    rows = LiveSession.objects.filter(pk=session_id)
-    if channel_name is not None:
-        rows = rows.filter(channel_name=channel_name)
-    rows.delete()
-
-
 async def session_close(*, session_id: uuid.UUID, channel_name: str | None = None) -> None:
-    """Remove a session from the registry. Never raises: the reaper covers a failed delete.
+    """Remove a session from the registry. Never raises: reconciliation removes a row left behind.
 
     With `channel_name`, only while that connection still holds it: a resumable session may
     have moved to another connection, whose row this one must not remove.
     """
     try:
-        await registry_writer.submit(SessionDelete(session_id=session_id, channel_name=channel_name))
-    except DatabaseError as error:
-        logger.warning("registry delete of session %s failed (the reaper will remove it): %s", session_id, error)
+        await asyncio.wait_for(
+            registry_writer.submit(SessionDelete(session_id=session_id, channel_name=channel_name)), registry_timeout()
+        )
+    except Exception as error:
+        logger.warning(
+            "registry delete of session %s failed (reconciliation will remove it): %s",
+            session_id,
+            str(error) or type(error).__name__,
+        )
 
 
 async def session_detach(*, session_id: uuid.UUID, channel_name: str) -> bool:
     """Detach a resumable session from its ended connection: the row stays for the grace period.
 
     Only while `channel_name` still holds it (it may have been resumed elsewhere). Returns
-    whether the row was detached; never raises (the reaper detaches what a failure left).
+    whether the row was detached; never raises (reconciliation detaches what a failure left).
     """
-    operation = SessionDetach(session_id=session_id, channel_name=channel_name)
     try:
-        await registry_writer.submit(operation)
-    except DatabaseError as error:
-        logger.warning("registry detach of session %s failed (the reaper will detach it): %s", session_id, error)
+        future = registry_writer.call(lambda: session_detach_sync(session_id=session_id, channel_name=channel_name))
+        return await asyncio.wait_for(future, registry_timeout())
+    except Exception as error:
+        logger.warning(
+            "registry detach of session %s failed (reconciliation will detach it): %s",
+            session_id,
+            str(error) or type(error).__name__,
+        )
         return False
-    return operation.detached
+
+
+def session_detach_sync(*, session_id: uuid.UUID, channel_name: str) -> bool:
+    """Detach a resumable row that `channel_name` still holds; whether one was."""
+    rows = LiveSession.objects.filter(pk=session_id, channel_name=channel_name, resumable=True)
+    return bool(rows.update(instance=None, channel_name="", detached_at=timezone.now()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,57 +230,60 @@ async def session_resume(
     None covers every refusal alike (unknown id, wrong or spent token, expired, never
     resumable, another user's): the caller answers all of them with one message. A session
     still attached elsewhere moves here; `previous_channel` names the connection to tell.
+    Runs on the registry writer's thread, in queue order with the reconciler, which counts
+    it as in flight until the caller holds the session.
     """
     if resume_grace_seconds() <= 0:
         return None
+    if instance_fenced():
+        raise Unavailable("This server cannot reach the session registry right now; try again shortly.")
     token, token_digest = resume_token_new()
     operation = SessionResume(
         session_id=session_id,
         presented_hash=token_hash(resume_token),
         new_hash=token_digest,
         channel_name=channel_name,
-        client_addr=client_addr,
+        client_addr=client_addr[:CLIENT_ADDR_MAX],
         user_id=user_id,
         grace_seconds=resume_grace_seconds(),
     )
+    _inserts_in_flight.add(session_id)
     try:
-        await registry_writer.submit(operation)
-    except DatabaseError as error:
-        logger.warning("registry resume of session %s failed: %s", session_id, error)
+        result = await asyncio.wait_for(
+            registry_writer.call(lambda: session_resume_sync(operation)), registry_timeout()
+        )
+    except (DatabaseError, TimeoutError) as error:
+        logger.warning("registry resume of session %s failed: %s", session_id, str(error) or "timed out")
         raise Unavailable("The session registry is unavailable right now; try again shortly.") from None
-    if operation.result is None:
+    finally:
+        _inserts_in_flight.discard(session_id)
+    if result is None:
         return None
-    row_record, previous_channel = operation.result
-    return Resumed(
-        record=SessionRecord(
-            session_id=row_record.session_id,
-            workspace_dir=row_record.workspace_dir,
-            created_at=row_record.created_at,
-            resumable=True,
-            resume_token=token,
-            attached_at=timezone.now(),  # after the commit, so after any re-registration it caused
-        ),
-        previous_channel=previous_channel,
-    )
+    record, previous_channel = result
+    return Resumed(record=replace(record, resume_token=token), previous_channel=previous_channel)
 
 
-def session_resume_sync(operation: "SessionResume") -> None:
-    """Apply a resume: lock the row, check token, owner and grace, move it here; sets `operation.result`."""
-    operation.result = None
+def session_resume_sync(operation: "SessionResume") -> tuple[SessionRecord, str] | None:
+    """Apply a resume: lock the row, check token, owner and grace, move it here.
+
+    Returns the session and the channel that held it (empty if detached), or None.
+    """
+    process_identity()  # first: after a fork this resets the registered flag
     if not _instance_registered:
         instance_register_sync()
     try:
         with transaction.atomic():
-            _session_move(operation)
+            return _session_move(operation)
     except IntegrityError:
+        if ServerInstance.objects.filter(pk=process_identity().boot_id).exists():
+            raise
         # This instance's row is gone (reaped, or the registry was reset): register again, retry once.
-        operation.result = None
         instance_register_sync()
         with transaction.atomic():
-            _session_move(operation)
+            return _session_move(operation)
 
 
-def _session_move(operation: "SessionResume") -> None:
+def _session_move(operation: "SessionResume") -> tuple[SessionRecord, str] | None:
     now = timezone.now()
     row = (
         LiveSession.objects.select_for_update()
@@ -268,9 +291,9 @@ def _session_move(operation: "SessionResume") -> None:
         .first()
     )
     if row is None or row.user_id != operation.user_id:
-        return
+        return None
     if row.detached_at is not None and row.detached_at <= now - timedelta(seconds=operation.grace_seconds):
-        return  # expired: the reaper has not removed it yet, but it is gone for the client
+        return None  # expired: not removed yet, but gone for the client
     previous_channel = row.channel_name if row.detached_at is None else ""
     LiveSession.objects.filter(pk=row.pk).update(
         instance_id=process_identity().boot_id,
@@ -279,19 +302,10 @@ def _session_move(operation: "SessionResume") -> None:
         detached_at=None,
         resume_token_hash=operation.new_hash,
     )
-    operation.result = (
-        SessionRecord(session_id=row.id, workspace_dir=row.workspace_dir, created_at=row.created_at, resumable=True),
-        previous_channel,
+    record = SessionRecord(
+        session_id=row.id, workspace_dir=row.workspace_dir, created_at=row.created_at, resumable=True
     )
-
-
-def session_detach_sync(operation: "SessionDetach") -> None:
-    """Apply a detach: only a resumable row that this connection still holds; sets `operation.detached`."""
-    operation.detached = bool(
-        LiveSession.objects.filter(pk=operation.session_id, channel_name=operation.channel_name, resumable=True).update(
-            instance=None, channel_name="", detached_at=timezone.now()
-        )
-    )
+    return record, previous_channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,18 +329,9 @@ class SessionDelete:
     channel_name: str | None = None
 
 
-@dataclass(slots=True)
-class SessionDetach:
-    """A queued registry write: detach this resumable session from `channel_name`; `detached` is the outcome."""
-
-    session_id: uuid.UUID
-    channel_name: str
-    detached: bool = False
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class SessionResume:
-    """A queued registry write: move a resumable session to `channel_name`; `result` is the outcome."""
+    """A resume to apply on the writer's thread: move a resumable session to `channel_name`."""
 
     session_id: uuid.UUID
     presented_hash: str
@@ -335,47 +340,120 @@ class SessionResume:
     client_addr: str
     user_id: int | None
     grace_seconds: float
-    result: tuple[SessionRecord, str] | None = None
 
 
-RegistryWrite = SessionInsert | SessionDelete | SessionDetach | SessionResume
+def _session_row(operation: SessionInsert) -> LiveSession:
+    """The one place a session row is built."""
+    return LiveSession(
+        id=operation.session_id,
+        workspace_dir=operation.workspace_dir,
+        created_at=operation.created_at,
+        channel_name=operation.channel_name,
+        client_addr=operation.client_addr,
+        instance_id=process_identity().boot_id,
+        user_id=operation.user_id,
+        resumable=operation.resume_token_hash != "",
+        resume_token_hash=operation.resume_token_hash,
+    )
 
 
-def registry_write_batch_sync(operations: list[RegistryWrite]) -> None:
-    """Apply queued writes in one transaction: the group commit.
+def registry_apply_sync(operations: list[SessionInsert | SessionDelete]) -> None:
+    """Apply queued inserts and deletes in one transaction: the group commit, or one row alone.
 
-    Inserts (new ids) go first in one statement, and unconditional deletes (v1 sessions,
-    which never move) in another; writes to resumable sessions, which can move between
-    connections, are applied one by one in queue order.
+    If this instance's row is gone (reaped, or the registry was reset), the inserts'
+    foreign keys fail: register again and apply once more.
     """
     process_identity()  # first: after a fork this resets the registered flag
     if not _instance_registered:
         instance_register_sync()
+    try:
+        _apply(operations)
+    except IntegrityError:
+        if ServerInstance.objects.filter(pk=process_identity().boot_id).exists():
+            raise  # the row's own fault
+        instance_register_sync()
+        _apply(operations)
+
+
+def _apply(operations: list[SessionInsert | SessionDelete]) -> None:
     rows = [_session_row(op) for op in operations if isinstance(op, SessionInsert)]
-    deleted = {op.session_id for op in operations if isinstance(op, SessionDelete) and op.channel_name is None}
-    ordered = [op for op in operations if not isinstance(op, SessionInsert) and op.session_id not in deleted]
+    # v1 rows never move: their deletes go in one statement. A resumable session's delete
+    # applies only while its connection still holds the row.
+    deleted = [op.session_id for op in operations if isinstance(op, SessionDelete) and op.channel_name is None]
+    held = [op for op in operations if isinstance(op, SessionDelete) and op.channel_name is not None]
     with transaction.atomic():
         if rows:
             LiveSession.objects.bulk_create(rows)
         if deleted:
             LiveSession.objects.filter(pk__in=deleted).delete()
-        for operation in ordered:
-            registry_write_one_sync(operation)
+        for op in held:
+            LiveSession.objects.filter(pk=op.session_id, channel_name=op.channel_name).delete()
 
 
-def registry_write_one_sync(operation: RegistryWrite) -> None:
-    """Apply one queued write alone: the fallback when its batch failed."""
-    if isinstance(operation, SessionInsert):
-        session_create_sync(operation)
-    elif isinstance(operation, SessionDelete):
-        session_delete_sync(operation.session_id, channel_name=operation.channel_name)
-    elif isinstance(operation, SessionDetach):
-        session_detach_sync(operation)
-    else:
-        session_resume_sync(operation)
+registry_writer = GroupCommitWriter(apply=registry_apply_sync)
 
 
-registry_writer = GroupCommitWriter(apply_batch=registry_write_batch_sync, apply_one=registry_write_one_sync)
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """What a reconciliation did: orphan rows removed or detached, held sessions without their row."""
+
+    removed: int
+    lost: frozenset[uuid.UUID]
+    detached: int = 0  # resumable orphans: detached, not removed, so their clients can resume
+    moved: frozenset[uuid.UUID] = frozenset()  # held here, but the row names another connection now
+
+
+def sessions_reconcile_sync(*, held: Mapping[uuid.UUID, str], in_flight: frozenset[uuid.UUID]) -> Reconciliation:
+    """Make this instance's rows equal the sessions it holds (run on the writer's thread).
+
+    `held` maps each session a connection holds to that connection's channel. Rows no
+    connection holds and no write in flight explains are orphans: a v1 one is deleted, a
+    resumable one detached (its connection ended and the detach did not get through).
+    Detached rows belong to no instance, so they are never orphans here. Held sessions
+    without a row are reported, not recorded again: the registry's authority (a reaper, an
+    operator) removed them, and writing them back could revive a session it ended. Held
+    sessions whose row is attached to another connection were resumed there: `moved`.
+    """
+    boot_id = process_identity().boot_id
+    with transaction.atomic():
+        rows = {
+            pk: (channel_name, resumable)
+            for pk, channel_name, resumable in LiveSession.objects.filter(instance_id=boot_id).values_list(
+                "pk", "channel_name", "resumable"
+            )
+        }
+        orphans = set(rows) - set(held) - in_flight
+        resumable_orphans = {pk for pk in orphans if rows[pk][1]}
+        detached = 0
+        if resumable_orphans:
+            detached = LiveSession.objects.filter(instance_id=boot_id, pk__in=resumable_orphans).update(
+                instance=None, channel_name="", detached_at=timezone.now()
+            )
+        if orphans - resumable_orphans:
+            LiveSession.objects.filter(instance_id=boot_id, pk__in=orphans - resumable_orphans).delete()
+        missing = set(held) - set(rows)
+        moved_away = set()
+        if missing:
+            attached = LiveSession.objects.filter(pk__in=missing, detached_at__isnull=True)
+            moved_away = set(attached.values_list("pk", flat=True))
+        moved_here = {pk for pk, channel in held.items() if pk in rows and rows[pk][0] != channel}
+    return Reconciliation(
+        removed=len(orphans - resumable_orphans),
+        lost=frozenset(missing - moved_away),
+        detached=detached,
+        moved=frozenset(moved_away | moved_here),
+    )
+
+
+async def sessions_reconcile(*, held: Mapping[uuid.UUID, str]) -> Reconciliation:
+    """Reconcile this instance's rows with `held`, the sessions its connections hold right now (id -> channel).
+
+    Queued on the registry writer behind every write submitted so far, in the same step
+    as the snapshot of writes in flight (inserts and resumes), so no write can slip between the two.
+    """
+    in_flight = frozenset(_inserts_in_flight)
+    future = registry_writer.call(lambda: sessions_reconcile_sync(held=held, in_flight=in_flight))
+    return await asyncio.wait_for(future, registry_timeout())
 
 
 async def session_terminate(*, session_id: uuid.UUID | str) -> bool:
@@ -441,14 +519,6 @@ def sessions_expire_sync(*, grace: float | None = None) -> int:
     if expired:
         logger.info("expired %d detached session(s) after %g s", expired, seconds)
     return expired
-
-
-def instance_recreated_at() -> datetime | None:
-    """When this instance's row was last found reaped and registered again (None: never).
-
-    Sessions created before then have no row any more; the lifecycle closes them.
-    """
-    return _instance_recreated_at
 
 
 def instance_heartbeat_sync() -> bool:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterable
 from functools import lru_cache
 
-from .errors import WorkspaceForbidden, WorkspaceNotFound
+from .errors import InvalidRequest, WorkspaceForbidden, WorkspaceNotFound
 
 
 def workspace_resolve(raw_path: str, *, roots: Iterable[str] = ()) -> str:
@@ -20,7 +20,20 @@ def workspace_resolve(raw_path: str, *, roots: Iterable[str] = ()) -> str:
         raise WorkspaceForbidden(f"{raw_path!r} is outside the allowed workspace roots.")
     if not os.path.isdir(real):
         raise WorkspaceNotFound(f"{raw_path!r} does not exist or is not a directory.")
+    if not is_utf8(real):
+        # A name on disk with bytes that are not UTF-8 comes back surrogate-escaped: it can be
+        # neither stored in the registry nor sent back in a reply.
+        raise InvalidRequest(f"{raw_path!r} resolves to a path that is not valid UTF-8; use another directory.")
     return real
+
+
+def is_utf8(path: str) -> bool:
+    """Whether `path` is valid Unicode all the way, with no surrogate-escaped bytes."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_within(path: str, root: str) -> bool:

@@ -139,9 +139,8 @@ async def test_registry_failure_is_unavailable_and_the_connection_recovers(commu
     def broken(*args, **kwargs):
         raise DatabaseError("database is down")
 
-    # Every registry write goes through the group-commit writer: batched, then one by one.
-    monkeypatch.setattr(services.registry_writer, "apply_batch", broken)
-    monkeypatch.setattr(services.registry_writer, "apply_one", broken)
+    # Every registry write goes through the group-commit writer's one apply function.
+    monkeypatch.setattr(services.registry_writer, "apply", broken)
     reply = await new_session(communicator, workspace, request_id=3)
     assert (reply["code"], reply["request_id"]) == ("unavailable", 3)
     assert await LiveSession.objects.acount() == 0

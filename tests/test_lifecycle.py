@@ -1,22 +1,27 @@
 """The process lifecycle: start registers and reaps, stop closes every connection with 4503 and retires."""
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 import weakref
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.db import DatabaseError
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from sessions_app import lifecycle, services
 from sessions_app.models import LiveSession, ServerInstance
 from wssproject.asgi import application
+
+from . import communicators
+from .polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,8 +31,8 @@ async def fresh_process(monkeypatch):
     """A process that has neither started nor stopped; whatever a test starts is stopped after it."""
     monkeypatch.setattr(services, "_instance_registered", False)
     monkeypatch.setattr(services, "_instance_retired", False)
-    monkeypatch.setattr(services, "_instance_recreated_at", None)
-    monkeypatch.setattr(lifecycle, "_recreation_seen", None)
+    monkeypatch.setattr(services, "_lease_until", None)
+    monkeypatch.setattr(services, "_inserts_in_flight", set())
     monkeypatch.setattr(
         services, "_identity", services.ProcessIdentity(boot_id=uuid.uuid4(), host="this-host", pid=os.getpid())
     )
@@ -35,10 +40,13 @@ async def fresh_process(monkeypatch):
     monkeypatch.setattr(lifecycle, "_stopping", False)
     monkeypatch.setattr(lifecycle, "_predecessors_reaped", False)
     monkeypatch.setattr(lifecycle, "_heartbeat", None)
+    monkeypatch.setattr(lifecycle, "_beats_good_since", None)
+    monkeypatch.setattr(lifecycle, "_lease_timer", None)
     monkeypatch.setattr(lifecycle, "CLOSE_HANDSHAKE_SECONDS", 0.2)
     yield
     if lifecycle._heartbeat is not None:
         lifecycle._heartbeat.cancel()
+    lifecycle.lease_end()
     await lifecycle.executor_close()
 
 
@@ -49,19 +57,50 @@ async def connect() -> WebsocketCommunicator:
 
 
 async def open_session(workspace) -> tuple[WebsocketCommunicator, str]:
-    comm = await connect()
-    await comm.send_json_to({"type": "new_session", "workspace_dir": str(workspace)})
-    return comm, (await comm.receive_json_from(timeout=5))["session_id"]
+    comm, reply = await communicators.open_session(workspace)
+    assert reply["type"] == "new_session", reply
+    return comm, reply["session_id"]
 
 
-async def wait_until(predicate, timeout: float = 10) -> bool:
-    """Poll an async predicate until it holds or the deadline passes."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+async def expect_session_lost(comm: WebsocketCommunicator, timeout: float = 10) -> float:
+    """Read `session_lost` and close 4503; the time.monotonic() at which the error frame arrived."""
+    reply = await comm.receive_json_from(timeout=timeout)
+    arrived = time.monotonic()
+    assert (reply["type"], reply["code"]) == ("error", "session_lost")
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    await comm.disconnect(code=4503)
+    return arrived
+
+
+@contextlib.asynccontextmanager
+async def registry_blocked():
+    """Hold, from another connection, a lock that blocks this instance's heartbeat and session inserts.
+
+    SQLite: the database's write lock. PostgreSQL: this instance's row, FOR UPDATE (its
+    heartbeat updates it, and each insert's foreign key must share-lock it).
+    """
+    boot_id = services.process_identity().boot_id
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                list(ServerInstance.objects.select_for_update().filter(pk=boot_id))
+                if connection.vendor == "sqlite":
+                    ServerInstance.objects.filter(pk=boot_id).update(pid=os.getpid())  # take the write lock
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    await wait_until(locked.is_set, 10, what="the registry lock")
+    try:
+        yield
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
 
 
 async def test_stop_tells_every_connection_server_shutting_down_then_closes_4503(workspace):
@@ -129,37 +168,106 @@ async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catch
             services.process_identity().boot_id
         ]
 
-    assert await wait_until(caught_up)
+    await wait_until(caught_up, 10, what="registration after the registry came back")
 
 
-async def test_the_heartbeat_reaps_a_silent_peer(settings):
+async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_for_a_timeout(settings):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
-    settings.WSS_INSTANCE_TIMEOUT_SECONDS = 5
+    settings.WSS_INSTANCE_TIMEOUT_SECONDS = 1
     silent = await ServerInstance.objects.acreate(
         host="elsewhere", pid=1, heartbeat_at=timezone.now() - timedelta(minutes=1)
     )
+    started = time.monotonic()
     await lifecycle.start()
 
     async def reaped() -> bool:
         return not await ServerInstance.objects.filter(pk=silent.pk).aexists()
 
-    assert await wait_until(reaped)
+    await wait_until(reaped, 10, what="the silent peer reaped")
+    # After an outage shared by every process, all heartbeats are stale: a process that
+    # reaped at its first good beat would reap peers that are alive.
+    assert time.monotonic() - started >= settings.WSS_INSTANCE_TIMEOUT_SECONDS
 
 
-async def test_sessions_whose_rows_were_reaped_while_alive_are_closed_with_session_lost(workspace):
-    lost, _ = await open_session(workspace)
-    await ServerInstance.objects.all().adelete()  # a peer presumed this process dead
-    assert await sync_to_async(services.instance_heartbeat_sync)() is False
+async def test_reconciliation_removes_rows_of_this_instance_that_no_connection_holds(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.05
+    await lifecycle.start()
+    held, held_id = await open_session(workspace)
+    # A row left behind, as by a delete that failed while the database was away.
+    orphan = await LiveSession.objects.acreate(
+        workspace_dir=str(workspace), channel_name="gone", instance_id=services.process_identity().boot_id
+    )
+    elsewhere = await ServerInstance.objects.acreate(host="elsewhere", pid=1)
+    peers = await LiveSession.objects.acreate(workspace_dir=str(workspace), channel_name="peer", instance=elsewhere)
+
+    async def orphan_gone() -> bool:
+        return not await LiveSession.objects.filter(pk=orphan.pk).aexists()
+
+    await wait_until(orphan_gone, 10, what="the orphan row removed")
+    assert await LiveSession.objects.filter(pk=held_id).aexists()
+    assert await LiveSession.objects.filter(pk=peers.pk).aexists()
+    assert await held.receive_nothing(timeout=0.2)
+    await held.disconnect()
+
+
+async def test_a_held_session_whose_row_was_deleted_is_closed_with_session_lost_not_recorded_again(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.05
+    await lifecycle.start()
+    lost, lost_id = await open_session(workspace)
     kept, kept_id = await open_session(workspace)
-    assert await lifecycle.lost_sessions_close() == 1
-    reply = await lost.receive_json_from(timeout=5)
-    assert (reply["type"], reply["code"]) == ("error", "session_lost")
-    assert await lost.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    await LiveSession.objects.filter(pk=lost_id).adelete()  # an operator or a reaper ended it
+    await expect_session_lost(lost)
+    assert not await LiveSession.objects.filter(pk=lost_id).aexists()
     assert await kept.receive_nothing(timeout=0.2)
     assert await LiveSession.objects.filter(pk=kept_id).aexists()
-    assert await lifecycle.lost_sessions_close() == 0
-    await lost.disconnect(code=4503)
     await kept.disconnect()
+
+
+async def test_sessions_of_an_instance_reaped_while_alive_are_closed_and_new_ones_are_recorded(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.05
+    await lifecycle.start()
+    lost, _ = await open_session(workspace)
+    await ServerInstance.objects.all().adelete()  # a peer presumed this process dead
+    await expect_session_lost(lost)
+    fresh, fresh_id = await open_session(workspace)
+    assert await fresh.receive_nothing(timeout=0.3)  # several reconciliations: it keeps its row
+    row = await LiveSession.objects.select_related("instance").aget(pk=fresh_id)
+    assert row.instance_id == services.process_identity().boot_id
+    await fresh.disconnect()
+
+
+async def test_sessions_opened_while_reconciliation_runs_keep_their_rows(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.01  # reconcile as often as possible, to meet inserts in flight
+    await lifecycle.start()
+    opened = [await open_session(workspace) for _ in range(30)]
+    await asyncio.sleep(0.2)  # more reconciliations, now that every insert has landed
+    for comm, session_id in opened:
+        assert await comm.receive_nothing(timeout=0.01), "a fresh session was closed"
+        assert await LiveSession.objects.filter(pk=session_id).aexists()
+        await comm.disconnect()
+
+
+async def test_a_process_that_cannot_heartbeat_closes_its_sessions_before_peers_may_reap_them(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.1
+    settings.WSS_INSTANCE_TIMEOUT_SECONDS = 1.0  # lease: 0.9 s after the last good heartbeat
+    settings.WSS_REGISTRY_TIMEOUT_SECONDS = 0.3
+    await lifecycle.start()
+    held, _ = await open_session(workspace)
+    async with registry_blocked():
+        blocked_at = time.monotonic()
+        fenced_after = await expect_session_lost(held) - blocked_at
+        # Until a heartbeat succeeds again, no new session: peers may reap this instance any moment.
+        refused, reply = await communicators.open_session(workspace)
+        assert reply["code"] == "unavailable"
+        await refused.disconnect()
+    assert fenced_after < settings.WSS_INSTANCE_TIMEOUT_SECONDS
+
+    async def accepted_again() -> bool:
+        comm, reply = await communicators.open_session(workspace)
+        await comm.disconnect()
+        return reply["type"] == "new_session"
+
+    await wait_until(accepted_again, 10, what="sessions accepted after the heartbeat recovered")
 
 
 async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
@@ -173,7 +281,7 @@ async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
     async def started() -> bool:
         return received == [{"type": "lifespan.startup.complete"}]
 
-    assert await wait_until(started)
+    await wait_until(started, 10, what="lifespan startup")
     assert await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
     await inbox.put({"type": "lifespan.shutdown"})
     await asyncio.wait_for(task, timeout=10)
@@ -222,3 +330,83 @@ async def test_the_heartbeat_expires_a_detached_session_after_its_grace(workspac
     assert await wait_until(expired, timeout=5)
     gone_after = (timezone.now() - detached_at).total_seconds()
     assert gone_after >= 0.5  # never before the grace; the bound (grace + heartbeat) is checked live
+
+
+# --- Reconciliation and resume (protocol v1.1) ----------------------------------------------
+
+
+async def detached_session(workspace) -> dict:
+    comm, reply = await communicators.open_session(workspace, fields={"resumable": True})
+    await comm.disconnect(code=1006)
+    return reply
+
+
+async def resume(comm: WebsocketCommunicator, reply: dict) -> dict:
+    frame = {"type": "resume_session", "session_id": reply["session_id"], "resume_token": reply["resume_token"]}
+    await comm.send_json_to(frame)
+    return await comm.receive_json_from(timeout=5)
+
+
+async def test_sessions_resumed_while_reconciliation_runs_keep_their_rows(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.01  # reconcile as often as possible, to meet resumes in flight
+    left = [await detached_session(workspace) for _ in range(20)]
+    await lifecycle.start()
+    resumed = []
+    for reply in left:
+        comm = await connect()
+        assert (await resume(comm, reply))["type"] == "session_resumed"
+        resumed.append((comm, reply["session_id"]))
+    await asyncio.sleep(0.2)
+    for comm, session_id in resumed:
+        assert await comm.receive_nothing(timeout=0.01), "a resumed session was closed"
+        row = await LiveSession.objects.aget(pk=session_id)
+        assert row.instance_id == services.process_identity().boot_id and row.detached_at is None
+        await comm.disconnect()
+
+
+async def test_reconciliation_detaches_a_resumable_orphan_removes_a_v1_one_and_leaves_detached_rows(workspace):
+    holder, _ = await open_session(workspace)  # registers this instance
+    mine = services.process_identity().boot_id
+    orphan = await LiveSession.objects.acreate(
+        workspace_dir="/w", channel_name="ended", instance_id=mine, resumable=True, resume_token_hash="h"
+    )
+    v1_orphan = await LiveSession.objects.acreate(workspace_dir="/w", channel_name="ended-too", instance_id=mine)
+    waiting_since = timezone.now() - timedelta(seconds=5)
+    waiting = await LiveSession.objects.acreate(
+        workspace_dir="/w", channel_name="", instance=None, detached_at=waiting_since, resumable=True
+    )
+    result = await lifecycle.reconcile()
+    assert (result.removed, result.detached, result.lost, result.moved) == (1, 1, frozenset(), frozenset())
+    row = await LiveSession.objects.aget(pk=orphan.pk)
+    assert row.detached_at is not None and row.instance_id is None
+    assert not await LiveSession.objects.filter(pk=v1_orphan.pk).aexists()
+    assert (await LiveSession.objects.aget(pk=waiting.pk)).detached_at == waiting_since
+    await holder.disconnect()
+
+
+async def test_reconciliation_closes_a_session_resumed_elsewhere_whose_notice_was_lost_with_4409(workspace):
+    comm, reply = await communicators.open_session(workspace, fields={"resumable": True})
+    other = await ServerInstance.objects.acreate(host="elsewhere", pid=2)
+    # A resume on another process moved the row; its channel-layer notice never arrived.
+    await LiveSession.objects.filter(pk=reply["session_id"]).aupdate(instance=other, channel_name="elsewhere!x")
+    result = await lifecycle.reconcile()
+    assert result.moved == {uuid.UUID(reply["session_id"])} and not result.lost
+    frame = await comm.receive_json_from(timeout=5)
+    assert frame["code"] == "session_taken_over"
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4409}
+    await comm.disconnect(code=4409)
+    row = await LiveSession.objects.aget(pk=reply["session_id"])
+    assert (row.instance_id, row.channel_name, row.detached_at) == (other.pk, "elsewhere!x", None)
+
+
+async def test_a_session_resumed_after_this_instance_was_reaped_keeps_its_row(workspace):
+    reply = await detached_session(workspace)
+    await ServerInstance.objects.all().adelete()  # a peer presumed this process dead (the detached row stays)
+    comm = await connect()
+    assert (await resume(comm, reply))["type"] == "session_resumed"  # registers the instance again
+    result = await lifecycle.reconcile()
+    assert not result.lost and not result.moved and not result.removed
+    assert await comm.receive_nothing(timeout=0.1)
+    row = await LiveSession.objects.aget(pk=reply["session_id"])
+    assert row.instance_id == services.process_identity().boot_id
+    await comm.disconnect()

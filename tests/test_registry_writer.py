@@ -1,113 +1,167 @@
-"""The group-commit writer on its own: batching, per-row fallback, loops. No database needed."""
+"""The group-commit writer on its own: batching, error classes, withdrawal and undo, calls. No database."""
 
 import asyncio
 import threading
 
 import pytest
-from django.db import IntegrityError, OperationalError
+from django.db import DataError, IntegrityError, OperationalError
 
 from sessions_app.registry_writer import GroupCommitWriter
 
+from .polling import wait_until
+
 
 class Recorder:
-    """Apply functions that record what they were given; `bad` operations fail as rows."""
+    """An apply function that records what it committed; named operations fail as the database would.
 
-    def __init__(self, *, bad: frozenset = frozenset(), down: bool = False, gate: threading.Event | None = None):
-        self.bad, self.down, self.gate = bad, down, gate
-        self.batches: list[list] = []
-        self.singles: list = []
+    "bad" and "too-long" fail as rows (IntegrityError, DataError), "bug" with a non-database
+    exception, "down" with a connection failure; "slow" waits at `gate` inside its transaction.
+    """
 
-    def apply_batch(self, operations: list) -> None:
-        if self.gate is not None:
+    def __init__(self, *, gate: threading.Event | None = None):
+        self.gate = gate
+        self.calls: list[list] = []
+        self.committed: list = []
+        self.inside = threading.Event()
+
+    def apply(self, operations: list) -> None:
+        self.calls.append(list(operations))
+        if "slow" in operations:
+            self.inside.set()
             self.gate.wait(timeout=10)
-        self.batches.append(list(operations))
-        if self.down:
-            raise OperationalError("connection refused")
-        if self.bad & set(operations):
-            raise IntegrityError("bad row")
-
-    def apply_one(self, operation) -> None:
-        self.singles.append(operation)
-        if self.down:
-            raise OperationalError("connection refused")
-        if operation in self.bad:
-            raise IntegrityError("bad row")
+        if "bad" in operations:
+            raise IntegrityError("duplicate key")
+        if "too-long" in operations:
+            raise DataError("value too long for type character varying(64)")
+        if "bug" in operations:
+            raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+        if "down" in operations:
+            raise OperationalError("server closed the connection unexpectedly")
+        self.committed.extend(operations)
 
 
-def writer_for(recorder: Recorder) -> GroupCommitWriter:
-    return GroupCommitWriter(apply_batch=recorder.apply_batch, apply_one=recorder.apply_one)
+async def held(writer: GroupCommitWriter) -> threading.Event:
+    """Block the writer thread until the returned event is set, so the next submissions share a batch."""
+    gate = threading.Event()
+    writer.call(lambda: gate.wait(timeout=10))
+    return gate
+
+
+async def submit_together(writer: GroupCommitWriter, operations: list) -> list:
+    gate = await held(writer)
+    tasks = [asyncio.create_task(writer.submit(op)) for op in operations]
+    await asyncio.sleep(0)  # every task queues its operation
+    gate.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_concurrent_operations_share_a_batch():
-    gate = threading.Event()
-    recorder = Recorder(gate=gate)
-    writer = writer_for(recorder)
-    first = asyncio.create_task(writer.submit(0))
-    await asyncio.sleep(0)  # the first operation is taken; the writer waits at the gate
-    rest = [asyncio.create_task(writer.submit(n)) for n in range(1, 50)]
-    await asyncio.sleep(0)
-    gate.set()
-    await asyncio.gather(first, *rest)
-    assert sorted(op for batch in recorder.batches for op in batch) == list(range(50))
-    assert len(recorder.batches) < 50
-    assert recorder.singles == []
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply)
+    results = await submit_together(writer, list(range(50)))
+    assert results == [None] * 50
+    assert recorder.calls == [list(range(50))]
 
 
-async def test_a_bad_row_fails_only_its_own_caller():
-    gate = threading.Event()
-    recorder = Recorder(bad=frozenset({"bad"}), gate=gate)
-    writer = writer_for(recorder)
-    tasks = [asyncio.create_task(writer.submit(op)) for op in ("a", "bad", "b")]
-    await asyncio.sleep(0)
-    gate.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+@pytest.mark.parametrize(
+    ("bad", "error"), [("bad", IntegrityError), ("too-long", DataError), ("bug", UnicodeEncodeError)]
+)
+async def test_a_rows_own_error_fails_only_its_caller(bad, error):
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply)
+    results = await submit_together(writer, ["a", bad, "b", "delete-c"])
     assert results[0] is None
-    assert isinstance(results[1], IntegrityError)
-    assert results[2] is None
+    assert isinstance(results[1], error)
+    assert results[2:] == [None, None]
+    assert sorted(recorder.committed) == ["a", "b", "delete-c"]
+    assert await writer.submit("after") is None  # the writer keeps going
 
 
-async def test_a_database_that_is_down_fails_the_rest_of_the_batch_without_retrying_each():
-    gate = threading.Event()
-    recorder = Recorder(down=True, gate=gate)
-    writer = writer_for(recorder)
-    tasks = [asyncio.create_task(writer.submit(n)) for n in range(5)]
-    await asyncio.sleep(0.05)
-    gate.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+async def test_a_connection_failure_fails_the_whole_batch_without_retrying_each():
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply)
+    results = await submit_together(writer, ["a", "down", "b"])
     assert all(isinstance(result, OperationalError) for result in results)
-    assert len(recorder.singles) <= len(recorder.batches)  # one single retry per failed batch at most
+    assert recorder.calls == [["a", "down", "b"]]  # no row-by-row retry against a dead database
 
 
-async def test_an_unexpected_exception_fails_the_batch_and_the_writer_keeps_going():
-    calls = []
-
-    def apply_batch(operations):
-        calls.append(operations)
-        if len(calls) == 1:
-            raise RuntimeError("a bug")
-
-    writer = GroupCommitWriter(apply_batch=apply_batch, apply_one=lambda operation: None)
-    with pytest.raises(RuntimeError):
-        await writer.submit("first")
-    await writer.submit("second")
+async def test_a_connection_failure_during_the_row_by_row_retry_fails_the_rest_untried():
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply)
+    results = await submit_together(writer, ["a", "too-long", "down", "b"])
+    assert results[0] is None
+    assert isinstance(results[1], DataError)
+    assert isinstance(results[2], OperationalError)
+    assert results[3] is results[2]
+    assert ["b"] not in recorder.calls
 
 
 def test_one_writer_serves_successive_event_loops():
     recorder = Recorder()
-    writer = writer_for(recorder)
+    writer = GroupCommitWriter(apply=recorder.apply)
     asyncio.run(writer.submit("from the first loop"))
     asyncio.run(writer.submit("from the second loop"))
-    assert [op for batch in recorder.batches for op in batch] == ["from the first loop", "from the second loop"]
+    assert recorder.committed == ["from the first loop", "from the second loop"]
 
 
-async def test_a_cancelled_caller_leaves_the_writer_working():
-    gate = threading.Event()
-    recorder = Recorder(gate=gate)
-    writer = writer_for(recorder)
-    cancelled = asyncio.create_task(writer.submit("cancelled"))
+async def test_a_cancelled_caller_without_undo_still_gets_its_write_applied():
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply)
+    gate = await held(writer)
+    cancelled = asyncio.create_task(writer.submit("delete"))
     await asyncio.sleep(0)
     cancelled.cancel()
     gate.set()
     await writer.submit("after")
     assert cancelled.cancelled()
-    assert [op for batch in recorder.batches for op in batch] == ["cancelled", "after"]
+    assert recorder.committed == ["delete", "after"]
+
+
+async def test_an_operation_whose_caller_gave_up_before_it_started_is_withdrawn():
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply)
+    gate = await held(writer)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(writer.submit("insert", undo="undo insert"), timeout=0.05)
+    gate.set()
+    await writer.submit("after")
+    assert recorder.committed == ["after"]
+
+
+async def test_an_operation_that_committed_after_its_caller_gave_up_is_undone():
+    recorder = Recorder(gate=threading.Event())
+    writer = GroupCommitWriter(apply=recorder.apply)
+    task = asyncio.create_task(writer.submit("slow", undo="undo slow"))
+    await wait_until(recorder.inside.is_set, 5, what="the writer inside the transaction")
+    task.cancel()
+    recorder.gate.set()
+    await wait_until(lambda: "undo slow" in recorder.committed, 5, what="the undo")
+    assert recorder.committed == ["slow", "undo slow"]
+
+
+async def test_a_call_runs_after_everything_queued_before_it_and_before_anything_after():
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply)
+    gate = await held(writer)
+    before = [asyncio.create_task(writer.submit(n)) for n in range(3)]
+    await asyncio.sleep(0)
+    seen = writer.call(lambda: list(recorder.committed))
+    after = [asyncio.create_task(writer.submit(n)) for n in range(3, 6)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*before, *after)
+    assert await seen == [0, 1, 2]
+    assert recorder.calls == [[0, 1, 2], [3, 4, 5]]
+
+
+async def test_a_call_raises_its_error_to_its_caller_only():
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply)
+
+    def broken():
+        raise OperationalError("gone")
+
+    with pytest.raises(OperationalError):
+        await writer.call(broken)
+    await writer.submit("after")
+    assert recorder.committed == ["after"]

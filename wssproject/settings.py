@@ -195,6 +195,7 @@ WSS_METRICS_TOKEN = os.environ.get("WSS_METRICS_TOKEN", "")
 WSS_READYZ_TIMEOUT_SECONDS = env_number("WSS_READYZ_TIMEOUT_SECONDS", 2, float)
 # A detached resumable session is kept this long (expired within it plus one heartbeat); 0: no resume.
 WSS_RESUME_GRACE_SECONDS = env_number("WSS_RESUME_GRACE_SECONDS", 30, float)
+WSS_REGISTRY_TIMEOUT_SECONDS = env_number("WSS_REGISTRY_TIMEOUT_SECONDS", 5, float)
 
 # The sessions API (/api/sessions): staff users, by bearer token (whose lookup is
 # sessions_app.authentication.BearerTokenAuthentication.token_user) or the admin's cookie.
