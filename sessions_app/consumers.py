@@ -16,6 +16,7 @@ from .errors import (
     NoSession,
     ProtocolError,
     SessionExists,
+    SessionLost,
     SessionNotFound,
     SessionTakenOver,
     SessionTerminated,
@@ -24,6 +25,7 @@ from .events import client_address
 from .ratelimit import TokenBucket
 from .services import (
     SessionRecord,
+    instance_fenced,
     resume_grace_seconds,
     session_close,
     session_create,
@@ -139,6 +141,10 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         events.session_resumed(self.scope, self.session, taken_over=bool(resumed.previous_channel))
         if resumed.previous_channel:
             await self.tell(resumed.previous_channel, "session.taken_over", self.session)
+        if instance_fenced():
+            # The lease ran out while the resume was under way: peers may reap this instance
+            # any moment. The client has its new token and resumes elsewhere.
+            await self.send_error(SessionLost("This server lost the session registry; resume the session elsewhere."))
 
     async def on_end_session(self, message: protocol.EndSession) -> None:
         """End this connection's session now; the connection stays open for another."""

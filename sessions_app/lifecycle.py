@@ -176,9 +176,9 @@ async def start() -> None:
         await predecessors_reap()
     except (DatabaseError, TimeoutError) as error:
         # A registry down at start must not stop the server: the heartbeat retries.
-        logger.warning("instance registration at start failed (%s); the heartbeat will retry", error)
+        logger.warning("registry work at start failed (%s); the heartbeat will retry", _describe(error))
     except Exception:
-        logger.exception("instance registration at start failed; the heartbeat will retry")
+        logger.exception("registry work at start failed; the heartbeat will retry")
     _heartbeat = asyncio.get_running_loop().create_task(heartbeat_loop(), name="wss-heartbeat")
     logger.info(
         "instance %s started; heartbeat every %g s, peers reaped after %g s",

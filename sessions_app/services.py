@@ -169,6 +169,10 @@ async def session_create(
         raise Unavailable("The session registry is unavailable right now; try again shortly.") from None
     finally:
         _inserts_in_flight.discard(record.session_id)
+    if instance_fenced():
+        # The lease ran out while the insert was under way: peers may reap this row any moment.
+        await session_close(session_id=record.session_id)
+        raise Unavailable("This server cannot reach the session registry right now; try again shortly.")
     return record
 
 

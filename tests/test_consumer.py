@@ -1,6 +1,7 @@
 """The protocol through the real ASGI application, with Channels' WebsocketCommunicator."""
 
 import json
+import os
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,8 @@ from django.db import DatabaseError
 from sessions_app import services
 from sessions_app.models import LiveSession
 from wssproject.asgi import application
+
+from .communicators import open_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -222,3 +225,37 @@ def test_error_frames_are_single_json_objects():
 
     text = protocol.encode(protocol.error_reply(SessionExists("x", request_id=1)))
     assert json.loads(text) == {"type": "error", "code": "session_exists", "message": "x", "request_id": 1}
+
+
+async def test_an_over_long_client_address_is_clamped_to_the_column_not_refused(workspace):
+    # A forwarded-for header can make the peer anything; the column holds 64 characters.
+    comm = WebsocketCommunicator(application, "/ws")
+    comm.scope["client"] = ("f" * 100, 65535)  # read by the app when it runs, after this line
+    assert (await comm.connect())[0]
+    reply = await new_session(comm, workspace)
+    assert reply["type"] == "new_session"
+    row = await LiveSession.objects.aget(pk=reply["session_id"])
+    assert row.client_addr == ("f" * 100 + ":65535")[:64]
+    await comm.disconnect()
+
+
+async def test_a_workspace_whose_real_path_is_not_utf8_is_invalid_request(communicator, tmp_path, workspace):
+    undecodable = os.path.join(os.fsencode(tmp_path), b"\xff")
+    os.mkdir(undecodable)
+    (tmp_path / "link").symlink_to(os.fsdecode(undecodable))  # a client can only name it through a link
+    reply = await new_session(communicator, tmp_path / "link", request_id=8)
+    assert (reply["code"], reply["request_id"]) == ("invalid_request", 8)
+    assert await LiveSession.objects.acount() == 0
+    await assert_still_open_and_usable(communicator, workspace)
+
+
+async def test_a_non_database_failure_of_the_writer_does_not_escape_disconnect(workspace, monkeypatch, caplog):
+    comm, reply = await open_session(workspace)
+    assert reply["type"] == "new_session"
+
+    def broken(operations):
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(services.registry_writer, "apply", broken)
+    await comm.disconnect()  # re-raises whatever the application raised
+    assert "registry delete of session" in caplog.text

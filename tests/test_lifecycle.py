@@ -1,11 +1,9 @@
 """The process lifecycle: start registers and reaps, stop closes every connection with 4503 and retires."""
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import weakref
@@ -13,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError
 from django.utils import timezone
 
 from sessions_app import lifecycle, services
@@ -21,6 +19,7 @@ from sessions_app.models import LiveSession, ServerInstance
 from wssproject.asgi import application
 
 from . import communicators
+from .locks import instance_locked
 from .polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,37 +69,6 @@ async def expect_session_lost(comm: WebsocketCommunicator, timeout: float = 10) 
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
     await comm.disconnect(code=4503)
     return arrived
-
-
-@contextlib.asynccontextmanager
-async def registry_blocked():
-    """Hold, from another connection, a lock that blocks this instance's heartbeat and session inserts.
-
-    SQLite: the database's write lock. PostgreSQL: this instance's row, FOR UPDATE (its
-    heartbeat updates it, and each insert's foreign key must share-lock it).
-    """
-    boot_id = services.process_identity().boot_id
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        try:
-            with transaction.atomic():
-                list(ServerInstance.objects.select_for_update().filter(pk=boot_id))
-                if connection.vendor == "sqlite":
-                    ServerInstance.objects.filter(pk=boot_id).update(pid=os.getpid())  # take the write lock
-                locked.set()
-                release.wait(timeout=30)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    await wait_until(locked.is_set, 10, what="the registry lock")
-    try:
-        yield
-    finally:
-        release.set()
-        await asyncio.to_thread(holder.join, 10)
 
 
 async def test_stop_tells_every_connection_server_shutting_down_then_closes_4503(workspace):
@@ -253,7 +221,7 @@ async def test_a_process_that_cannot_heartbeat_closes_its_sessions_before_peers_
     settings.WSS_REGISTRY_TIMEOUT_SECONDS = 0.3
     await lifecycle.start()
     held, _ = await open_session(workspace)
-    async with registry_blocked():
+    async with instance_locked(services.process_identity().boot_id):
         blocked_at = time.monotonic()
         fenced_after = await expect_session_lost(held) - blocked_at
         # Until a heartbeat succeeds again, no new session: peers may reap this instance any moment.
@@ -410,3 +378,45 @@ async def test_a_session_resumed_after_this_instance_was_reaped_keeps_its_row(wo
     row = await LiveSession.objects.aget(pk=reply["session_id"])
     assert row.instance_id == services.process_identity().boot_id
     await comm.disconnect()
+
+
+def dead_pid() -> int:
+    """A pid that ran a moment ago and runs no more."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.production
+async def test_a_lifecycle_call_stuck_in_the_database_does_not_hold_up_the_next_heartbeat(
+    production_services, settings
+):
+    settings.WSS_HEARTBEAT_SECONDS = 0.1
+    settings.WSS_REGISTRY_TIMEOUT_SECONDS = 0.3
+    # A dead predecessor whose row another transaction holds: reaping it hangs (up to the 2 s lock timeout).
+    predecessor = await ServerInstance.objects.acreate(host="this-host", pid=dead_pid())
+    boot_id = services.process_identity().boot_id
+    beats: set = set()
+
+    async def three_beats() -> bool:
+        beats.add(await ServerInstance.objects.filter(pk=boot_id).values_list("heartbeat_at", flat=True).afirst())
+        return len(beats - {None}) >= 3
+
+    async with instance_locked(predecessor.pk):
+        await lifecycle.start()  # registers, then gets stuck reaping the predecessor
+        # Each heartbeat runs on a fresh thread instead of queueing behind the stuck call.
+        await wait_until(three_beats, 1.5, what="heartbeats while a lifecycle call is stuck")
+
+
+async def test_a_resume_that_outlived_the_lease_is_answered_then_closed_with_session_lost(workspace):
+    reply = await detached_session(workspace)
+    comm = await connect()
+    services.instance_lease_renew(time.monotonic() + 0.2)  # the lease ends while the writer is busy
+    busy = services.registry_writer.call(lambda: time.sleep(0.5))
+    frame = await resume(comm, reply)
+    await busy
+    assert frame["type"] == "session_resumed"  # the client has its new token...
+    lost = await comm.receive_json_from(timeout=5)  # ...and is sent to resume elsewhere
+    assert lost["code"] == "session_lost"
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    await comm.disconnect(code=4503)

@@ -1,20 +1,31 @@
 """Registry services: terminate wherever the session lives, instance heartbeat, reaping, retirement."""
 
+import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import timedelta
 
 import pytest
+import websockets
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import DataError, connection
 from django.utils import timezone
 
 from sessions_app import services
 from sessions_app.errors import Unavailable
 from sessions_app.models import LiveSession, ServerInstance
 from wssproject.asgi import application
+
+from .locks import instance_locked
+from .polling import wait_until
+from .proxy import TcpProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -77,6 +88,8 @@ def fresh_instance(monkeypatch):
     """This process as a fresh, unregistered, un-retired instance (restored afterwards)."""
     monkeypatch.setattr(services, "_instance_registered", False)
     monkeypatch.setattr(services, "_instance_retired", False)
+    monkeypatch.setattr(services, "_lease_until", None)
+    monkeypatch.setattr(services, "_inserts_in_flight", set())
     monkeypatch.setattr(
         services, "_identity", services.ProcessIdentity(boot_id=uuid.uuid4(), host="this-host", pid=os.getpid())
     )
@@ -174,3 +187,165 @@ async def test_after_retire_a_late_session_create_is_unavailable_and_leaves_no_r
         await services.session_create(workspace_dir=str(workspace), channel_name="late", client_addr="")
     assert await LiveSession.objects.acount() == 0
     assert await ServerInstance.objects.acount() == 0
+
+
+async def test_an_insert_whose_caller_left_while_it_was_stuck_leaves_no_row(fresh_instance, workspace):
+    await sync_to_async(services.instance_register_sync)()
+    taken = services.registry_writer.operations
+    async with instance_locked(services.process_identity().boot_id):
+        create = asyncio.create_task(
+            services.session_create(workspace_dir=str(workspace), channel_name="left", client_addr="")
+        )
+        await wait_until(lambda: services.registry_writer.operations > taken, 5, what="the insert under way")
+        create.cancel()  # as daphne cancels an application whose client has gone
+        with pytest.raises(asyncio.CancelledError):
+            await create
+    # The insert commits once the lock is gone, and its undo follows it.
+
+    async def no_row() -> bool:
+        return not await LiveSession.objects.aexists() and services.registry_writer.operations >= taken + 2
+
+    await wait_until(no_row, 5, what="the insert undone")
+
+
+# --- The registry behind a loopback proxy that stalls or cuts it (PostgreSQL) -------------------
+
+HEARTBEAT = 1.0
+REGISTRY_TIMEOUT = 5.0  # the default WSS_REGISTRY_TIMEOUT_SECONDS
+SLACK = 4.0  # what a loaded 2-core machine may add to a bound
+
+
+@pytest.fixture
+async def proxied_server(production_services, server_factory):
+    """Start a daphne whose registry is PostgreSQL through a TcpProxy; (server, proxy)."""
+    params = connection.settings_dict
+    user = params.get("USER") or "postgres"
+    proxies: list[TcpProxy] = []
+
+    async def start(**env: str) -> tuple:
+        proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
+        proxies.append(proxy)
+        server = server_factory(
+            env={
+                "DATABASE_URL": f"postgres://{user}@127.0.0.1:{proxy.port}/{params['NAME']}",
+                "WSS_HEARTBEAT_SECONDS": str(HEARTBEAT),
+                "WSS_INSTANCE_TIMEOUT_SECONDS": "30",  # no lease expiry within these tests
+                **env,
+            }
+        )
+        return server, proxy
+
+    yield start
+    for proxy in proxies:
+        await proxy.stop()
+
+
+async def live_open(url: str, workspace) -> tuple[websockets.ClientConnection, str]:
+    ws = await websockets.connect(url, open_timeout=10)
+    await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert reply["type"] == "new_session", reply
+    return ws, reply["session_id"]
+
+
+async def row_ids() -> set[str]:
+    return {str(pk) async for pk in LiveSession.objects.values_list("pk", flat=True)}
+
+
+@pytest.mark.production
+async def test_a_new_session_during_a_database_stall_is_answered_unavailable_within_the_bound(
+    proxied_server, workspace
+):
+    server, proxy = await proxied_server()
+    held, held_id = await live_open(server.url, workspace)
+    async with websockets.connect(server.url) as ws:
+        proxy.stall()  # connections stay open, nothing is answered
+        started = time.monotonic()
+        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "request_id": 1}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        took = time.monotonic() - started
+        print(f"\nnew_session during a database stall answered {reply.get('code')} after {took:.2f} s")
+        assert (reply["code"], reply["request_id"]) == ("unavailable", 1)
+        assert took < REGISTRY_TIMEOUT + SLACK / 2
+        proxy.restore()
+        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert reply["type"] == "new_session"
+        # The timed-out insert ran before this one (one writer, in order): committed, it must be undone.
+        took = await wait_until(
+            lambda: row_ids_equal({held_id, reply["session_id"]}), REGISTRY_TIMEOUT + SLACK, what="registry exact"
+        )
+        print(f"registry exact {took:.2f} s after the stall ended")
+    await held.close()
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.production
+async def test_rows_of_sessions_closed_while_the_database_was_cut_go_within_one_interval_of_its_return(
+    proxied_server, workspace
+):
+    server, proxy = await proxied_server()
+    opened = [await live_open(server.url, workspace) for _ in range(30)]
+    kept, kept_id = await live_open(server.url, workspace)
+    proxy.cut()
+    await asyncio.gather(*(ws.close() for ws, _ in opened))
+    await wait_until(
+        lambda: server.log().count("registry delete of session") >= len(opened), 10, what="the deletes failing"
+    )
+    assert len(await row_ids()) == len(opened) + 1  # the lie the reconciler must undo
+    proxy.restore()
+    took = await wait_until(
+        lambda: row_ids_equal({kept_id}), HEARTBEAT + SLACK, what="the closed sessions' rows removed"
+    )
+    print(f"\nrows of {len(opened)} sessions closed during a cut gone {took:.2f} s after restore")
+    await kept.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+    assert json.loads(await asyncio.wait_for(kept.recv(), 10))["code"] == "session_exists"  # kept its session
+    await kept.close()
+
+
+async def row_ids_equal(expected: set[str]) -> bool:
+    return await row_ids() == expected
+
+
+@pytest.mark.production
+async def test_a_row_the_database_refuses_fails_only_its_caller_in_a_shared_batch(
+    production_services, fresh_instance, workspace
+):
+    def insert(client_addr: str) -> services.SessionInsert:
+        return services.SessionInsert(
+            session_id=uuid.uuid4(),
+            workspace_dir=str(workspace),
+            created_at=timezone.now(),
+            channel_name="c",
+            client_addr=client_addr,
+            user_id=None,
+        )
+
+    good, too_long, other = insert("a"), insert("x" * 100), insert("b")  # the column holds 64
+    await services.registry_writer.submit(good)  # registered, so the next three share one batch
+    gate = threading.Event()
+    services.registry_writer.call(lambda: gate.wait(timeout=10))
+    tasks = [
+        asyncio.create_task(services.registry_writer.submit(operation))
+        for operation in (too_long, other, services.SessionDelete(session_id=good.session_id))
+    ]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[0], DataError)
+    assert results[1:] == [None, None]
+    assert {pk async for pk in LiveSession.objects.values_list("pk", flat=True)} == {other.session_id}
+
+
+@pytest.mark.production
+async def test_a_process_stops_promptly_while_its_database_hangs(proxied_server, workspace):
+    server, proxy = await proxied_server(WSS_HEARTBEAT_SECONDS="0.5", WSS_REGISTRY_TIMEOUT_SECONDS="1")
+    ws, _ = await live_open(server.url, workspace)
+    proxy.stall()
+    await wait_until(lambda: "heartbeat failed" in server.log(), 10, what="a lifecycle call stuck in the stall")
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    # The stop gives the registry 3 timeouts, the clients 2 s; threads stuck in the database must not hold the exit.
+    await asyncio.to_thread(server.wait, 3 * 1 + 2 + SLACK)
+    print(f"\nstopped {time.monotonic() - started:.2f} s after SIGTERM while the database hung")
+    await ws.close()

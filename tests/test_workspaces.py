@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from sessions_app.errors import WorkspaceForbidden, WorkspaceNotFound
+from sessions_app.errors import InvalidRequest, WorkspaceForbidden, WorkspaceNotFound
 from sessions_app.workspaces import is_within, roots_check, workspace_resolve
 
 
@@ -79,3 +79,11 @@ def test_a_missing_root_fails_the_system_checks_at_start_up(settings, tmp_path):
     assert "gone" in errors[0].msg
     settings.WSS_WORKSPACE_ROOTS = [str(tmp_path)]
     assert not [message for message in checks.run_checks(tags=["wss"]) if message.id == "wss.E001"]
+
+
+def test_a_directory_whose_real_path_is_not_utf8_is_refused(tmp_path):
+    undecodable = os.path.join(os.fsencode(tmp_path), b"caf\xe9")  # Latin-1 on disk
+    os.mkdir(undecodable)
+    (tmp_path / "link").symlink_to(os.fsdecode(undecodable))
+    with pytest.raises(InvalidRequest):
+        workspace_resolve(str(tmp_path / "link"))

@@ -120,7 +120,25 @@ else:
     # Persistent connections: the registry thread keeps one open instead of one per write.
     DATABASES["default"]["CONN_MAX_AGE"] = env_number("DATABASE_CONN_MAX_AGE", 600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = int(env_number("DATABASE_CONNECT_TIMEOUT", 5))
+    # Bounded calls: a hung query or a silent peer must surface as an error, not a thread
+    # stuck forever. The server cancels a statement (or a lock wait) that runs too long;
+    # TCP keepalives notice a database host that vanished without a reset. libpq knobs, in ms
+    # for the timeouts (0 turns one off, e.g. for a long `migrate`).
+    statement_ms = int(env_number("DATABASE_STATEMENT_TIMEOUT", 5, float) * 1000)
+    lock_ms = int(env_number("DATABASE_LOCK_TIMEOUT", 2, float) * 1000)
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "connect_timeout": int(env_number("DATABASE_CONNECT_TIMEOUT", 5)),
+            "options": f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}",
+            "keepalives": 1,
+            "keepalives_idle": int(env_number("DATABASE_KEEPALIVES_IDLE", 10)),
+            "keepalives_interval": int(env_number("DATABASE_KEEPALIVES_INTERVAL", 5)),
+            "keepalives_count": int(env_number("DATABASE_KEEPALIVES_COUNT", 3)),
+            # Keepalives probe only an idle link; this bounds bytes sent and never acknowledged
+            # (a host that vanished mid-query), which TCP would otherwise retry for ~15 minutes.
+            "tcp_user_timeout": int(env_number("DATABASE_TCP_USER_TIMEOUT", 30, float) * 1000),
+        }
+    )
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
