@@ -25,10 +25,21 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(LiveSession)
 class LiveSessionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "workspace_dir", "client_addr", "user", "created_at", "age", "instance", "instance_alive"]
+    list_display = [
+        "id",
+        "workspace_dir",
+        "client_addr",
+        "user",
+        "created_at",
+        "age",
+        "state",
+        "instance",
+        "instance_alive",
+    ]
     list_select_related = ["instance", "user"]
     search_fields = ["id", "workspace_dir"]
-    list_filter = [("created_at", admin.DateFieldListFilter)]
+    list_filter = [("detached_at", admin.EmptyFieldListFilter), "resumable", ("created_at", admin.DateFieldListFilter)]
+    exclude = ["resume_token_hash"]
     date_hierarchy = "created_at"
     actions = ["terminate_sessions"]
 
@@ -64,9 +75,15 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     def age(self, session: LiveSession) -> str:
         return timesince(session.created_at, timezone.now())
 
+    @admin.display(description="state", ordering="detached_at")
+    def state(self, session: LiveSession) -> str:
+        if session.detached_at is None:
+            return "attached"
+        return f"detached since {session.detached_at:%Y-%m-%d %H:%M:%S} UTC"
+
     @admin.display(description="instance alive", boolean=True)
-    def instance_alive(self, session: LiveSession) -> bool:
-        return session.instance.is_alive
+    def instance_alive(self, session: LiveSession) -> bool | None:
+        return None if session.instance is None else session.instance.is_alive
 
 
 @admin.register(ServerInstance)

@@ -14,9 +14,15 @@ class WssAdminSite(admin.AdminSite):
     site_title = "wss-sessions admin"
 
     def index(self, request, extra_context=None):
-        """Title the index with the live-session count."""
+        """Title the index with the live-session count, and how many of them are detached."""
+        from django.db.models import Count, Q
+
         from .models import LiveSession
 
-        live = LiveSession.objects.count()
-        title = f"Site administration · {live} live session{'' if live == 1 else 's'}"
-        return super().index(request, {"title": title, "live_session_count": live, **(extra_context or {})})
+        counts = LiveSession.objects.aggregate(
+            live=Count("pk"), detached=Count("pk", filter=Q(detached_at__isnull=False))
+        )
+        live, detached = counts["live"], counts["detached"]
+        title = f"Site administration · {live} live session{'' if live == 1 else 's'} ({detached} detached)"
+        context = {"title": title, "live_session_count": live, "detached_session_count": detached}
+        return super().index(request, {**context, **(extra_context or {})})

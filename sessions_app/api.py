@@ -1,6 +1,7 @@
 """The sessions API, after Jupyter Server's /api/sessions, built on Django REST framework.
 
-    GET    /api/sessions              paginated; ?workspace=<real path>, ?instance=<boot id>
+    GET    /api/sessions              paginated; ?workspace=<real path>, ?instance=<boot id>,
+                                      ?state=attached|detached
     GET    /api/sessions/<id>
     DELETE /api/sessions/<id>         terminate through the channel layer: 204, 404, or 503
                                       when the channel layer did not take it (nothing done)
@@ -49,12 +50,27 @@ class InstanceSerializer(serializers.ModelSerializer):
 
 
 class LiveSessionSerializer(serializers.ModelSerializer):
-    instance = InstanceSerializer(read_only=True)
+    instance = InstanceSerializer(read_only=True, allow_null=True)
     user = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    state = serializers.SerializerMethodField()
 
     class Meta:
         model = LiveSession
-        fields = ["id", "workspace_dir", "created_at", "client_addr", "user", "instance"]
+        fields = [
+            "id",
+            "workspace_dir",
+            "created_at",
+            "client_addr",
+            "user",
+            "state",
+            "resumable",
+            "detached_at",
+            "instance",
+        ]
+
+    def get_state(self, session: LiveSession) -> str:
+        """`attached` (a connection holds it) or `detached` (waiting for a resume; `instance` is null)."""
+        return "detached" if session.is_detached else "attached"
 
 
 class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -72,6 +88,10 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             queryset = queryset.filter(workspace_dir=params["workspace"])
         if "instance" in params:
             queryset = queryset.filter(instance_id=_uuid(params["instance"], "instance"))
+        if "state" in params:
+            if params["state"] not in {"attached", "detached"}:
+                raise ValidationError({"state": "must be attached or detached"})
+            queryset = queryset.filter(detached_at__isnull=params["state"] == "attached")
         return queryset
 
     def get_object(self) -> LiveSession:

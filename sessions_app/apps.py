@@ -17,6 +17,7 @@ class SessionsAppConfig(AppConfig):
         checks.register(check_trusted_proxies, "wss")
         checks.register(check_server_proxy_headers, "wss")
         checks.register(check_unrestricted, "wss", deploy=True)
+        checks.register(check_resume_grace, "wss")
 
 
 class WssAdminConfig(admin_apps.AdminConfig):
@@ -126,5 +127,21 @@ def check_unrestricted(app_configs, **kwargs) -> list[checks.CheckMessage]:
             "present an API token.",
             hint="Set WSS_WORKSPACE_ROOTS to the directories sessions may use, and WSS_REQUIRE_AUTH=true.",
             id="wss.W020",
+        )
+    ]
+
+
+def check_resume_grace(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """WSS_RESUME_GRACE_SECONDS is a duration: 0 (resume off) or more."""
+    from .conf import app_settings
+
+    grace = app_settings.WSS_RESUME_GRACE_SECONDS
+    if isinstance(grace, int | float) and grace >= 0:
+        return []
+    return [
+        checks.Error(
+            f"WSS_RESUME_GRACE_SECONDS={grace!r} must be a number of seconds, 0 or more.",
+            hint="Default 30; 0 turns resume off.",
+            id="wss.E013",
         )
     ]

@@ -19,6 +19,8 @@ DEFAULTS: dict[str, Any] = {
     "WSS_METRICS_ALLOWED_IPS": ["127.0.0.1", "::1"],
     "WSS_METRICS_TOKEN": "",
     "WSS_READYZ_TIMEOUT_SECONDS": 2.0,
+    # Resume (protocol v1.1): how long a detached resumable session waits; 0 turns resume off.
+    "WSS_RESUME_GRACE_SECONDS": 30.0,
     # The longest a caller waits for the registry (a session write, a heartbeat) before
     # answering `unavailable` or counting the call as failed.
     "WSS_REGISTRY_TIMEOUT_SECONDS": 5.0,

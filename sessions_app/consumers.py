@@ -7,15 +7,33 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.core.exceptions import ImproperlyConfigured
 
 from . import events, lifecycle, protocol
 from .conf import app_settings
-from .errors import InternalError, ProtocolError, SessionExists, SessionTerminated
+from .errors import (
+    InternalError,
+    NoSession,
+    ProtocolError,
+    SessionExists,
+    SessionLost,
+    SessionNotFound,
+    SessionTakenOver,
+    SessionTerminated,
+)
 from .events import client_address
 from .inbox import Inbox
 from .ratelimit import TokenBucket
 from .resolver import workspace_resolve_async
-from .services import SessionRecord, session_close, session_create
+from .services import (
+    SessionRecord,
+    instance_fenced,
+    resume_grace_seconds,
+    session_close,
+    session_create,
+    session_detach,
+    session_resume,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +104,17 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             workspace_dir=workspace_dir,
             channel_name=self.channel_name,
             client_addr=client_address(self.scope),
-            user_id=getattr(self.scope.get("user"), "pk", None),
+            user_id=self.user_id,
+            resumable=message.resumable,
         )
+        grant = protocol.ResumeGrant(self.session.resume_token, resume_grace_seconds()) if message.resumable else None
         await self.send_json(
             protocol.new_session_reply(
                 session_id=self.session.session_id,
                 workspace_dir=self.session.workspace_dir,
                 created_at=self.session.created_at,
                 request_id=message.request_id,
+                resume=grant,
             )
         )
         events.session_created(self.scope, self.session, started=started)
@@ -102,6 +123,47 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         """A frame refused on arrival (rate, size, backlog: inbox.py): answer it in its turn."""
         if self.closing_error is None:
             await self.send_error(event["error"])
+
+    async def on_resume_session(self, message: protocol.ResumeSession) -> None:
+        """Reattach a resumable session here; tell the connection that still held it, if any."""
+        if self.session is not None:
+            raise SessionExists(f"This connection already holds session {self.session.session_id}.")
+        resumed = await session_resume(
+            session_id=message.session_id,
+            resume_token=message.resume_token,
+            channel_name=self.channel_name,
+            client_addr=client_address(self.scope),
+            user_id=self.user_id,
+        )
+        if resumed is None:
+            # One message for every cause, so the reply tells a guesser nothing.
+            raise SessionNotFound("There is no resumable session with this id and token.")
+        self.session = resumed.record
+        await self.send_json(
+            protocol.session_resumed_reply(
+                session_id=self.session.session_id,
+                workspace_dir=self.session.workspace_dir,
+                created_at=self.session.created_at,
+                resume=protocol.ResumeGrant(self.session.resume_token, resume_grace_seconds()),
+                request_id=message.request_id,
+            )
+        )
+        events.session_resumed(self.scope, self.session, taken_over=bool(resumed.previous_channel))
+        if resumed.previous_channel:
+            await self.tell(resumed.previous_channel, "session.taken_over", self.session)
+        if instance_fenced():
+            # The lease ran out while the resume was under way: peers may reap this instance
+            # any moment. The client has its new token and resumes elsewhere.
+            await self.send_error(SessionLost("This server lost the session registry; resume the session elsewhere."))
+
+    async def on_end_session(self, message: protocol.EndSession) -> None:
+        """End this connection's session now; the connection stays open for another."""
+        if self.session is None:
+            raise NoSession("This connection holds no session; there is nothing to end.")
+        session, self.session = self.session, None
+        await session_close(session_id=session.session_id, channel_name=self.held_channel(session))
+        await self.send_json(protocol.session_ended_reply(session_id=session.session_id, request_id=message.request_id))
+        events.session_ended(self.scope, session, reason="client_close")
 
     async def session_terminate(self, event: dict[str, Any]) -> None:
         """Channel-layer event `session.terminate`: an operator ended this session."""
@@ -112,14 +174,52 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         events.session_ended(self.scope, session, reason="terminated")
         await self.send_error(SessionTerminated("An operator terminated this session."))
 
+    async def session_taken_over(self, event: dict[str, Any]) -> None:
+        """Channel-layer event `session.taken_over`: the session was resumed on another connection.
+
+        Its row already names that connection, so this one lets go without touching it.
+        """
+        if self.session is None or str(self.session.session_id) != event.get("session_id"):
+            return
+        session, self.session = self.session, None
+        events.session_taken_over(self.scope, session)
+        await self.send_error(SessionTakenOver("This session was resumed on another connection."))
+
     async def disconnect(self, code: int) -> None:
-        """Remove the session, if any. Idempotent; never raises."""
+        """End or detach the session, if any. Idempotent; never raises.
+
+        A resumable session ends only on the client's own close 1000; any other end detaches
+        it for the grace period. Either write applies only while this connection still holds
+        the row, so a session that moved to another connection is left alone.
+        """
         lifecycle.connection_closed(self)
         session, self.session = self.session, None
-        if session is not None:
-            await session_close(session_id=session.session_id)
-            reason = events.end_reason(code, closing_error=self.closing_error)
-            events.session_ended(self.scope, session, reason=reason, close_code=code)
+        if session is None:
+            return
+        reason = events.end_reason(code, closing_error=self.closing_error)
+        if session.resumable and not events.session_ends_with(code, closing_error=self.closing_error):
+            await session_detach(session_id=session.session_id, channel_name=self.channel_name)
+            events.session_detached(self.scope, session, reason=reason, close_code=code)
+            return
+        await session_close(session_id=session.session_id, channel_name=self.held_channel(session))
+        events.session_ended(self.scope, session, reason=reason, close_code=code)
+
+    @property
+    def user_id(self) -> int | None:
+        """The authenticated user's id, or None."""
+        return getattr(self.scope.get("user"), "pk", None)
+
+    def held_channel(self, session: SessionRecord) -> str | None:
+        """The channel a delete must still find on the row: ours for a resumable session (it can move)."""
+        return self.channel_name if session.resumable else None
+
+    async def tell(self, channel_name: str, event_type: str, session: SessionRecord) -> None:
+        """Send a channel-layer event about `session` to another consumer; a failed send is logged, not raised."""
+        try:
+            await self.channel_layer.send(channel_name, {"type": event_type, "session_id": str(session.session_id)})
+        except Exception:
+            # The row already moved, so the old connection's writes are no-ops; it only keeps its socket.
+            logger.warning("could not tell %s about session %s (%s)", channel_name, session.session_id, event_type)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Overridden: Channels hops to a thread before every event to close old DB connections.
@@ -152,7 +252,15 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         return protocol.encode(content)
 
 
-# One line per client message type.
+# One line per client message type (protocol.MESSAGE_TYPES): message class -> handler.
 HANDLERS = {
     protocol.NewSession: SessionConsumer.on_new_session,
+    protocol.ResumeSession: SessionConsumer.on_resume_session,
+    protocol.EndSession: SessionConsumer.on_end_session,
 }
+
+if set(HANDLERS) != set(protocol.MESSAGE_TYPES.values()):
+    # Checked at import: a message type without a handler would fail only when a client sent it.
+    raise ImproperlyConfigured(
+        f"HANDLERS and protocol.MESSAGE_TYPES differ: {set(HANDLERS) ^ set(protocol.MESSAGE_TYPES.values())}"
+    )

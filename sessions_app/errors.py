@@ -9,11 +9,14 @@
     ├── WorkspaceNotFound   open     the path does not exist or is not a directory
     ├── WorkspaceForbidden  open     the path resolves outside WSS_WORKSPACE_ROOTS
     ├── SessionExists       open     this connection already holds a live session
+    ├── SessionNotFound     open     no resumable session with this id and token (one message for every cause)
+    ├── NoSession           open     `end_session` on a connection that holds no session
     ├── Unavailable         open     the registry could not record the session, or the path did not resolve in time
     ├── InternalError       open     a bug on our side; logged with its traceback
     ├── SessionTerminated   4410     an operator ended the session (server-initiated)
     ├── ServerShuttingDown  4503     this server process is stopping; reconnect (server-initiated)
     ├── SessionLost         4503     the registry lost this session (its server was presumed dead); reconnect
+    ├── SessionTakenOver    4409     the session was resumed on another connection (server-initiated)
     ├── RateLimited         open     a frame over WSS_RATE_LIMIT, dropped unread
     └── RateLimitExceeded   4429     the client kept sending while rate limited
 
@@ -70,6 +73,14 @@ class SessionExists(ProtocolError):
     code = "session_exists"
 
 
+class SessionNotFound(ProtocolError):
+    code = "session_not_found"
+
+
+class NoSession(ProtocolError):
+    code = "no_session"
+
+
 class Unavailable(ProtocolError):
     code = "unavailable"
 
@@ -88,6 +99,10 @@ class ServerShuttingDown(ProtocolError):
 
 class SessionLost(ProtocolError):
     code, close_code = "session_lost", 4503
+
+
+class SessionTakenOver(ProtocolError):
+    code, close_code = "session_taken_over", 4409
 
 
 class RateLimited(ProtocolError):

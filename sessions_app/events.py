@@ -27,6 +27,15 @@ END_REASON_BY_ERROR_CODE = {
 }
 
 
+def session_ends_with(close_code: int, *, closing_error: str | None) -> bool:
+    """Whether a resumable session ends with its connection: only on the client's own close 1000.
+
+    Any other end (a drop, 1001 going away, a ping timeout, a fatal protocol error, this
+    server stopping) detaches it, so the client can resume.
+    """
+    return close_code == 1000 and closing_error is None
+
+
 def connected(scope: dict[str, Any]) -> None:
     """A WebSocket handshake was accepted."""
     _emit("connect", client=client_address(scope), path=scope.get("path"))
@@ -67,6 +76,42 @@ def session_terminate_requested(*, session_id: Any, actor: str, via: str, result
     """Someone terminated a session (the audit line): `actor` a username or `operator:<login>`, `via` the
     entry point, `result` what it achieved (delivered, removed, not_delivered)."""
     _emit("session_terminate", session_id=session_id, actor=actor, via=via, result=str(result))
+
+
+def session_detached(scope: dict[str, Any], session: SessionRecord, *, reason: str, close_code: int | None) -> None:
+    """A resumable session's connection ended without ending it: it waits for a resume."""
+    metrics.session_detached(reason)
+    _emit(
+        "session_detached",
+        session_id=session.session_id,
+        client=client_address(scope),
+        reason=reason,
+        close_code=close_code,
+    )
+
+
+def session_resumed(scope: dict[str, Any], session: SessionRecord, *, taken_over: bool) -> None:
+    """A session was reattached to this connection (`taken_over`: from a connection that still held it)."""
+    metrics.session_resumed()
+    _emit(
+        "session_resumed",
+        session_id=session.session_id,
+        client=client_address(scope),
+        taken_over=str(taken_over).lower(),
+    )
+
+
+def session_taken_over(scope: dict[str, Any], session: SessionRecord) -> None:
+    """A session held here was resumed on another connection; this one is closed with 4409."""
+    metrics.session_taken_over()
+    _emit("session_taken_over", session_id=session.session_id, client=client_address(scope))
+
+
+def sessions_expired(count: int) -> None:
+    """Detached sessions whose grace ran out were removed."""
+    if count:
+        metrics.sessions_expired(count)
+        _emit("sessions_expired", count=count)
 
 
 def sessions_reaped(count: int) -> None:

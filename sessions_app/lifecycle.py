@@ -3,13 +3,15 @@
     start     register this instance, reap this host's dead predecessors, start the heartbeat
     running   every WSS_HEARTBEAT_SECONDS: refresh the heartbeat; reap instances silent for
               longer than WSS_INSTANCE_TIMEOUT_SECONDS (any live process reaps any dead
-              one, once its own heartbeats have held for that long); reconcile this
+              one, once its own heartbeats have held for that long); remove detached
+              sessions whose WSS_RESUME_GRACE_SECONDS ran out (`expired`); reconcile this
               instance's rows with the sessions its connections hold
     lease     a heartbeat older than the timeout minus one heartbeat means peers may reap
               this instance any moment: it closes its sessions with `session_lost` (4503)
               itself and refuses new ones until a heartbeat succeeds again
     stop      refuse new connections, send `server_shutting_down` + close 4503 to every
-              connection still open, delete this instance and all its sessions
+              connection still open, delete this instance and its v1 sessions, detach its
+              resumable ones (a client resumes them on another process)
 
 Hooks: under daphne, Twisted's reactor (`callWhenRunning`, and a "before shutdown" trigger
 that daphne waits for); under uvicorn and other ASGI servers, the ASGI lifespan protocol
@@ -50,8 +52,11 @@ class Connection(Protocol):
     """What the lifecycle needs of a consumer: its session, and rendering an error frame."""
 
     session: services.SessionRecord | None
+    channel_name: str
 
     async def send_error(self, error: ProtocolError) -> None: ...
+
+    async def session_taken_over(self, event: dict[str, Any]) -> None: ...
 
 
 _connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -216,6 +221,13 @@ async def heartbeat() -> None:
     except Exception as error:
         logger.warning("reaping failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS)
     try:
+        # Not held back by the reaper rule: a detach time is the registry's own clock, so the
+        # grace is the same whoever counts it, and the bound (grace + one heartbeat) holds
+        # even for a process that has only just started.
+        events.sessions_expired(await registry_call(services.sessions_expire_sync))
+    except Exception as error:
+        logger.warning("expiry failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS)
+    try:
         await reconcile()
     except Exception as error:
         logger.warning(
@@ -293,20 +305,30 @@ async def reconcile() -> services.Reconciliation:
     """Make this instance's rows equal the sessions it holds; close held sessions whose rows are gone.
 
     A missing row means the registry's authority (a reaper, an operator) ended the
-    session: it is closed with `session_lost` (4503), never recorded again.
+    session: it is closed with `session_lost` (4503), never recorded again. A resumable
+    session whose row now names another connection was resumed there and the notice did
+    not arrive: it is closed with `session_taken_over` (4409), as the notice would have.
     """
     held = sessions_held()
-    result = await services.sessions_reconcile(held=frozenset(held))
-    for session_id in result.lost:
+    result = await services.sessions_reconcile(held={pk: c.channel_name for pk, c in held.items()})
+    for session_id in result.lost | result.moved:
         connection = held[session_id]
-        if connection.session is not None and connection.session.session_id == session_id:
-            with contextlib.suppress(Exception):
+        if connection.session is None or connection.session.session_id != session_id:
+            continue
+        with contextlib.suppress(Exception):
+            if session_id in result.moved:
+                # What the consumer does when the notice arrives: let go without a write, 4409.
+                await connection.session_taken_over({"session_id": str(session_id)})
+            else:
                 await connection.send_error(SessionLost("This session was lost by the registry; reconnect."))
-    if result.removed or result.lost:
+    if result.removed or result.detached or result.lost or result.moved:
         logger.warning(
-            "reconciled the registry: removed %d row(s) no connection held, closed %d session(s) whose rows were gone",
+            "reconciled the registry: removed %d and detached %d row(s) no connection held, closed %d session(s)"
+            " whose rows were gone and %d resumed elsewhere",
             result.removed,
+            result.detached,
             len(result.lost),
+            len(result.moved),
         )
     return result
 
@@ -326,8 +348,11 @@ async def stop() -> int:
     lease_end()
     connections = list(_connections)
     for connection in connections:
+        resumable = connection.session is not None and connection.session.resumable
+        # Resumable sessions are detached by the retire below, not deleted: say so.
+        text = "This server is shutting down; resume the session on a new connection." if resumable else None
         try:
-            await connection.send_error(ServerShuttingDown("This server is shutting down; reconnect."))
+            await connection.send_error(ServerShuttingDown(text or "This server is shutting down; reconnect."))
         except Exception:
             logger.debug("could not tell a connection about the shutdown", exc_info=True)
     removed = 0

@@ -2,7 +2,9 @@
 
 Callers use the functions, never the instruments, so a label set stays in one place:
 `session_created(seconds)`, `session_ended(reason)`, `sessions_reaped(count)`,
-`protocol_error(code)`, `handshake_refused(reason)`, `channel_layer_failed(operation)`.
+`session_detached(reason)`, `session_resumed()`, `session_taken_over()`,
+`sessions_expired(count)`, `protocol_error(code)`, `handshake_refused(reason)`,
+`channel_layer_failed(operation)`.
 `GET /metrics` renders them.
 """
 
@@ -32,6 +34,7 @@ END_REASONS = (
     "shutdown",
     "lost",
     "server_error",
+    "expired",  # a detached resumable session whose grace ran out
 )
 # The rate limit refuses frames on open connections (counted in wss_protocol_errors_total as
 # `rate_limited` and `rate_limit_exceeded`), never a handshake: per-address connection
@@ -45,6 +48,13 @@ LIVE_SESSIONS = Gauge("wss_live_sessions", "Sessions held open by this process r
 SESSIONS_CREATED = Counter("wss_sessions_created", "Sessions opened by this process.")
 SESSIONS_ENDED = Counter("wss_sessions_ended", "Sessions ended, by reason.", ["reason"])
 PROTOCOL_ERRORS = Counter("wss_protocol_errors", "Error frames sent, by protocol error code.", ["code"])
+SESSIONS_DETACHED = Counter(
+    "wss_sessions_detached", "Resumable sessions whose connection ended without ending them, by reason.", ["reason"]
+)
+SESSIONS_RESUMED = Counter("wss_sessions_resumed", "Sessions reattached to a connection of this process.")
+SESSIONS_TAKEN_OVER = Counter(
+    "wss_sessions_taken_over", "Sessions held here that were resumed on another connection (4409 sent)."
+)
 HANDSHAKE_REFUSALS = Counter("wss_handshake_refusals", "WebSocket handshakes refused, by reason.", ["reason"])
 LAYER_FAILURES = Counter(
     "wss_channel_layer_failures", "Channel-layer calls that failed because Redis did, by operation.", ["operation"]
@@ -61,6 +71,7 @@ NEW_SESSION_SECONDS = Histogram(
 # Export every label at zero from the start, so rates and alerts see the series.
 for _reason in END_REASONS:
     SESSIONS_ENDED.labels(reason=_reason)
+    SESSIONS_DETACHED.labels(reason=_reason)
 for _reason in REFUSAL_REASONS:
     HANDSHAKE_REFUSALS.labels(reason=_reason)
 for _operation in LAYER_OPERATIONS:
@@ -83,6 +94,29 @@ def session_ended(reason: str) -> None:
 def sessions_reaped(count: int) -> None:
     """The reaper removed `count` rows of dead instances (not held here: the gauge stays)."""
     SESSIONS_ENDED.labels(reason="reaped").inc(count)
+
+
+def session_detached(reason: str) -> None:
+    """A resumable session held here lost its connection and waits for a resume."""
+    SESSIONS_DETACHED.labels(reason=reason).inc()
+    LIVE_SESSIONS.dec()
+
+
+def session_resumed() -> None:
+    """A session was reattached to a connection of this process."""
+    SESSIONS_RESUMED.inc()
+    LIVE_SESSIONS.inc()
+
+
+def session_taken_over() -> None:
+    """A session held here moved to another connection."""
+    SESSIONS_TAKEN_OVER.inc()
+    LIVE_SESSIONS.dec()
+
+
+def sessions_expired(count: int) -> None:
+    """`count` detached sessions expired (held by no process: the gauge stays)."""
+    SESSIONS_ENDED.labels(reason="expired").inc(count)
 
 
 def protocol_error(code: str) -> None:

@@ -35,19 +35,50 @@ class ServerInstance(models.Model):
 
 
 class LiveSession(models.Model):
-    """A session held open by one WebSocket connection on one server instance."""
+    """A session: attached to one connection on one server instance, or detached awaiting resume.
+
+    Attached: `instance` and `channel_name` name the connection that holds it. Detached (a
+    resumable session whose connection ended other than by the client's close 1000): no
+    instance, no channel, `detached_at` set; it is removed when WSS_RESUME_GRACE_SECONDS pass.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace_dir = models.TextField(help_text="Real path of the workspace, symlinks resolved.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    channel_name = models.CharField(max_length=255, help_text="The consumer's channel-layer address.")
+    channel_name = models.CharField(
+        max_length=255, blank=True, help_text="The consumer's channel-layer address; empty while detached."
+    )
     client_addr = models.CharField(max_length=64, blank=True, help_text="Client host:port as the server saw it.")
-    instance = models.ForeignKey(ServerInstance, on_delete=models.CASCADE, related_name="sessions")
+    # CASCADE, not SET_NULL: a row is detached only on purpose (services.sessions_detach_sync);
+    # whatever is still attached when its instance goes, goes with it, as in v1.
+    instance = models.ForeignKey(
+        ServerInstance, null=True, blank=True, on_delete=models.CASCADE, related_name="sessions"
+    )
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    resumable = models.BooleanField(default=False, help_text="Opened with resumable: true (protocol v1.1).")
+    resume_token_hash = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="SHA-256 of the current resume token; never the token."
+    )
+    detached_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="When its connection ended; empty while attached."
+    )
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "live session"
+        constraints = [
+            # Attached rows have an instance; detached rows have none: one or the other, always.
+            models.CheckConstraint(
+                condition=models.Q(instance__isnull=False, detached_at__isnull=True)
+                | models.Q(instance__isnull=True, detached_at__isnull=False),
+                name="livesession_attached_xor_detached",
+            ),
+        ]
+
+    @property
+    def is_detached(self) -> bool:
+        """Whether no connection holds the session (it waits for a resume)."""
+        return self.detached_at is not None
 
     def __str__(self) -> str:
         return str(self.id)

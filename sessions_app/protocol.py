@@ -1,14 +1,14 @@
-"""Wire protocol v1, pure: decode a frame into a message, build every reply.
+"""Wire protocol v1.1, pure: decode a frame into a message, build every reply.
 
 Imports neither Channels nor the ORM, so it is tested without a database or event loop.
 See docs/protocol.md for the prose and docs/asyncapi.yaml for the schema.
 """
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from .errors import (
@@ -30,27 +30,90 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_PATH_BYTES = 4096  # Linux PATH_MAX
 MAX_COMPONENT_BYTES = 255  # Linux NAME_MAX
+# Ours are 43 characters; the bound only keeps a hostile frame from being hashed at length.
+MAX_RESUME_TOKEN_CHARS = 256
 
 
+# Every client message type, by its wire `type`: filled by @message_type, read by decode().
+MESSAGE_TYPES: dict[str, type["Message"]] = {}
+
+M = TypeVar("M", bound=type["Message"])
+
+
+def message_type(cls: M) -> M:
+    """Register a message dataclass under its wire `type`: the one place a type is declared."""
+    if cls.type in MESSAGE_TYPES:
+        raise ValueError(f"message type {cls.type!r} is declared twice")
+    MESSAGE_TYPES[cls.type] = cls
+    return cls
+
+
+class Message:
+    """Base of the client messages: each carries its wire `type` and parses its own fields."""
+
+    __slots__ = ()
+    type: ClassVar[str]
+    request_id: RequestId | None
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any], request_id: RequestId | None) -> "Message":
+        """Validate the fields of a decoded object of this type."""
+        raise NotImplementedError
+
+
+@message_type
 @dataclass(frozen=True, slots=True)
-class NewSession:
-    """`new_session`: open a session on a workspace directory."""
+class NewSession(Message):
+    """`new_session`: open a session on a workspace directory, resumable if asked."""
 
+    type: ClassVar[str] = "new_session"
     workspace_dir: str
     request_id: RequestId | None = None
+    resumable: bool = False
 
     @classmethod
     def parse(cls, fields: Mapping[str, Any], request_id: RequestId | None) -> "NewSession":
         """Validate the fields of a decoded `new_session` object."""
-        return cls(workspace_dir=parse_workspace_dir(fields.get("workspace_dir")), request_id=request_id)
+        resumable = fields.get("resumable", False)
+        if not isinstance(resumable, bool):
+            raise InvalidRequest('"resumable" must be a JSON boolean (true or false).')
+        return cls(
+            workspace_dir=parse_workspace_dir(fields.get("workspace_dir")), request_id=request_id, resumable=resumable
+        )
 
 
-Message = NewSession
+@message_type
+@dataclass(frozen=True, slots=True)
+class ResumeSession(Message):
+    """`resume_session`: reattach a resumable session to this connection with its token."""
 
-# One line per client message type; the consumer has a handler for each.
-MESSAGE_TYPES: dict[str, Callable[[Mapping[str, Any], RequestId | None], Message]] = {
-    "new_session": NewSession.parse,
-}
+    type: ClassVar[str] = "resume_session"
+    session_id: UUID
+    resume_token: str
+    request_id: RequestId | None = None
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any], request_id: RequestId | None) -> "ResumeSession":
+        """Validate the fields of a decoded `resume_session` object."""
+        return cls(
+            session_id=parse_session_id(fields.get("session_id")),
+            resume_token=parse_resume_token(fields.get("resume_token")),
+            request_id=request_id,
+        )
+
+
+@message_type
+@dataclass(frozen=True, slots=True)
+class EndSession(Message):
+    """`end_session`: end this connection's session now; the connection stays open."""
+
+    type: ClassVar[str] = "end_session"
+    request_id: RequestId | None = None
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, Any], request_id: RequestId | None) -> "EndSession":
+        """`end_session` has no fields of its own."""
+        return cls(request_id=request_id)
 
 
 def subprotocol_choose(offered: list[str]) -> str | None:
@@ -70,11 +133,11 @@ def decode(text_data: str | None, bytes_data: bytes | None, *, limit: int) -> Me
         message_type = obj.get("type")
         if not isinstance(message_type, str):
             raise UnknownType('The message needs a "type" string, such as "new_session".')
-        parse = MESSAGE_TYPES.get(message_type)
-        if parse is None:
+        cls = MESSAGE_TYPES.get(message_type)
+        if cls is None:
             known = ", ".join(sorted(MESSAGE_TYPES))
             raise UnknownType(f"Unknown message type {message_type[:64]!r}; known types: {known}.")
-        return parse(obj, parse_request_id(obj))
+        return cls.parse(obj, parse_request_id(obj))
     except ProtocolError as error:
         error.request_id = request_id
         raise
@@ -116,16 +179,85 @@ def parse_workspace_dir(value: Any) -> str:
     return value
 
 
+def parse_session_id(value: Any) -> UUID:
+    """A `session_id`: a UUID in its canonical text form (any case)."""
+    if not isinstance(value, str):
+        raise InvalidRequest('"session_id" is required: the session\'s UUID as a string.')
+    try:
+        parsed = UUID(value)
+    except ValueError:
+        raise InvalidRequest('"session_id" is not a UUID.') from None
+    if str(parsed) != value.lower():
+        raise InvalidRequest('"session_id" must be a UUID in its canonical 36-character form.')
+    return parsed
+
+
+def parse_resume_token(value: Any) -> str:
+    """A `resume_token`: the opaque string the server handed out; its shape is all that is checked here."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest('"resume_token" is required: the token from the last reply for this session.')
+    if len(value) > MAX_RESUME_TOKEN_CHARS:
+        raise InvalidRequest(f'"resume_token" is longer than {MAX_RESUME_TOKEN_CHARS} characters.')
+    return value
+
+
 def new_session_reply(
-    *, session_id: UUID, workspace_dir: str, created_at: datetime, request_id: RequestId | None
+    *,
+    session_id: UUID,
+    workspace_dir: str,
+    created_at: datetime,
+    request_id: RequestId | None,
+    resume: "ResumeGrant | None" = None,
 ) -> dict[str, Any]:
-    """The success reply to `new_session`."""
+    """The success reply to `new_session`; a resumable one carries its token and grace."""
     reply: dict[str, Any] = {
         "type": "new_session",
         "session_id": str(session_id),
         "workspace_dir": workspace_dir,
         "created_at": format_timestamp(created_at),
     }
+    if resume is not None:
+        reply.update(resume.fields())
+    if request_id is not None:
+        reply["request_id"] = request_id
+    return reply
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeGrant:
+    """What a resumable session's client is told: its token (None: resume is off) and the grace."""
+
+    token: str | None
+    grace_seconds: float
+
+    def fields(self) -> dict[str, Any]:
+        """The reply fields: `resume_token` (when there is one) and `resume_grace_seconds`."""
+        grace = int(self.grace_seconds) if float(self.grace_seconds).is_integer() else self.grace_seconds
+        fields: dict[str, Any] = {"resume_grace_seconds": grace}
+        if self.token is not None:
+            fields["resume_token"] = self.token
+        return fields
+
+
+def session_resumed_reply(
+    *, session_id: UUID, workspace_dir: str, created_at: datetime, resume: ResumeGrant, request_id: RequestId | None
+) -> dict[str, Any]:
+    """The success reply to `resume_session`: the same session, a new token."""
+    reply: dict[str, Any] = {
+        "type": "session_resumed",
+        "session_id": str(session_id),
+        "workspace_dir": workspace_dir,
+        "created_at": format_timestamp(created_at),
+        **resume.fields(),
+    }
+    if request_id is not None:
+        reply["request_id"] = request_id
+    return reply
+
+
+def session_ended_reply(*, session_id: UUID, request_id: RequestId | None) -> dict[str, Any]:
+    """The success reply to `end_session`."""
+    reply: dict[str, Any] = {"type": "session_ended", "session_id": str(session_id)}
     if request_id is not None:
         reply["request_id"] = request_id
     return reply

@@ -24,10 +24,10 @@ async def new_session(comm: WebsocketCommunicator, workspace_dir: object, **extr
     return await comm.receive_json_from(timeout=5)
 
 
-async def open_session(workspace: Path, **kwargs) -> tuple[WebsocketCommunicator, dict]:
-    """Connect to /ws, send new_session on `workspace`; the communicator and the reply."""
+async def open_session(workspace: Path, *, fields: dict | None = None, **kwargs) -> tuple[WebsocketCommunicator, dict]:
+    """Connect to /ws, send new_session on `workspace` (plus `fields`); the communicator and the reply."""
     comm = await connect(**kwargs)
-    return comm, await new_session(comm, workspace)
+    return comm, await new_session(comm, workspace, **(fields or {}))
 
 
 async def expect_close(comm: WebsocketCommunicator, code: int) -> None:

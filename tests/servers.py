@@ -66,10 +66,15 @@ class ServerProcess:
 
 
 def start_server(
-    log_dir: Path, *, server: str = "daphne", env: dict[str, str] | None = None, args: list[str] | None = None
+    log_dir: Path,
+    *,
+    server: str = "daphne",
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    port: int | None = None,
 ) -> ServerProcess:
-    """Start a server on a free port against the test database; wait until it accepts TCP."""
-    port = free_port()
+    """Start a server on `port` (default: a free one) against the test database; wait until it accepts TCP."""
+    port = port or free_port()
     full_env = {**os.environ, "DATABASE_URL": test_database_url(), "PYTHONUNBUFFERED": "1", **(env or {})}
     if server == "daphne":
         command = [
@@ -93,7 +98,7 @@ def start_server(
         ]
     else:
         raise ValueError(server)
-    log_path = log_dir / f"{server}-{port}.log"
+    log_path = log_dir / f"{server}-{port}-{time.monotonic_ns()}.log"  # a restart on the same port keeps both logs
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30

@@ -24,7 +24,35 @@ def instances_die() -> None:
 def test_index_shows_the_live_session_count(admin_client, sessions):
     response = admin_client.get("/admin/")
     assert response.status_code == 200
-    assert "3 live sessions" in response.content.decode()
+    assert "3 live sessions (0 detached)" in response.content.decode()
+
+
+def test_index_and_changelist_show_detached_sessions(admin_client, sessions):
+    detached_at = timezone.now()
+    LiveSession.objects.filter(pk=sessions[0].pk).update(
+        instance=None, channel_name="", detached_at=detached_at, resumable=True, resume_token_hash="f" * 64
+    )
+    assert "3 live sessions (1 detached)" in admin_client.get("/admin/").content.decode()
+    page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
+    assert f"detached since {detached_at:%Y-%m-%d %H:%M:%S} UTC" in page
+    assert page.count(">attached<") == 2
+    detail = admin_client.get(f"/admin/sessions_app/livesession/{sessions[0].pk}/change/").content.decode()
+    assert "f" * 64 not in detail  # the token's hash is not shown
+    only_detached = admin_client.get("/admin/sessions_app/livesession/", {"detached_at__isempty": "0"})
+    assert str(sessions[0].id) in only_detached.content.decode()
+    assert str(sessions[1].id) not in only_detached.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terminate_action_removes_a_detached_session(admin_client, sessions):
+    LiveSession.objects.filter(pk=sessions[0].pk).update(instance=None, channel_name="", detached_at=timezone.now())
+    response = admin_client.post(
+        "/admin/sessions_app/livesession/",
+        {"action": "terminate_sessions", "_selected_action": [str(sessions[0].pk)], "index": "0"},
+        follow=True,
+    )
+    assert "Terminated 1 session." in response.content.decode()
+    assert not LiveSession.objects.filter(pk=sessions[0].pk).exists()
 
 
 def test_changelist_lists_and_searches_sessions(admin_client, sessions):

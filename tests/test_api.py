@@ -24,7 +24,18 @@ def test_list_is_paginated_and_carries_the_instance(admin_client, sessions):
     assert len(body["results"]) == 2
     assert "page=2" in body["next"]
     first = body["results"][0]
-    assert set(first) == {"id", "workspace_dir", "created_at", "client_addr", "user", "instance"}
+    assert set(first) == {
+        "id",
+        "workspace_dir",
+        "created_at",
+        "client_addr",
+        "user",
+        "state",
+        "resumable",
+        "detached_at",
+        "instance",
+    }
+    assert (first["state"], first["resumable"], first["detached_at"]) == ("attached", False, None)
     assert first["instance"]["alive"] is True
     page_3 = admin_client.get("/api/sessions", {"page_size": 2, "page": 3}).json()
     ids = {row["id"] for page in (body, page_3) for row in page["results"]}
@@ -149,3 +160,24 @@ def test_delete_that_the_channel_layer_does_not_take_is_503_and_leaves_the_sessi
     assert "channel layer" in response.json()["detail"]
     assert response["Retry-After"] == "5"
     assert LiveSession.objects.filter(pk=sessions[0].pk).exists()
+
+
+def test_a_detached_session_is_listed_with_its_state_and_no_instance_and_can_be_filtered(admin_client, sessions):
+    detached = sessions[0]
+    LiveSession.objects.filter(pk=detached.pk).update(
+        instance=None, channel_name="", detached_at=timezone.now(), resumable=True
+    )
+    body = admin_client.get("/api/sessions", {"state": "detached"}).json()
+    assert [row["id"] for row in body["results"]] == [str(detached.pk)]
+    row = body["results"][0]
+    assert (row["state"], row["resumable"], row["instance"]) == ("detached", True, None)
+    assert row["detached_at"]
+    assert admin_client.get("/api/sessions", {"state": "attached"}).json()["count"] == 4
+    assert admin_client.get("/api/sessions", {"state": "gone"}).status_code == 400
+
+
+def test_deleting_a_detached_session_terminates_it(admin_client, sessions):
+    detached = sessions[0]
+    LiveSession.objects.filter(pk=detached.pk).update(instance=None, channel_name="", detached_at=timezone.now())
+    assert admin_client.delete(f"/api/sessions/{detached.pk}").status_code == 204
+    assert not LiveSession.objects.filter(pk=detached.pk).exists()

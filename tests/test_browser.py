@@ -114,3 +114,53 @@ def test_the_console_shows_errors_and_a_clean_close(daphne_server, workspace, br
         console.click("#close")
         expect(console.locator("#close-code")).to_have_text("1000")
         screenshot(console, "5-console-error-then-clean-close")
+
+
+def test_the_console_resumes_a_resumable_session_after_a_drop_and_a_reload(
+    daphne_server, workspace, browser: Browser, request
+):
+    with browser_tabs(browser, daphne_server, request.node.name) as context:
+        console = context.new_page()
+        console.goto("/")
+        console.fill("#workspace", str(workspace))
+        console.check("#resumable")
+        console.click("#open")
+        expect(console.locator("#session-id")).to_have_text(UUID4)
+        expect(console.locator("#resumable-state")).to_have_text("yes (grace 30 s)")
+        session_id = console.locator("#session-id").inner_text()
+        channel = LiveSession.objects.get(pk=session_id).channel_name
+
+        console.evaluate("socket.close(4000)")  # not 1000: the server detaches, the page resumes
+        expect(console.locator("#resumes")).to_have_text("1")
+        expect(console.locator("#session-id")).to_have_text(session_id)
+        expect(console.locator("#state")).to_have_text("open")
+        screenshot(console, "6-console-resumed-after-a-drop")
+        row = LiveSession.objects.get(pk=session_id)
+        assert row.detached_at is None and row.channel_name != channel
+
+        console.reload()  # 1001 going away: detached; the new page resumes from sessionStorage
+        expect(console.locator("#log")).to_contain_text('"type":"session_resumed"')
+        expect(console.locator("#session-id")).to_have_text(session_id)
+        token = console.evaluate("JSON.parse(sessionStorage.getItem('wss-sessions.resume')).resume_token")
+        assert len(token) >= 43 and token not in console.locator("#log").inner_text()  # the log hides it
+
+        console.click("#end")
+        expect(console.locator("#session-id")).to_have_text("none (ended)")
+        expect(console.locator("#state")).to_have_text("open")
+        assert not LiveSession.objects.filter(pk=session_id).exists()
+        screenshot(console, "7-console-ended-the-session")
+
+
+def test_a_resumable_session_closed_from_the_console_ends(daphne_server, workspace, browser: Browser, request):
+    with browser_tabs(browser, daphne_server, request.node.name) as context:
+        console = context.new_page()
+        console.goto("/")
+        console.fill("#workspace", str(workspace))
+        console.check("#resumable")
+        console.click("#open")
+        expect(console.locator("#session-id")).to_have_text(UUID4)
+        session_id = console.locator("#session-id").inner_text()
+        console.click("#close")
+        expect(console.locator("#close-code")).to_have_text("1000")
+        expect(console.locator("#state")).to_have_text("closed")
+        assert not LiveSession.objects.filter(pk=session_id).exists()

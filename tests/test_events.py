@@ -119,3 +119,30 @@ async def test_wss_log_format_json_writes_one_json_object_per_line(server_factor
     assert ended["level"] == "INFO" and ended["logger"] == "sessions_app.events"
     assert uuid.UUID(ended["instance"]) and ended["client"].startswith("127.0.0.1:")
     assert isinstance(ended["duration_seconds"], float)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_resume_logs_detached_resumed_and_taken_over(events_caplog, workspace):
+    comm, created = await open_session(workspace, fields={"resumable": True})
+    await comm.disconnect(code=1006)
+    (detached,) = event_records(events_caplog, "session_detached")
+    assert (detached.session_id, detached.reason, detached.close_code) == (created["session_id"], "drop", 1006)
+    assert not event_records(events_caplog, "session_ended")
+
+    first = WebsocketCommunicator(application, "/ws")
+    await first.connect()
+    frame = {"type": "resume_session", "session_id": created["session_id"], "resume_token": created["resume_token"]}
+    await first.send_json_to(frame)
+    token = (await first.receive_json_from(timeout=5))["resume_token"]
+    second = WebsocketCommunicator(application, "/ws")
+    await second.connect()
+    await second.send_json_to({**frame, "resume_token": token})
+    await second.receive_json_from(timeout=5)
+    await first.receive_json_from(timeout=5)
+    resumed = event_records(events_caplog, "session_resumed")
+    assert [record.taken_over for record in resumed] == ["false", "true"]
+    (taken_over,) = event_records(events_caplog, "session_taken_over")
+    assert taken_over.session_id == created["session_id"]
+    assert created["resume_token"] not in events_caplog.text and token not in events_caplog.text
+    await first.disconnect(code=4409)
+    await second.disconnect()

@@ -8,6 +8,7 @@ server logged at most one warning line and no traceback.
 import asyncio
 import json
 import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,17 @@ CASES = [
          "message_too_large", 4413),
     Case("no-type", '{"workspace_dir": "/tmp"}', "unknown_type", 4400),
     Case("unknown-type", '{"type": "rm_rf"}', "unknown_type", 4400),
+    # v1.1: resume and end
+    Case("resumable-not-a-boolean", '{"type":"new_session","workspace_dir":"/tmp","resumable":"yes"}',
+         "invalid_request"),
+    Case("resume-no-token", '{"type":"resume_session","session_id":"' + str(uuid.uuid4()) + '"}', "invalid_request"),
+    Case("resume-bad-id", '{"type":"resume_session","session_id":"../../etc","resume_token":"x"}',
+         "invalid_request"),
+    Case("resume-huge-token", '{"type":"resume_session","session_id":"' + str(uuid.uuid4())
+         + '","resume_token":"' + "x" * 10_000 + '"}', "invalid_request"),
+    Case("resume-unknown-session", '{"type":"resume_session","session_id":"' + str(uuid.uuid4())
+         + '","resume_token":"guess"}', "session_not_found"),
+    Case("end-without-a-session", '{"type":"end_session"}', "no_session"),
 ]  # fmt: skip
 
 
@@ -199,11 +211,15 @@ json_values = st.recursive(
     max_leaves=10,
 )  # fmt: skip
 message_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(["new_session", "", "New_Session", "error"]) | st.text(max_size=12) | json_values},
+    {"type": st.sampled_from(["new_session", "resume_session", "end_session", "", "New_Session", "error"])
+     | st.text(max_size=12) | json_values},
     optional={
         "workspace_dir": st.sampled_from(["/", "/tmp", "/nonexistent", "", "~", "/\x00"]) | st.text(max_size=40)
         | json_values,
         "request_id": st.text(max_size=140) | st.integers() | json_values,
+        "resumable": st.booleans() | json_values,
+        "session_id": st.uuids().map(str) | st.text(max_size=40) | json_values,
+        "resume_token": st.text(max_size=300) | json_values,
     },
 )  # fmt: skip
 frames = st.one_of(
@@ -213,6 +229,7 @@ frames = st.one_of(
     message_like.map(json.dumps),
 )
 SUCCESS_FIELDS = {"type", "session_id", "workspace_dir", "created_at"}
+RESUME_FIELDS = {"resume_token", "resume_grace_seconds"}
 
 
 def assert_valid_reply(reply: dict) -> None:
@@ -222,8 +239,9 @@ def assert_valid_reply(reply: dict) -> None:
         assert reply["code"] != "internal_error"
         assert isinstance(reply["message"], str) and reply["message"]
     else:
+        # A random frame cannot resume (it has no token) and holds no session to end.
         assert reply["type"] == "new_session"
-        assert SUCCESS_FIELDS <= set(reply) <= SUCCESS_FIELDS | {"request_id"}
+        assert SUCCESS_FIELDS <= set(reply) <= SUCCESS_FIELDS | RESUME_FIELDS | {"request_id"}
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -230,6 +231,125 @@ async def _append(received: list[dict], message: dict) -> None:
     received.append(message)
 
 
+async def test_stop_detaches_resumable_sessions_and_still_removes_v1_ones(workspace):
+    from .communicators import open_session as open_with
+
+    resumable, resumable_reply = await open_with(workspace, fields={"resumable": True})
+    v1, v1_reply = await open_with(workspace)
+    assert await lifecycle.stop() == 1  # the v1 row; the resumable one is detached, not removed
+    messages = []
+    for comm in (resumable, v1):
+        reply = await comm.receive_json_from(timeout=5)
+        assert reply["code"] == "server_shutting_down"
+        messages.append(reply["message"])
+        assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    assert "resume" in messages[0] and "resume" not in messages[1]
+    kept = await LiveSession.objects.aget(pk=resumable_reply["session_id"])
+    assert kept.detached_at is not None and kept.instance_id is None
+    assert not await LiveSession.objects.filter(pk=v1_reply["session_id"]).aexists()
+    # The consumers' own ends (daphne cancels them) do not undo the detach.
+    await resumable.disconnect(code=4503)
+    await v1.disconnect(code=4503)
+    assert (await LiveSession.objects.aget(pk=resumable_reply["session_id"])).detached_at is not None
+
+
+async def test_the_heartbeat_expires_a_detached_session_after_its_grace(workspace, settings):
+    from .communicators import open_session as open_with
+
+    settings.WSS_HEARTBEAT_SECONDS, settings.WSS_RESUME_GRACE_SECONDS = 0.1, 0.5
+    comm, reply = await open_with(workspace, fields={"resumable": True})
+    await comm.disconnect(code=1006)
+    await lifecycle.start()
+    detached_at = (await LiveSession.objects.aget(pk=reply["session_id"])).detached_at
+
+    async def expired() -> bool:
+        return not await LiveSession.objects.filter(pk=reply["session_id"]).aexists()
+
+    assert await wait_until(expired, timeout=5)
+    gone_after = (timezone.now() - detached_at).total_seconds()
+    assert gone_after >= 0.5  # never before the grace; the bound (grace + heartbeat) is checked live
+
+
+# --- Reconciliation and resume (protocol v1.1) ----------------------------------------------
+
+
+async def detached_session(workspace) -> dict:
+    comm, reply = await communicators.open_session(workspace, fields={"resumable": True})
+    await comm.disconnect(code=1006)
+    return reply
+
+
+async def resume(comm: WebsocketCommunicator, reply: dict) -> dict:
+    frame = {"type": "resume_session", "session_id": reply["session_id"], "resume_token": reply["resume_token"]}
+    await comm.send_json_to(frame)
+    return await comm.receive_json_from(timeout=5)
+
+
+async def test_sessions_resumed_while_reconciliation_runs_keep_their_rows(settings, workspace):
+    settings.WSS_HEARTBEAT_SECONDS = 0.01  # reconcile as often as possible, to meet resumes in flight
+    left = [await detached_session(workspace) for _ in range(20)]
+    await lifecycle.start()
+    resumed = []
+    for reply in left:
+        comm = await connect()
+        assert (await resume(comm, reply))["type"] == "session_resumed"
+        resumed.append((comm, reply["session_id"]))
+    await asyncio.sleep(0.2)
+    for comm, session_id in resumed:
+        assert await comm.receive_nothing(timeout=0.01), "a resumed session was closed"
+        row = await LiveSession.objects.aget(pk=session_id)
+        assert row.instance_id == services.process_identity().boot_id and row.detached_at is None
+        await comm.disconnect()
+
+
+async def test_reconciliation_detaches_a_resumable_orphan_removes_a_v1_one_and_leaves_detached_rows(workspace):
+    holder, _ = await open_session(workspace)  # registers this instance
+    mine = services.process_identity().boot_id
+    orphan = await LiveSession.objects.acreate(
+        workspace_dir="/w", channel_name="ended", instance_id=mine, resumable=True, resume_token_hash="h"
+    )
+    v1_orphan = await LiveSession.objects.acreate(workspace_dir="/w", channel_name="ended-too", instance_id=mine)
+    waiting_since = timezone.now() - timedelta(seconds=5)
+    waiting = await LiveSession.objects.acreate(
+        workspace_dir="/w", channel_name="", instance=None, detached_at=waiting_since, resumable=True
+    )
+    result = await lifecycle.reconcile()
+    assert (result.removed, result.detached, result.lost, result.moved) == (1, 1, frozenset(), frozenset())
+    row = await LiveSession.objects.aget(pk=orphan.pk)
+    assert row.detached_at is not None and row.instance_id is None
+    assert not await LiveSession.objects.filter(pk=v1_orphan.pk).aexists()
+    assert (await LiveSession.objects.aget(pk=waiting.pk)).detached_at == waiting_since
+    await holder.disconnect()
+
+
+async def test_reconciliation_closes_a_session_resumed_elsewhere_whose_notice_was_lost_with_4409(workspace):
+    comm, reply = await communicators.open_session(workspace, fields={"resumable": True})
+    other = await ServerInstance.objects.acreate(host="elsewhere", pid=2)
+    # A resume on another process moved the row; its channel-layer notice never arrived.
+    await LiveSession.objects.filter(pk=reply["session_id"]).aupdate(instance=other, channel_name="elsewhere!x")
+    result = await lifecycle.reconcile()
+    assert result.moved == {uuid.UUID(reply["session_id"])} and not result.lost
+    frame = await comm.receive_json_from(timeout=5)
+    assert frame["code"] == "session_taken_over"
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4409}
+    await comm.disconnect(code=4409)
+    row = await LiveSession.objects.aget(pk=reply["session_id"])
+    assert (row.instance_id, row.channel_name, row.detached_at) == (other.pk, "elsewhere!x", None)
+
+
+async def test_a_session_resumed_after_this_instance_was_reaped_keeps_its_row(workspace):
+    reply = await detached_session(workspace)
+    await ServerInstance.objects.all().adelete()  # a peer presumed this process dead (the detached row stays)
+    comm = await connect()
+    assert (await resume(comm, reply))["type"] == "session_resumed"  # registers the instance again
+    result = await lifecycle.reconcile()
+    assert not result.lost and not result.moved and not result.removed
+    assert await comm.receive_nothing(timeout=0.1)
+    row = await LiveSession.objects.aget(pk=reply["session_id"])
+    assert row.instance_id == services.process_identity().boot_id
+    await comm.disconnect()
+
+
 def dead_pid() -> int:
     """A pid that ran a moment ago and runs no more."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -256,3 +376,17 @@ async def test_a_lifecycle_call_stuck_in_the_database_does_not_hold_up_the_next_
         await lifecycle.start()  # registers, then gets stuck reaping the predecessor
         # Each heartbeat runs on a fresh thread instead of queueing behind the stuck call.
         await wait_until(three_beats, 1.5, what="heartbeats while a lifecycle call is stuck")
+
+
+async def test_a_resume_that_outlived_the_lease_is_answered_then_closed_with_session_lost(workspace):
+    reply = await detached_session(workspace)
+    comm = await connect()
+    services.instance_lease_renew(time.monotonic() + 0.2)  # the lease ends while the writer is busy
+    busy = services.registry_writer.call(lambda: time.sleep(0.5))
+    frame = await resume(comm, reply)
+    await busy
+    assert frame["type"] == "session_resumed"  # the client has its new token...
+    lost = await comm.receive_json_from(timeout=5)  # ...and is sent to resume elsewhere
+    assert lost["code"] == "session_lost"
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    await comm.disconnect(code=4503)

@@ -194,3 +194,38 @@ async def test_a_real_daphne_serves_its_own_counts_to_loopback(daphne_server, wo
     assert during["wss_live_sessions"] == 1
     assert during["wss_sessions_created_total"] == 1
     assert during["wss_new_session_seconds_count"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_detach_resume_take_over_and_expiry_are_counted(workspace):
+    from asgiref.sync import sync_to_async
+    from django.utils import timezone
+
+    from sessions_app.models import LiveSession
+
+    detached, resumed = Delta("wss_sessions_detached_total", reason="drop"), Delta("wss_sessions_resumed_total")
+    taken_over, expired = Delta("wss_sessions_taken_over_total"), Delta("wss_sessions_ended_total", reason="expired")
+    live = Delta("wss_live_sessions")
+    comm, created = await open_session(workspace, fields={"resumable": True})
+    await comm.disconnect(code=1006)
+    assert (detached.value, live.value) == (1, 0)
+
+    first = WebsocketCommunicator(application, "/ws")
+    await first.connect()
+    frame = {"type": "resume_session", "session_id": created["session_id"], "resume_token": created["resume_token"]}
+    await first.send_json_to(frame)
+    token = (await first.receive_json_from(timeout=5))["resume_token"]
+    second = WebsocketCommunicator(application, "/ws")
+    await second.connect()
+    await second.send_json_to({**frame, "resume_token": token})
+    await second.receive_json_from(timeout=5)
+    assert (await first.receive_json_from(timeout=5))["code"] == "session_taken_over"
+    await first.disconnect(code=4409)
+    assert (resumed.value, taken_over.value, live.value) == (2, 1, 1)
+
+    await second.disconnect(code=1001)
+    await LiveSession.objects.aupdate(detached_at=timezone.now() - timezone.timedelta(hours=1))
+    from sessions_app import events
+
+    events.sessions_expired(await sync_to_async(services.sessions_expire_sync)())
+    assert (expired.value, live.value) == (1, 0)

@@ -209,6 +209,8 @@ WSS_STOP_TIMEOUT_SECONDS = env_number("WSS_STOP_TIMEOUT_SECONDS", 15, float)
 WSS_METRICS_ALLOWED_IPS = env_list("WSS_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 WSS_METRICS_TOKEN = os.environ.get("WSS_METRICS_TOKEN", "")
 WSS_READYZ_TIMEOUT_SECONDS = env_number("WSS_READYZ_TIMEOUT_SECONDS", 2, float)
+# A detached resumable session is kept this long (expired within it plus one heartbeat); 0: no resume.
+WSS_RESUME_GRACE_SECONDS = env_number("WSS_RESUME_GRACE_SECONDS", 30, float)
 WSS_REGISTRY_TIMEOUT_SECONDS = env_number("WSS_REGISTRY_TIMEOUT_SECONDS", 5, float)
 
 # The sessions API (/api/sessions): users with the model permissions the admin asks for

@@ -1,10 +1,20 @@
-// The console speaks protocol v1 as any browser client would: one WebSocket, JSON text frames.
+// The console speaks protocol v1.1 as any browser client would: one WebSocket, JSON text frames.
+// A resumable session is resumed after a drop (and after a reload of this tab: the token is
+// kept in sessionStorage, which dies with the tab), with backoff, within the server's grace.
 "use strict";
 
 const endpoint = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
 const $ = (id) => document.getElementById(id);
+const STORAGE_KEY = "wss-sessions.resume";
+// These end a session for good: resuming after them cannot work.
+const FINAL_ERRORS = new Set(["session_terminated", "session_taken_over", "session_not_found"]);
 let socket = null;
 let requestCounter = 0;
+let closedByUser = false;
+let reconnectTimer = null;
+let attempts = 0;
+let resumes = 0;
+let giveUpAt = 0;
 
 $("endpoint").textContent = endpoint;
 
@@ -19,51 +29,132 @@ function setState(state) {
   $("state").textContent = state;
   const open = state === "open" || state === "connecting";
   $("close").disabled = !open;
+  $("end").disabled = state !== "open";
+}
+
+// { session_id, resume_token, resume_grace_seconds } of the session to resume, or null.
+function resumeState() {
+  try { return JSON.parse(sessionStorage.getItem(STORAGE_KEY)); } catch { return null; }
+}
+
+function saveResume(reply) {
+  if (reply.resume_token) {
+    sessionStorage.setItem(STORAGE_KEY, JSON.stringify({
+      session_id: reply.session_id, resume_token: reply.resume_token, resume_grace_seconds: reply.resume_grace_seconds,
+    }));
+    $("resumable-state").textContent = `yes (grace ${reply.resume_grace_seconds} s)`;
+  } else {
+    forgetResume();
+  }
+}
+
+function forgetResume() {
+  sessionStorage.removeItem(STORAGE_KEY);
+  $("resumable-state").textContent = "no";
 }
 
 function send(frame) {
   const text = JSON.stringify(frame);
   socket.send(text);
-  log("sent", text);
+  // The token is a secret: the log shows that one was sent, not what it is.
+  log("sent", frame.resume_token ? text.replace(frame.resume_token, "…") : text);
 }
 
-function openSession(workspaceDir) {
-  const frame = { type: "new_session", workspace_dir: workspaceDir, request_id: ++requestCounter };
-  if (socket && socket.readyState === WebSocket.OPEN) {
-    send(frame);  // a second session on one connection gets `session_exists`, as the protocol says
-    return;
-  }
+function connect(firstFrame) {
+  closedByUser = false;
   socket = new WebSocket(endpoint);
   setState("connecting");
-  socket.onopen = () => { setState("open"); send(frame); };
+  socket.onopen = () => { setState("open"); attempts = 0; send(firstFrame()); };
   socket.onmessage = (event) => {
     let reply;
     try { reply = JSON.parse(event.data); } catch { log("error", `not JSON: ${event.data}`); return; }
-    if (reply.type === "new_session") {
+    const shown = reply.resume_token ? event.data.replace(reply.resume_token, "…") : event.data;
+    if (reply.type === "new_session" || reply.type === "session_resumed") {
       $("session-id").textContent = reply.session_id;
-      log("received", event.data);
+      if (reply.type === "session_resumed") $("resumes").textContent = String(++resumes);
+      saveResume(reply);
+      log("received", shown);
+    } else if (reply.type === "session_ended") {
+      $("session-id").textContent = "none (ended)";
+      forgetResume();
+      log("received", shown);
     } else if (reply.type === "error") {
       log("error", `${reply.code}: ${reply.message}`);
-      if (reply.code === "session_terminated") $("session-id").textContent = "none (terminated)";
+      if (FINAL_ERRORS.has(reply.code)) {
+        forgetResume();
+        $("session-id").textContent = `none (${reply.code.replace("session_", "")})`;
+      }
     } else {
-      log("received", event.data);
+      log("received", shown);
     }
   };
   socket.onerror = () => log("error", "WebSocket error (the close event below has the code)");
   socket.onclose = (event) => {
     $("close-code").textContent = String(event.code);
-    if (!$("session-id").textContent.startsWith("none")) $("session-id").textContent = "none";
     log("closed", `close code ${event.code}${event.reason ? ` (${event.reason})` : ""}`);
-    setState("closed");
     socket = null;
+    const pending = resumeState();
+    if (pending && !closedByUser) {
+      scheduleResume(pending);
+      return;
+    }
+    if (!$("session-id").textContent.startsWith("none")) $("session-id").textContent = "none";
+    setState("closed");
   };
+}
+
+function scheduleResume(pending) {
+  if (attempts === 0) giveUpAt = Date.now() + 1000 * pending.resume_grace_seconds;
+  if (Date.now() >= giveUpAt) {
+    log("error", "could not resume the session within its grace period");
+    forgetResume();
+    $("session-id").textContent = "none (expired)";
+    setState("closed");
+    return;
+  }
+  // Exponential backoff with full jitter, capped at 5 s.
+  const delay = Math.random() * Math.min(5000, 100 * 2 ** attempts++);
+  setState("reconnecting");
+  reconnectTimer = setTimeout(() => {
+    reconnectTimer = null;
+    connect(() => ({ type: "resume_session", session_id: pending.session_id, resume_token: pending.resume_token,
+                     request_id: ++requestCounter }));
+  }, delay);
+}
+
+function openSession(workspaceDir, resumable) {
+  const frame = () => {
+    const fields = { type: "new_session", workspace_dir: workspaceDir, request_id: ++requestCounter };
+    if (resumable) fields.resumable = true;
+    return fields;
+  };
+  if (socket && socket.readyState === WebSocket.OPEN) {
+    send(frame());  // a second session on one connection gets `session_exists`, as the protocol says
+    return;
+  }
+  connect(frame);
 }
 
 $("open-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  openSession($("workspace").value.trim());
+  openSession($("workspace").value.trim(), $("resumable").checked);
 });
 
 $("close").addEventListener("click", () => {
+  // Close 1000 from the client ends the session, resumable or not.
+  closedByUser = true;
+  forgetResume();
   if (socket) socket.close(1000, "closed from the console");
 });
+
+$("end").addEventListener("click", () => {
+  if (socket && socket.readyState === WebSocket.OPEN) send({ type: "end_session", request_id: ++requestCounter });
+});
+
+// A reload (or a drop before it) left a resumable session behind: take it back.
+const left = resumeState();
+if (left) {
+  $("session-id").textContent = left.session_id;
+  $("resumable-state").textContent = `yes (grace ${left.resume_grace_seconds} s)`;
+  scheduleResume(left);
+}
