@@ -235,10 +235,13 @@ async def clients(workspace):
 
 @pytest.fixture
 def staff_token(django_user_model) -> str:
-    """A bearer token of a staff user, for the sessions API of the servers."""
+    """A bearer token of an operator allowed to view and terminate live sessions, for the servers' API."""
+    from django.contrib.auth.models import Permission
+
     from sessions_app.tokens import token_create
 
     user = django_user_model.objects.create_user("operator", password="operator-pass", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
     return token_create(user=user, name="faults")[1]
 
 
