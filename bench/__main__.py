@@ -36,7 +36,7 @@ from .targets import (
 )
 
 # The production server this project recommends for speed (README), and the one it keeps.
-FAST_SERVER = "granian"
+FAST_SERVER = "uvicorn-sansio"
 CLASSIC_SERVER = "daphne"
 
 COMMON_COLUMNS = [

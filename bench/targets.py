@@ -247,8 +247,10 @@ def server_command(server: str, port: int, app: str) -> list[str]:
     raise ValueError(f"unknown server {server!r}")
 
 
-# The production options (README): one worker per process, uvloop, no access log.
+# granian, measured but not supported (docs/performance.md): one worker, uvloop.
 GRANIAN_OPTIONS = ["--interface", "asgi", "--loop", "uvloop", "--workers", "1", "--no-access-log"]
+# The fast production command's options (README): websockets' Sans-I/O protocol, httptools,
+# uvloop, and frames above twice WSS_MAX_MESSAGE_BYTES refused (1009) before they are read.
 UVICORN_SANSIO_OPTIONS = [
     "--ws",
     "websockets-sansio",

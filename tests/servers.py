@@ -1,4 +1,4 @@
-"""Real server processes for tests: daphne (or uvicorn) on a free loopback port."""
+"""Real server processes for tests: daphne, uvicorn or uvicorn-sansio (the fast production command) on a free port."""
 
 import os
 import signal
@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.db import connection
+
+from bench.targets import UVICORN_SANSIO_OPTIONS  # the fast production command's options, in one place
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -81,9 +83,10 @@ def start_server(
             *(args or []),
             "wssproject.asgi:application",
         ]
-    elif server == "uvicorn":
+    elif server in {"uvicorn", "uvicorn-sansio"}:
         command = [
             str(BIN / "uvicorn"),
+            *(UVICORN_SANSIO_OPTIONS if server == "uvicorn-sansio" else []),
             "--host",
             "127.0.0.1",
             "--port",

@@ -1,14 +1,26 @@
-"""What only a real daphne shows: close codes on the wire, the size cut-off, TCP drops."""
+"""What only a real server shows: close codes on the wire, the size cut-off, TCP drops.
+
+Each test runs under both production servers: daphne and the fast command (uvicorn with
+websockets' Sans-I/O protocol, README).
+"""
 
 import asyncio
 import json
+import time
 
+import psutil
 import pytest
 import websockets
 
 from sessions_app.models import LiveSession
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(params=["daphne", "uvicorn-sansio"])
+def daphne_server(request, server_factory):
+    """A real server process: daphne, then the fast production command (the name is the suite's)."""
+    return server_factory(server=request.param)
 
 
 async def wait_for_count(expected: int, timeout: float = 10) -> int:
@@ -77,3 +89,29 @@ async def test_bad_clients_do_not_disturb_a_good_session(daphne_server, workspac
                 assert json.loads(await bad.recv())["type"] == "error"
         assert await LiveSession.objects.filter(pk=session_id).aexists()
         assert "Traceback" not in daphne_server.log()
+
+
+async def test_a_10_mib_frame_is_refused_with_1009_before_the_fast_server_reads_it(server_factory):
+    server = server_factory(server="uvicorn-sansio")
+    worker = psutil.Process(server.process.pid)
+    before = worker.memory_info().rss
+    peak = before
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, worker.memory_info().rss)
+            await asyncio.sleep(0.002)
+
+    sampler = asyncio.create_task(sample())
+    started = time.monotonic()
+    async with websockets.connect(server.url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "new_session", "workspace_dir": "/", "pad": "x" * 10 * 1024 * 1024}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()  # no message_too_large reply: the frame never reached the application
+    await asyncio.sleep(0.2)
+    sampler.cancel()
+    assert closed.value.rcvd.code == 1009
+    assert time.monotonic() - started < 10
+    # Buffering the frame would take 10 MiB at least (the decoded text, twice that): refused unread.
+    assert peak - before < 4 * 1024 * 1024, f"server RSS grew by {(peak - before) / 2**20:.1f} MiB"
