@@ -231,6 +231,8 @@ class Bench:
                 "errors": sum(sum(r["errors"].values()) for r in runs),
                 "registry_after": max(r["registry_after"] for r in runs),
                 "server_cpu_pct": statistics.median(r["server_cpu_pct"] for r in runs),
+                # CPU per session reads the same on a busy machine, where a contended core lowers the rate.
+                "server_cpu_us": statistics.median(cpu_us_per(r["server_cpu_pct"], r["sessions_per_s"]) for r in runs),
                 "bench_cpu_pct": statistics.median(r["bench_cpu_pct"] for r in runs),
                 "rounds": runs,
             }
@@ -238,7 +240,13 @@ class Bench:
         self.results["churn"] = rows
         self.table(
             f"churn: {a.sessions} sessions x {a.rounds} rounds at concurrency {a.concurrency} (medians)",
-            [("sessions/s", "sessions_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), *COMMON_COLUMNS],
+            [
+                ("sessions/s", "sessions_per_s"),
+                ("p50 ms", "p50_ms"),
+                ("p99 ms", "p99_ms"),
+                *COMMON_COLUMNS,
+                ("server CPU µs/session", "server_cpu_us"),
+            ],
             ratios=[("sessions/s", "sessions_per_s")],
             rows=rows,
         )
@@ -257,6 +265,7 @@ class Bench:
             row = {
                 **identity(target.spec),
                 "messages_per_s": figures.rate,
+                "server_cpu_us": cpu_us_per(usage["server_cpu_pct"], figures.rate),
                 "p50_ms": figures.percentile_ms(50),
                 "p99_ms": figures.percentile_ms(99),
                 "errors": sum(figures.errors.values()),
@@ -269,7 +278,13 @@ class Bench:
         self.table(
             f"steady: {a.steady_messages} messages over {a.steady_connections} open sessions "
             "(a repeated new_session, answered session_exists)",
-            [("messages/s", "messages_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), *COMMON_COLUMNS],
+            [
+                ("messages/s", "messages_per_s"),
+                ("p50 ms", "p50_ms"),
+                ("p99 ms", "p99_ms"),
+                *COMMON_COLUMNS,
+                ("server CPU µs/message", "server_cpu_us"),
+            ],
             ratios=[("messages/s", "messages_per_s")],
             rows=rows,
         )
@@ -391,6 +406,15 @@ class Bench:
                 ),
                 0.95,
             )
+            check(
+                f"{server}: server CPU per churned session, default settings vs bench settings",
+                divided(
+                    of("churn", "server_cpu_us", "project", server, "default"),
+                    of("churn", "server_cpu_us", "project", server, "bench"),
+                ),
+                1.05,
+                at_most=True,
+            )
         if checks:
             lines = [
                 "\n### targets (ratios within this run)\n",
@@ -448,6 +472,11 @@ BASES = [("floor", "floor"), ("Starlette", "starlette")]
 def identity(spec: TargetSpec) -> dict:
     """The fields that name a target in every row."""
     return {"target": spec.label, "kind": spec.kind, "server": spec.server, "settings": spec.settings}
+
+
+def cpu_us_per(cpu_pct: float, rate: float) -> float:
+    """Server CPU microseconds per operation, from its CPU share and the operations per second."""
+    return 1e4 * cpu_pct / rate if rate else float("nan")
 
 
 def ratio(value: float, base: float) -> str:

@@ -188,6 +188,16 @@ def postgres_registry(url: str) -> str:
     return url
 
 
+def postgres_drop(url: str) -> None:
+    """Drop a database the bench made; a failure only leaves it behind."""
+    import psycopg
+
+    parts = urlsplit(url)
+    with contextlib.suppress(psycopg.Error), psycopg.connect(urlunsplit(parts._replace(path="/postgres"))) as db:
+        db.autocommit = True
+        db.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+
+
 def migrate(database_url: str, env: dict[str, str], root: Path) -> None:
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
@@ -279,10 +289,11 @@ def target_start(
     env = base_env(redis_url if spec.kind == "project" and spec.layer == "redis" else None, spec.settings)
     database_url = f"sqlite:///{workdir / 'unused.sqlite3'}"
     if spec.kind == "project" and spec.db == "postgres":
-        if spec.root:  # its own database, so the two projects' registries stay apart
-            parts = urlsplit(postgres_url)
-            postgres_url = urlunsplit(parts._replace(path=parts.path + "_before"))
-        database_url = postgres_registry(postgres_url)
+        # A database per project target (server, settings, checkout), so their registries stay apart.
+        suffix = f"_{spec.server}_{spec.settings}".replace("-", "_") + ("_before" if spec.root else "")
+        parts = urlsplit(postgres_url)
+        database_url = postgres_registry(urlunsplit(parts._replace(path=parts.path + suffix)))
+        cleanup.append(lambda: postgres_drop(database_url))
         migrate(database_url, env, spec.cwd)
     elif spec.kind == "project":
         database_url = sqlite_registry(workdir, env, spec.cwd)
