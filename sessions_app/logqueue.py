@@ -1,19 +1,21 @@
 """Log lines formatted and written off the event loop: a queue in front, one writer thread behind.
 
-The event loop only hands each record to a queue (settings.LOGGING's `queue` handler); a
-daemon thread formats what has queued and writes it in one call. What is logged at WARNING
-and above waits until it is written (with everything queued before it), so an error line is
-on disk, in order, before the code that logged it goes on. Nothing is lost at exit: the
-handler's close() (logging.shutdown, or multiprocessing's finalizers in a worker process
-such as granian's) writes what is queued, and a record logged after that is written at once.
+The event loop only appends each record to a queue (settings.LOGGING's `console` handler);
+a daemon thread comes every 0.1 s (sooner when 256 wait), formats what has queued and
+writes it in one call, so a busy loop pays neither the formatting nor a thread switch per
+line. What is logged at WARNING and above waits until it is written (with everything
+queued before it), so an error line is in the log, in order, before the code that logged
+it goes on. Nothing is lost at exit: the handler's close() (logging.shutdown, or
+multiprocessing's finalizers in a worker process) writes what is queued, and a record
+logged after that is written at once.
 Python 3.12's dictConfig `queue_handler` key would do the wiring, but not on 3.11.
 """
 
+import collections
 import contextlib
 import logging
 import multiprocessing.util
 import os
-import queue
 import sys
 import threading
 import time
@@ -21,6 +23,9 @@ from typing import TextIO
 
 # How long a WARNING (or a stop) waits for the writer before writing itself.
 WAIT_SECONDS = 5.0
+# INFO lines reach the log within this, or as soon as BATCH of them wait.
+WRITE_SECONDS = 0.1
+BATCH = 256
 
 
 class Formatter(logging.Formatter):
@@ -47,7 +52,8 @@ class QueueHandler(logging.Handler):
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__()
         self.stream = stream if stream is not None else sys.stderr
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending: collections.deque = collections.deque()
+        self.wake = threading.Event()
         self.thread: threading.Thread | None = None
         self.pid = 0
         self.closed = False
@@ -68,39 +74,45 @@ class QueueHandler(logging.Handler):
         if self.pid != os.getpid():  # first record, or a forked child: the thread did not come along
             self.writer_start()
         if record.levelno < logging.WARNING:
-            self.queue.put(record)
+            # deque.append is atomic and wakes nobody: the writer comes every WRITE_SECONDS,
+            # or sooner once BATCH records wait, so a busy loop pays no thread switch per line.
+            self.pending.append(record)
+            if len(self.pending) >= BATCH:
+                self.wake.set()
             return
         written = threading.Event()
-        self.queue.put((record, written))
+        self.pending.append((record, written))
+        self.wake.set()
         if not written.wait(WAIT_SECONDS):
             self.write([record])  # the writer is stuck: better a line out of order than none
 
     def writer_start(self) -> None:
-        self.queue = queue.SimpleQueue()
+        self.pending = collections.deque()
+        self.wake = threading.Event()
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self.writer_loop, name="wss-log-writer", daemon=True)
         self.thread.start()
-        # A worker process (granian's) ends through multiprocessing, which runs its finalizers
-        # but not atexit: write what is queued there too. logging.shutdown covers the rest.
+        # A worker process (multiprocessing's) ends without atexit but runs its finalizers:
+        # write what is queued there too. logging.shutdown covers every other exit.
         multiprocessing.util.Finalize(self, self.close, exitpriority=100)
 
     def writer_loop(self) -> None:
-        """Take everything queued, format it, write it in one call; until told to stop."""
+        """Every WRITE_SECONDS, or when woken: format everything queued, write it in one call; until told to stop."""
         while True:
-            batch = [self.queue.get()]
-            with contextlib.suppress(queue.Empty):
-                while len(batch) < 1000:
-                    batch.append(self.queue.get_nowait())
+            self.wake.wait(WRITE_SECONDS)
+            self.wake.clear()
             records, waiting, stop = [], [], False
-            for item in batch:
-                if isinstance(item, _Stop):
-                    stop = True
-                elif isinstance(item, tuple):  # (record or None for a flush, its Event)
-                    if item[0] is not None:
-                        records.append(item[0])
-                    waiting.append(item[1])
-                else:
-                    records.append(item)
+            with contextlib.suppress(IndexError):
+                while True:
+                    item = self.pending.popleft()
+                    if isinstance(item, _Stop):
+                        stop = True
+                    elif isinstance(item, tuple):  # (record, or None for a flush; its Event)
+                        if item[0] is not None:
+                            records.append(item[0])
+                        waiting.append(item[1])
+                    else:
+                        records.append(item)
             self.write(records)
             for event in waiting:
                 event.set()
@@ -129,13 +141,15 @@ class QueueHandler(logging.Handler):
         if self.thread is None or not self.thread.is_alive() or self.pid != os.getpid():
             return
         written = threading.Event()
-        self.queue.put((None, written))
+        self.pending.append((None, written))
+        self.wake.set()
         written.wait(WAIT_SECONDS)
 
     def close(self) -> None:
         """Write what is queued and stop the writer; later records are written at once."""
         if not self.closed and self.thread is not None and self.pid == os.getpid() and self.thread.is_alive():
-            self.queue.put(_Stop())
+            self.pending.append(_Stop())
+            self.wake.set()
             self.thread.join(WAIT_SECONDS)
         self.closed = True
         super().close()
