@@ -91,8 +91,12 @@ async def test_bad_clients_do_not_disturb_a_good_session(daphne_server, workspac
         assert "Traceback" not in daphne_server.log()
 
 
-async def test_a_10_mib_frame_is_refused_with_1009_before_the_fast_server_reads_it(server_factory):
+async def test_a_10_mib_frame_is_refused_with_1009_before_the_fast_server_reads_it(server_factory, workspace):
     server = server_factory(server="uvicorn-sansio")
+    async with websockets.connect(server.url) as warm:  # the first session sets up the registry and layer clients
+        await warm.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+        assert json.loads(await warm.recv())["type"] == "new_session"
+    await asyncio.sleep(0.2)
     worker = psutil.Process(server.process.pid)
     before = worker.memory_info().rss
     peak = before
