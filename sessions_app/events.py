@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from typing import Any
@@ -144,8 +145,9 @@ _RECORD_CONSTANTS = {
     "stack_info": None,
     "threadName": None,
     "processName": None,
-    "taskName": None,
 }
+if sys.version_info >= (3, 12):  # LogRecord has it from 3.12; earlier, JSON lines would show it as an extra
+    _RECORD_CONSTANTS["taskName"] = None
 _START = logging._startTime  # what relativeCreated counts from, as in every LogRecord
 
 
