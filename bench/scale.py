@@ -337,9 +337,9 @@ def report(args: argparse.Namespace, figures: dict) -> str:
         f"{figures.get('bytes_per_session', 0):,.0f} | {figures.get('registry_while_held', '-'):,} | "
         f"{figures.get('drain_s', float('nan')):.1f} | {figures.get('registry_after', '-')} |",
         "",
-        f"targets: 0 errors {'held' if errors == 0 else 'NOT held'}; registry exact while held "
-        f"{'held' if figures.get('exact') else 'NOT held'}; drain to 0 in under 30 s "
-        f"{'held' if figures.get('registry_after') == 0 and figures.get('drain_s', 99) < 30 else 'NOT held'}",
+        f"targets: 0 errors: {'yes' if errors == 0 else 'NO'}; registry exact while held: "
+        f"{'yes' if figures.get('exact') else 'NO'}; drained to 0 in under 30 s: "
+        f"{'yes' if figures.get('registry_after') == 0 and figures.get('drain_s', 99) < 30 else 'NO'}",
     ]
     return "\n".join(lines)
 
