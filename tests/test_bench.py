@@ -47,3 +47,31 @@ def test_smallest_bench_produces_figures_for_every_target_with_zero_errors(tmp_p
     assert kinds == ["project"] * 4 + ["floor", "starlette"]
     assert "sessions/s vs floor" in run.stdout and "sessions/s vs Starlette" in run.stdout
     assert "### targets" in run.stdout and [check["target"] for check in figures["targets"]]
+
+
+@pytest.mark.production
+def test_smallest_scale_run_holds_every_session_once_and_drains_to_zero(tmp_path, production_services, settings):
+    from .servers import test_database_url
+
+    output = tmp_path / "scale.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.scale",
+            "--sessions=90",
+            "--clients=2",
+            "--timeout=60",
+            f"--postgres-url={test_database_url()}_scale",  # a database of its own: the run drops it
+            f"--redis-url={settings.REDIS_URL}",
+            f"--json={output}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    figures = json.loads(output.read_text())
+    assert (figures["sessions"], figures["registry_while_held"], figures["registry_after"]) == (90, 90, 0)
+    assert figures["instances"] == 3 and not figures["errors"]
