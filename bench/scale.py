@@ -40,6 +40,7 @@ from .targets import (
     base_env,
     free_port,
     migrate,
+    postgres_drop,
     postgres_registry,
     raise_open_files_limit,
     server_command,
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64, help="handshakes in flight per generator process")
     parser.add_argument("--settings", choices=["default", "bench"], default="bench", help="project settings")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to establish, and again to drain")
-    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="dropped, re-created and migrated")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="re-created for the run, dropped after")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="the channel layer (a prefix of its own)")
     parser.add_argument("--json", type=Path, help="write the figures here (default bench/results/scale-<time>.json)")
     args = parser.parse_args(argv)
@@ -215,6 +216,7 @@ class Servers:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        postgres_drop(self.database_url)
 
 
 # --- the run -----------------------------------------------------------------------------------
