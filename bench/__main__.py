@@ -2,7 +2,7 @@
 
     python -m bench                          # the default set (what `make bench` runs)
     python -m bench --quick                  # a tiny version, seconds
-    python -m bench --scenarios churn --db sqlite,postgres --servers uvicorn-sansio --layer redis
+    python -m bench --scenarios churn --db sqlite,postgres --servers uvicorn-fast --layer redis
     python -m bench --scenarios churn --servers daphne --settings bench --baselines floor --profile /tmp/churn.txt
     python -m bench --scenarios churn --before /tmp/main   # also the project from another checkout
 
@@ -36,7 +36,7 @@ from .targets import (
 )
 
 # The production server this project recommends for speed (README), and the one it keeps.
-FAST_SERVER = "uvicorn-sansio"
+FAST_SERVER = "uvicorn-fast"
 CLASSIC_SERVER = "daphne"
 
 COMMON_COLUMNS = [

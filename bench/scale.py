@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=50_000, help="live sessions to hold, in all")
     parser.add_argument("--servers", type=int, default=3, help="server processes")
-    parser.add_argument("--server", choices=SERVERS, default="uvicorn-sansio", help="which server")
+    parser.add_argument("--server", choices=SERVERS, default="uvicorn-fast", help="which server")
     parser.add_argument("--clients", type=int, default=4, help="load generator processes (one source address each)")
     parser.add_argument("--concurrency", type=int, default=64, help="handshakes in flight per generator process")
     parser.add_argument("--settings", choices=["default", "bench"], default="bench", help="project settings")

@@ -33,7 +33,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 # How each server is started: the production command (README), on a free loopback port.
 # Access logs off and a deep backlog for every server, so the bench measures the same work.
-SERVERS = ("daphne", "granian", "uvicorn", "uvicorn-sansio")
+SERVERS = ("daphne", "uvicorn-fast", "uvicorn", "uvicorn-sansio", "granian")
 
 
 @dataclass(frozen=True)
@@ -252,6 +252,8 @@ def server_command(server: str, port: int, app: str) -> list[str]:
     uvicorn = [str(BIN / "uvicorn"), "--host", host, "--port", port_text, "--no-access-log", "--log-level", "warning"]
     if server == "uvicorn":  # uvicorn's defaults, as a user gets them (websockets, httptools, uvloop)
         return [*uvicorn, "--backlog", "4096", app]
+    if server == "uvicorn-fast":
+        return [*uvicorn, *UVICORN_FAST_OPTIONS, "--backlog", "4096", app]
     if server == "uvicorn-sansio":
         return [*uvicorn, *UVICORN_SANSIO_OPTIONS, "--backlog", "4096", app]
     raise ValueError(f"unknown server {server!r}")
@@ -259,8 +261,24 @@ def server_command(server: str, port: int, app: str) -> list[str]:
 
 # granian, measured but not supported (docs/performance.md): one worker, uvloop.
 GRANIAN_OPTIONS = ["--interface", "asgi", "--loop", "uvloop", "--workers", "1", "--no-access-log"]
-# The fast production command's options (README): websockets' Sans-I/O protocol, httptools,
+# The fast production command's options (README): uvicorn's `websockets` protocol, httptools,
 # uvloop, and frames above twice WSS_MAX_MESSAGE_BYTES refused (1009) before they are read.
+# --timeout-graceful-shutdown: by the time uvicorn shuts down, the lifecycle's stop has closed
+# every connection and retired the registry; on the Redis layer some consumers' tasks then
+# never finish (docs/decisions.md), and uvicorn would wait for them forever.
+UVICORN_FAST_OPTIONS = [
+    "--ws",
+    "websockets",
+    "--http",
+    "httptools",
+    "--loop",
+    "uvloop",
+    "--ws-max-size",
+    "131072",
+    "--timeout-graceful-shutdown",
+    "5",
+]
+# The same on websockets' Sans-I/O protocol: measured, not supported (docs/decisions.md).
 UVICORN_SANSIO_OPTIONS = [
     "--ws",
     "websockets-sansio",

@@ -1,4 +1,4 @@
-"""Real server processes for tests: daphne, uvicorn or uvicorn-sansio (the fast production command) on a free port."""
+"""Real server processes for tests: daphne, uvicorn, uvicorn-fast (the fast production command) on a free port."""
 
 import os
 import signal
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from django.db import connection
 
-from bench.targets import UVICORN_SANSIO_OPTIONS  # the fast production command's options, in one place
+from bench.targets import UVICORN_FAST_OPTIONS, UVICORN_SANSIO_OPTIONS  # the commands' options, in one place
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -83,10 +83,11 @@ def start_server(
             *(args or []),
             "wssproject.asgi:application",
         ]
-    elif server in {"uvicorn", "uvicorn-sansio"}:
+    elif server in {"uvicorn", "uvicorn-fast", "uvicorn-sansio"}:
+        options = {"uvicorn-fast": UVICORN_FAST_OPTIONS, "uvicorn-sansio": UVICORN_SANSIO_OPTIONS}.get(server, [])
         command = [
             str(BIN / "uvicorn"),
-            *(UVICORN_SANSIO_OPTIONS if server == "uvicorn-sansio" else []),
+            *options,
             "--host",
             "127.0.0.1",
             "--port",

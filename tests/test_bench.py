@@ -34,7 +34,7 @@ def test_smallest_bench_produces_figures_for_every_target_with_zero_errors(tmp_p
     )
     assert run.returncode == 0, run.stderr[-4000:]
     figures = json.loads(output.read_text())
-    expected_targets = 6  # the project under daphne and uvicorn-sansio, default and bench settings; two baselines
+    expected_targets = 6  # the project under daphne and uvicorn-fast, default and bench settings; two baselines
     assert [len(figures[scenario]) for scenario in ("churn", "steady", "hold")] == [expected_targets] * 3
     for row in figures["churn"]:
         assert row["sessions_per_s"] > 0 and row["errors"] == 0 and row["registry_after"] == 0, row

@@ -1,6 +1,6 @@
 """Several real server processes sharing PostgreSQL and Redis: one registry, terminate across
 processes, reaping after SIGKILL, a restart cleaning up after itself, graceful SIGTERM/SIGINT;
-under daphne and the fast production command (uvicorn-sansio) where it is cheap.
+under daphne and the fast production command (uvicorn-fast) where it is cheap.
 """
 
 import asyncio
@@ -119,7 +119,7 @@ async def test_sessions_of_two_processes_share_one_registry(servers, workspace):
     await close_all(on_a + on_b)
 
 
-@pytest.mark.parametrize("server", ["daphne", "uvicorn-sansio"])
+@pytest.mark.parametrize("server", ["daphne", "uvicorn-fast"])
 async def test_terminate_beside_process_a_ends_a_session_held_by_process_b_with_4410(servers, workspace, server):
     servers(server)  # process A: the operator's side
     b = servers(server)
@@ -164,7 +164,7 @@ async def test_the_admin_on_process_a_terminates_a_session_held_by_process_b(ser
     assert not await LiveSession.objects.filter(pk=session_id).aexists()
 
 
-@pytest.mark.parametrize("server", ["daphne", "uvicorn-sansio"])
+@pytest.mark.parametrize("server", ["daphne", "uvicorn-fast"])
 async def test_sigkill_with_200_sessions_is_reaped_by_a_peer_within_timeout_plus_heartbeat(servers, workspace, server):
     a, b = servers(server), servers(server)
     on_b = await open_sessions(b.url, workspace, LOAD)
@@ -214,8 +214,8 @@ async def test_a_restarted_last_process_reaps_its_dead_predecessor_at_once(serve
         ("daphne", signal.SIGINT, 4503, "server_shutting_down"),
         # uvicorn would close every socket with 1012 first; the lifecycle runs the stop before it.
         ("uvicorn", signal.SIGTERM, 4503, "server_shutting_down"),
-        ("uvicorn-sansio", signal.SIGTERM, 4503, "server_shutting_down"),
-        ("uvicorn-sansio", signal.SIGINT, 4503, "server_shutting_down"),
+        ("uvicorn-fast", signal.SIGTERM, 4503, "server_shutting_down"),
+        ("uvicorn-fast", signal.SIGINT, 4503, "server_shutting_down"),
     ],
 )
 async def test_graceful_stop_with_200_sessions_leaves_no_row_and_tells_clients_to_reconnect(
