@@ -7,7 +7,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-embedded test-production lint format check migrations-check clean bench bench-quick
+.PHONY: help install run migrate test test-embedded test-production lint format check migrations-check clean bench bench-quick bench-scale
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -52,17 +52,22 @@ migrations-check: $(STAMP)  ## Fail when a model change has no migration
 
 check: test  ## Alias of test
 
-# The benchmark (bench/, docs/performance.md): the project against a minimal Channels
-# consumer and a bare websockets server, started and driven in the same run. The project
-# gets its own registries: a fresh SQLite file, and BENCH_DATABASE_URL (dropped, re-created).
+# The benchmark (bench/, docs/performance.md): the project under daphne and the fast server
+# (uvicorn-sansio), at default and bench settings, against the leanest Channels consumer
+# (the floor) and Starlette + uvicorn, started and driven in the same run. The project gets
+# its own registries: a fresh SQLite file, and BENCH_DATABASE_URL (dropped, re-created).
 BENCH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/wss_bench
 BENCH_REDIS_URL ?= redis://127.0.0.1:6379/0
 BENCH_ARGS ?=
-bench: $(STAMP)  ## Benchmark: churn (SQLite, PostgreSQL), steady, hold 8000; a few minutes
+bench: $(STAMP)  ## Benchmark: churn, steady, hold 8000 and drain on six targets; the targets checked
 	$(BIN)/python -m bench --postgres-url $(BENCH_DATABASE_URL) --redis-url $(BENCH_REDIS_URL) $(BENCH_ARGS)
 
 bench-quick: $(STAMP)  ## The same scenarios with tiny counts, in seconds
 	$(BIN)/python -m bench --quick --postgres-url $(BENCH_DATABASE_URL) --redis-url $(BENCH_REDIS_URL) $(BENCH_ARGS)
+
+BENCH_SCALE_ARGS ?=
+bench-scale: $(STAMP)  ## 50,000 live sessions over 3 servers (PostgreSQL, Redis), then a mass drop
+	$(BIN)/python -m bench.scale --postgres-url $(BENCH_DATABASE_URL) --redis-url $(BENCH_REDIS_URL) $(BENCH_SCALE_ARGS)
 
 clean:  ## Remove the virtualenv and local state
 	rm -rf $(VENV) db.sqlite3* staticfiles .pytest_cache

@@ -2,17 +2,20 @@
 
     python -m bench                          # the default set (what `make bench` runs)
     python -m bench --quick                  # a tiny version, seconds
-    python -m bench --scenarios churn --db sqlite --server uvicorn --layer redis
-    python -m bench --scenarios churn --db sqlite --baselines channels --profile /tmp/churn.txt
+    python -m bench --scenarios churn --db sqlite,postgres --servers uvicorn-fast --layer redis
+    python -m bench --scenarios churn --servers daphne --settings bench --baselines floor --profile /tmp/churn.txt
     python -m bench --scenarios churn --before /tmp/main   # also the project from another checkout
 
-Ratios are project/baseline against the minimal Channels consumer under the same server,
-measured in the same run: absolute figures depend on the machine, ratios much less.
+Every target is started in the same run: the project under each server at its default
+settings and at the bench settings, the leanest Channels consumer (the floor) and Starlette
++ uvicorn (the peer a user would pick instead). Ratios are against those two, and the
+issue's targets are checked at the end: absolute figures depend on the machine, ratios much less.
 """
 
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -25,11 +28,16 @@ from .targets import (
     DEFAULT_POSTGRES_URL,
     DEFAULT_REDIS_URL,
     ROOT,
+    SERVERS,
     Target,
     TargetSpec,
     raise_open_files_limit,
     target_start,
 )
+
+# The production server this project recommends for speed (README), and the one it keeps.
+FAST_SERVER = "uvicorn-fast"
+CLASSIC_SERVER = "daphne"
 
 COMMON_COLUMNS = [
     ("errors", "errors"),
@@ -51,11 +59,20 @@ QUICK = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmark the session service.")
     parser.add_argument("--scenarios", default="churn,steady,hold", help="comma-separated: churn, steady, hold")
-    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne", help="server for Django targets")
-    parser.add_argument("--db", default="sqlite,postgres", help="project registries for churn/steady: sqlite,postgres")
+    parser.add_argument(
+        "--servers", default=f"{CLASSIC_SERVER},{FAST_SERVER}", help=f"project servers, comma-separated: {SERVERS}"
+    )
+    parser.add_argument("--settings", default="default,bench", help="project settings: default (INFO logs), bench")
+    parser.add_argument("--floor-server", choices=SERVERS, default="daphne", help="server for the floor baseline")
+    parser.add_argument("--db", default="sqlite", help="project registries for churn/steady: sqlite,postgres")
     parser.add_argument("--hold-db", choices=["sqlite", "postgres"], default="sqlite", help="project registry for hold")
     parser.add_argument("--layer", choices=["memory", "redis"], default="memory", help="project channel layer")
-    parser.add_argument("--baselines", default="channels,websockets", help="comma-separated, or 'none'")
+    parser.add_argument(
+        "--baselines", default="floor,starlette", help="comma-separated: floor, starlette, websockets; or 'none'"
+    )
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="do not pin servers to core 0 and the generator to core 1"
+    )
     parser.add_argument("--sessions", type=int, default=3000, help="churn: sessions per round (S)")
     parser.add_argument("--concurrency", type=int, default=50, help="churn and hold: concurrent clients (C)")
     parser.add_argument("--rounds", type=int, default=3, help="churn: rounds, interleaved across targets; medians")
@@ -77,6 +94,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 setattr(args, name, value)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     args.db = [d for d in args.db.split(",") if d]
+    args.servers = [server for server in args.servers.split(",") if server]
+    args.settings = [name for name in args.settings.split(",") if name]
+    for server in args.servers:
+        if server not in SERVERS:
+            parser.error(f"unknown server {server!r}")
+    for name in args.settings:
+        if name not in {"default", "bench"}:
+            parser.error(f"unknown settings {name!r}")
     args.baselines = [] if args.baselines == "none" else [b for b in args.baselines.split(",") if b]
     for name in args.scenarios:
         if name not in {"churn", "steady", "hold"}:
@@ -94,21 +119,32 @@ class Bench:
         self.tables: list[str] = []
 
     def specs(self, dbs: list[str]) -> list[TargetSpec]:
-        found = [TargetSpec("project", self.args.server, db, self.args.layer) for db in dbs]
-        if self.args.before:
-            found += [TargetSpec("project", self.args.server, db, self.args.layer, self.args.before) for db in dbs]
-        if "channels" in self.args.baselines:
-            found.append(TargetSpec("channels", self.args.server))
-        if "websockets" in self.args.baselines:
+        a = self.args
+        roots = ["", a.before] if a.before else [""]
+        found = [
+            TargetSpec("project", server, db, a.layer, settings, root)
+            for root in roots
+            for server in a.servers
+            for settings in a.settings
+            for db in dbs
+        ]
+        if "floor" in a.baselines:
+            found.append(TargetSpec("floor", a.floor_server))
+        if "starlette" in a.baselines:
+            found.append(TargetSpec("starlette", "uvicorn"))
+        if "websockets" in a.baselines:
             found.append(TargetSpec("websockets", "websockets"))
         return found
 
     def start(self, specs: list[TargetSpec]) -> list[Target]:
         started = []
+        cpus = {0} if self.args.pin else None
         try:
             for spec in specs:
                 print(f"starting {spec.label}", file=sys.stderr)
-                started.append(target_start(spec, postgres_url=self.args.postgres_url, redis_url=self.args.redis_url))
+                started.append(
+                    target_start(spec, postgres_url=self.args.postgres_url, redis_url=self.args.redis_url, cpus=cpus)
+                )
         except BaseException:
             for target in started:
                 target.stop()
@@ -184,30 +220,35 @@ class Bench:
                         **usage,
                     }
                 )
-        rows, base = [], None
+        rows = []
         for target in targets:
             runs = rounds[target.spec.label]
             row = {
-                "target": target.spec.label,
+                **identity(target.spec),
                 "sessions_per_s": statistics.median(r["sessions_per_s"] for r in runs),
                 "p50_ms": statistics.median(r["p50_ms"] for r in runs),
                 "p99_ms": statistics.median(r["p99_ms"] for r in runs),
                 "errors": sum(sum(r["errors"].values()) for r in runs),
                 "registry_after": max(r["registry_after"] for r in runs),
                 "server_cpu_pct": statistics.median(r["server_cpu_pct"] for r in runs),
+                # CPU per session reads the same on a busy machine, where a contended core lowers the rate.
+                "server_cpu_us": statistics.median(cpu_us_per(r["server_cpu_pct"], r["sessions_per_s"]) for r in runs),
                 "bench_cpu_pct": statistics.median(r["bench_cpu_pct"] for r in runs),
                 "rounds": runs,
             }
-            if target.spec.kind == "channels":
-                base = row
             rows.append(row)
         self.results["churn"] = rows
         self.table(
             f"churn: {a.sessions} sessions x {a.rounds} rounds at concurrency {a.concurrency} (medians)",
-            [("sessions/s", "sessions_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), *COMMON_COLUMNS],
+            [
+                ("sessions/s", "sessions_per_s"),
+                ("p50 ms", "p50_ms"),
+                ("p99 ms", "p99_ms"),
+                *COMMON_COLUMNS,
+                ("server CPU µs/session", "server_cpu_us"),
+            ],
             ratios=[("sessions/s", "sessions_per_s")],
             rows=rows,
-            base=base,
         )
         if a.profile:
             print(f"\nprofile of {targets[0].spec.label} (raw stacks in {a.profile}):\n", flush=True)
@@ -215,15 +256,16 @@ class Bench:
 
     async def steady(self, targets: list[Target]) -> None:
         a = self.args
-        rows, base = [], None
+        rows = []
         for target in targets:
             figures, usage = await self.measured(
                 target, loadgen.steady, "steady", connections=a.steady_connections, messages=a.steady_messages
             )
             left, _ = await self.registry_settles(target)
             row = {
-                "target": target.spec.label,
+                **identity(target.spec),
                 "messages_per_s": figures.rate,
+                "server_cpu_us": cpu_us_per(usage["server_cpu_pct"], figures.rate),
                 "p50_ms": figures.percentile_ms(50),
                 "p99_ms": figures.percentile_ms(99),
                 "errors": sum(figures.errors.values()),
@@ -231,21 +273,25 @@ class Bench:
                 "registry_after": left,
                 **usage,
             }
-            base = row if target.spec.kind == "channels" else base
             rows.append(row)
         self.results["steady"] = rows
         self.table(
             f"steady: {a.steady_messages} messages over {a.steady_connections} open sessions "
             "(a repeated new_session, answered session_exists)",
-            [("messages/s", "messages_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), *COMMON_COLUMNS],
+            [
+                ("messages/s", "messages_per_s"),
+                ("p50 ms", "p50_ms"),
+                ("p99 ms", "p99_ms"),
+                *COMMON_COLUMNS,
+                ("server CPU µs/message", "server_cpu_us"),
+            ],
             ratios=[("messages/s", "messages_per_s")],
             rows=rows,
-            base=base,
         )
 
     async def hold(self) -> None:
         a = self.args
-        rows, base = [], None
+        rows = []
         for spec in self.specs([a.hold_db]):
             (target,) = self.start([spec])
             try:
@@ -265,7 +311,7 @@ class Bench:
             finally:
                 target.stop()
             row = {
-                "target": spec.label,
+                **identity(spec),
                 "sessions": figures.count,
                 "establish_s": figures.elapsed,
                 "bytes_per_session": figures.extra["bytes_per_session"],
@@ -277,7 +323,6 @@ class Bench:
                 **figures.extra,
                 **usage,
             }
-            base = row if spec.kind == "channels" else base
             rows.append(row)
         self.results["hold"] = rows
         self.table(
@@ -291,16 +336,108 @@ class Bench:
             ],
             ratios=[("bytes/session", "bytes_per_session"), ("drain", "drain_s")],
             rows=rows,
-            base=base,
         )
 
-    def table(self, title, columns, *, ratios, rows, base) -> None:
-        """Print a Markdown table; one ratio column per (label, key) against the Channels baseline."""
-        headers = ["target", *(header for header, _ in columns), *(f"{label} vs Channels" for label, _ in ratios)]
+    def find(self, scenario: str, kind: str, server: str = "", settings: str = "") -> dict | None:
+        """The first row of `scenario` for that kind of target (and server and settings, for the project)."""
+        for row in self.results.get(scenario, []):
+            same_server = not server or row["server"] == server
+            if row["kind"] == kind and same_server and (not settings or row["settings"] == settings):
+                return row
+        return None
+
+    def targets_check(self) -> list[dict]:
+        """The issue's targets, as ratios within this run; printed as a table, each held or not."""
+        checks = []
+
+        def check(name: str, value: float | None, bound: float, *, at_most: bool = False, unit: str = "x") -> None:
+            if value is None:
+                return
+            held = value <= bound if at_most else value >= bound
+            shown = f"{value:.2f}{unit}" if unit == "x" else f"{value:,.0f} {unit}"
+            target = f"{'<=' if at_most else '>='} {bound:g}{unit if unit == 'x' else ' ' + unit}"
+            checks.append({"target": name, "measured": shown, "bound": target, "held": held})
+
+        def of(scenario, key, kind, server="", settings=""):
+            row = self.find(scenario, kind, server, settings)
+            return None if row is None else row[key]
+
+        def divided(a, b):
+            return a / b if a is not None and b else None
+
+        churn, steady = "sessions_per_s", "messages_per_s"
+        slow, fast = CLASSIC_SERVER, FAST_SERVER
+        check(
+            f"{slow}, default settings: churn vs floor",
+            divided(of("churn", churn, "project", slow, "default"), of("churn", churn, "floor")),
+            0.9,
+        )
+        check(
+            f"{slow}, default settings: churn p99",
+            of("churn", "p99_ms", "project", slow, "default"),
+            250,
+            at_most=True,
+            unit="ms",
+        )
+        check(
+            f"{fast}, default settings: churn vs Starlette + uvicorn",
+            divided(of("churn", churn, "project", fast, "default"), of("churn", churn, "starlette")),
+            1.5,
+        )
+        check(
+            f"{fast}, default settings: steady vs Starlette + uvicorn",
+            divided(of("steady", steady, "project", fast, "default"), of("steady", steady, "starlette")),
+            1.0,
+        )
+        check(
+            f"{fast}, default settings: bytes per held session vs {slow}'s",
+            divided(
+                of("hold", "bytes_per_session", "project", fast, "default"),
+                of("hold", "bytes_per_session", "project", slow, "default"),
+            ),
+            1.5,
+            at_most=True,
+        )
+        for server in self.args.servers:
+            check(
+                f"{server}: churn at default settings (INFO logs) vs bench settings (WARNING)",
+                divided(
+                    of("churn", churn, "project", server, "default"), of("churn", churn, "project", server, "bench")
+                ),
+                0.95,
+            )
+            check(
+                f"{server}: server CPU per churned session, default settings vs bench settings",
+                divided(
+                    of("churn", "server_cpu_us", "project", server, "default"),
+                    of("churn", "server_cpu_us", "project", server, "bench"),
+                ),
+                1.05,
+                at_most=True,
+            )
+        if checks:
+            lines = [
+                "\n### targets (ratios within this run)\n",
+                "| target | measured | bound | held |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {c['target']} | {c['measured']} | {c['bound']} | {'yes' if c['held'] else 'NO'} |" for c in checks
+            ]
+            text = "\n".join(lines)
+            self.tables.append(text)
+            print(text, flush=True)
+        return checks
+
+    def table(self, title, columns, *, ratios, rows) -> None:
+        """Print a Markdown table; ratio columns per (label, key) against the floor and the peer, if run."""
+        bases = [(name, row) for name, kind in BASES for row in rows if row["kind"] == kind]
+        headers = ["target", *(header for header, _ in columns)]
+        headers += [f"{label} vs {name}" for label, _ in ratios for name, _ in bases]
         lines = [f"\n### {title}\n", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for row in rows:
             cells = [row["target"], *(row[key] for _, key in columns)]
-            cells += [f"{row[key] / base[key]:.2f}x" if base and base[key] else "" for _, key in ratios]
+            cells += [ratio(row[key], base[key]) for _, key in ratios for _, base in bases]
             lines.append("| " + " | ".join(fmt(cell) for cell in cells) + " |")
         text = "\n".join(lines)
         self.tables.append(text)
@@ -309,6 +446,8 @@ class Bench:
     async def run(self) -> dict:
         a = self.args
         limit = raise_open_files_limit()
+        if a.pin and len(os.sched_getaffinity(0)) > 1:
+            os.sched_setaffinity(0, {1})  # the servers get core 0 (targets.target_start)
         if "hold" in a.scenarios and limit < a.hold_sessions + 100:
             print(f"warning: the bench may open only {limit} files", file=sys.stderr)
         started = time.perf_counter()
@@ -316,6 +455,7 @@ class Bench:
             await self.churn_and_steady()
         if "hold" in a.scenarios:
             await self.hold()
+        self.results["targets"] = self.targets_check()
         meta = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "argv": sys.argv[1:],
@@ -324,6 +464,23 @@ class Bench:
         }
         print(f"\n{meta['seconds']} s in all", flush=True)
         return {"meta": meta, "args": {k: str(v) for k, v in vars(a).items()}, **self.results}
+
+
+BASES = [("floor", "floor"), ("Starlette", "starlette")]
+
+
+def identity(spec: TargetSpec) -> dict:
+    """The fields that name a target in every row."""
+    return {"target": spec.label, "kind": spec.kind, "server": spec.server, "settings": spec.settings}
+
+
+def cpu_us_per(cpu_pct: float, rate: float) -> float:
+    """Server CPU microseconds per operation, from its CPU share and the operations per second."""
+    return 1e4 * cpu_pct / rate if rate else float("nan")
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else ""
 
 
 def fmt(value) -> str:

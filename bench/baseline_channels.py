@@ -1,9 +1,9 @@
-"""Baseline: a minimal Channels async consumer with a dict registry, the framework's floor.
+"""Baseline: the leanest Channels consumer with a dict registry, the framework's floor.
 
-Same Django settings as the project, same server (daphne or uvicorn), but no middleware,
-no database and no validation: `new_session` gets a reply, a second one `session_exists`.
-GET /registry-count answers with the number of live sessions, for the bench.
-Serve as `daphne bench.baseline_channels:application`.
+Django settings with only what Channels needs (bench/floor_settings.py: no database, no
+middleware, Channels' stock in-memory layer), no validation: `new_session` gets a reply,
+a second one `session_exists`. GET /registry-count answers with the number of live
+sessions, for the bench. Serve as `daphne bench.baseline_channels:application`.
 """
 
 import json
@@ -11,13 +11,8 @@ import os
 
 import django
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wssproject.settings")
+os.environ["DJANGO_SETTINGS_MODULE"] = "bench.floor_settings"
 django.setup()
-
-from django.conf import settings  # noqa: E402
-
-# The framework as shipped: Channels' own in-memory layer, not the project's (sessions_app/layers.py).
-settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

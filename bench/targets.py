@@ -6,6 +6,7 @@ baselines answer GET /registry-count from their dicts.
 """
 
 import atexit
+import contextlib
 import os
 import resource
 import shutil
@@ -30,14 +31,20 @@ DEFAULT_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/wss_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+# How each server is started: the production command (README), on a free loopback port.
+# Access logs off and a deep backlog for every server, so the bench measures the same work.
+SERVERS = ("daphne", "uvicorn-fast", "uvicorn", "uvicorn-sansio", "granian")
+
+
 @dataclass(frozen=True)
 class TargetSpec:
-    """What to start: the project (on a database and layer) or one of the baselines."""
+    """What to start: the project (on a server, database, layer and settings) or a baseline."""
 
-    kind: str  # "project", "channels" or "websockets"
-    server: str = "daphne"  # "daphne" or "uvicorn"; the websockets baseline is its own server
+    kind: str  # "project", "floor" (leanest Channels), "starlette" (Starlette + uvicorn) or "websockets"
+    server: str = "daphne"  # one of SERVERS; Starlette runs under uvicorn, websockets is its own server
     db: str = "sqlite"  # project only: "sqlite" or "postgres"
     layer: str = "memory"  # project only: "memory" or "redis"
+    settings: str = "bench"  # project only: "bench" (logs at WARNING) or "default" (INFO event lines)
     root: str = ""  # project only: another checkout to run (a before/after comparison); empty for this one
 
     @property
@@ -48,9 +55,11 @@ class TargetSpec:
     def label(self) -> str:
         if self.kind == "project":
             where = f" at {self.root}" if self.root else ""
-            return f"project{where} ({self.server}, {self.db}, {self.layer} layer)"
-        if self.kind == "channels":
-            return f"baseline: minimal Channels, dict ({self.server})"
+            return f"project{where} ({self.server}, {self.db}, {self.layer} layer, {self.settings} settings)"
+        if self.kind == "floor":
+            return f"floor: leanest Channels, dict ({self.server})"
+        if self.kind == "starlette":
+            return "peer: Starlette + uvicorn, dict"
         return "baseline: bare websockets, dict"
 
 
@@ -73,6 +82,18 @@ class Target:
     def stats(self) -> psutil.Process:
         return psutil.Process(self.process.pid)
 
+    def tree(self) -> list[psutil.Process]:
+        """The server process and its children (granian serves from a worker process)."""
+        try:
+            return [self.stats, *self.stats.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def serving_pid(self) -> int:
+        """The process that holds the connections: granian's worker, or the server itself."""
+        tree = self.tree()
+        return tree[-1].pid if tree else self.process.pid
+
     def registry_count(self) -> int:
         """How many sessions the server holds: rows for the project, the dict's size otherwise."""
         if self.spec.kind != "project":
@@ -87,14 +108,24 @@ class Target:
             return db.execute(f"SELECT count(*) FROM {ROW_TABLE}").fetchone()[0]
 
     def cpu_seconds(self) -> float:
-        times = self.stats.cpu_times()
-        return times.user + times.system
+        """CPU used by the server's process tree so far."""
+        total = 0.0
+        for process in self.tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
     def rss(self) -> int:
-        return self.stats.memory_info().rss
+        """Resident memory of the server's process tree."""
+        total = 0
+        for process in self.tree():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total
 
     def open_files_limit(self) -> int:
-        return self.stats.rlimit(psutil.RLIMIT_NOFILE)[0]
+        return psutil.Process(self.serving_pid()).rlimit(psutil.RLIMIT_NOFILE)[0]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -157,6 +188,16 @@ def postgres_registry(url: str) -> str:
     return url
 
 
+def postgres_drop(url: str) -> None:
+    """Drop a database the bench made; a failure only leaves it behind."""
+    import psycopg
+
+    parts = urlsplit(url)
+    with contextlib.suppress(psycopg.Error), psycopg.connect(urlunsplit(parts._replace(path="/postgres"))) as db:
+        db.autocommit = True
+        db.execute(f'DROP DATABASE IF EXISTS "{parts.path.lstrip("/")}" WITH (FORCE)')
+
+
 def migrate(database_url: str, env: dict[str, str], root: Path) -> None:
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
@@ -166,69 +207,132 @@ def migrate(database_url: str, env: dict[str, str], root: Path) -> None:
     )
 
 
-def base_env(redis_url: str | None) -> dict[str, str]:
-    """Production-like settings for every Django target: debug off, quiet logs."""
+def base_env(redis_url: str | None, settings: str = "bench") -> dict[str, str]:
+    """The environment of every Django target: debug off; the bench settings also quiet the logs.
+
+    "default" keeps the project's INFO event lines (three per session), as a deployment has them.
+    The per-connection rate limit is off for both: it is policy, not machinery, `steady` sends
+    back to back on purpose, and the baselines have no limit to compare against.
+    """
     env = {
         **os.environ,
         "DJANGO_DEBUG": "false",
         "DJANGO_SECRET_KEY": "bench-only-secret-key-not-for-deployment-0123456789",
-        "WSS_LOG_LEVEL": "WARNING",
-        # The per-connection rate limit is policy, not machinery: `steady` sends back to
-        # back on purpose, and the baselines have no limit to compare against.
         "WSS_RATE_LIMIT": "0",
         "PYTHONUNBUFFERED": "1",
     }
+    env.pop("WSS_LOG_LEVEL", None)
+    if settings == "bench":
+        env["WSS_LOG_LEVEL"] = "WARNING"
     env.pop("REDIS_URL", None)
     if redis_url:
         env["REDIS_URL"] = redis_url
     return env
 
 
-def server_command(spec: TargetSpec, port: int, app: str) -> list[str]:
-    if spec.kind == "websockets":
-        return [sys.executable, "-m", "bench.baseline_websockets", "--port", str(port)]
-    if spec.server == "daphne":
-        return [str(BIN / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
-    if spec.server == "uvicorn":
+def server_command(server: str, port: int, app: str) -> list[str]:
+    """The production command line of `server` for `app` (README), on 127.0.0.1:port."""
+    host, port_text = "127.0.0.1", str(port)
+    if server == "daphne":
+        return [str(BIN / "daphne"), "-v", "0", "-b", host, "-p", port_text, app]
+    if server == "granian":
         return [
-            str(BIN / "uvicorn"),
+            str(BIN / "granian"),
+            *GRANIAN_OPTIONS,
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
-            str(port),
-            "--no-access-log",
+            port_text,
             "--log-level",
             "warning",
             "--backlog",
             "4096",
             app,
         ]
-    raise ValueError(f"unknown server {spec.server!r}")
+    uvicorn = [str(BIN / "uvicorn"), "--host", host, "--port", port_text, "--no-access-log", "--log-level", "warning"]
+    if server == "uvicorn":  # uvicorn's defaults, as a user gets them (websockets, httptools, uvloop)
+        return [*uvicorn, "--backlog", "4096", app]
+    if server == "uvicorn-fast":
+        return [*uvicorn, *UVICORN_FAST_OPTIONS, "--backlog", "4096", app]
+    if server == "uvicorn-sansio":
+        return [*uvicorn, *UVICORN_SANSIO_OPTIONS, "--backlog", "4096", app]
+    raise ValueError(f"unknown server {server!r}")
+
+
+# granian, measured but not supported (docs/performance.md): one worker, uvloop.
+GRANIAN_OPTIONS = ["--interface", "asgi", "--loop", "uvloop", "--workers", "1", "--no-access-log"]
+# The fast production command's options (README): uvicorn's `websockets` protocol, httptools,
+# uvloop, and frames above twice WSS_MAX_MESSAGE_BYTES refused (1009) before they are read.
+# --timeout-graceful-shutdown: by the time uvicorn shuts down, the lifecycle's stop has closed
+# every connection and retired the registry; on the Redis layer some consumers' tasks then
+# never finish (docs/decisions.md), and uvicorn would wait for them forever.
+UVICORN_FAST_OPTIONS = [
+    "--ws",
+    "websockets",
+    "--http",
+    "httptools",
+    "--loop",
+    "uvloop",
+    "--ws-max-size",
+    "131072",
+    "--timeout-graceful-shutdown",
+    "5",
+]
+# The same on websockets' Sans-I/O protocol: measured, not supported (docs/decisions.md).
+UVICORN_SANSIO_OPTIONS = [
+    "--ws",
+    "websockets-sansio",
+    "--http",
+    "httptools",
+    "--loop",
+    "uvloop",
+    "--ws-max-size",
+    "131072",
+]
 
 
 def target_start(
-    spec: TargetSpec, *, postgres_url: str = DEFAULT_POSTGRES_URL, redis_url: str = DEFAULT_REDIS_URL
+    spec: TargetSpec,
+    *,
+    postgres_url: str = DEFAULT_POSTGRES_URL,
+    redis_url: str = DEFAULT_REDIS_URL,
+    cpus: set[int] | None = None,
 ) -> Target:
-    """Start one target on a free port, with a fresh registry for the project; wait for TCP."""
+    """Start one target on a free port, with a fresh registry for the project; wait for TCP.
+
+    `cpus` pins the server (and the processes it spawns) to those cores.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="wss-bench-"))
     cleanup = [lambda: shutil.rmtree(workdir, ignore_errors=True)]
-    env = base_env(redis_url if spec.kind == "project" and spec.layer == "redis" else None)
+    env = base_env(redis_url if spec.kind == "project" and spec.layer == "redis" else None, spec.settings)
     database_url = f"sqlite:///{workdir / 'unused.sqlite3'}"
     if spec.kind == "project" and spec.db == "postgres":
-        if spec.root:  # its own database, so the two projects' registries stay apart
-            parts = urlsplit(postgres_url)
-            postgres_url = urlunsplit(parts._replace(path=parts.path + "_before"))
-        database_url = postgres_registry(postgres_url)
+        # A database per project target (server, settings, checkout), so their registries stay apart.
+        suffix = f"_{spec.server}_{spec.settings}".replace("-", "_") + ("_before" if spec.root else "")
+        parts = urlsplit(postgres_url)
+        database_url = postgres_registry(urlunsplit(parts._replace(path=parts.path + suffix)))
+        cleanup.append(lambda: postgres_drop(database_url))
         migrate(database_url, env, spec.cwd)
     elif spec.kind == "project":
         database_url = sqlite_registry(workdir, env, spec.cwd)
     env["DATABASE_URL"] = database_url
-    app = "wssproject.asgi:application" if spec.kind == "project" else "bench.baseline_channels:application"
     port = free_port()
+    if spec.kind == "websockets":
+        command = [sys.executable, "-m", "bench.baseline_websockets", "--port", str(port)]
+    elif spec.kind == "starlette":
+        command = server_command("uvicorn", port, "bench.baseline_starlette:application")
+    else:
+        app = "wssproject.asgi:application" if spec.kind == "project" else "bench.baseline_channels:application"
+        command = server_command(spec.server, port, app)
     log_path = workdir / "server.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            server_command(spec, port, app), cwd=spec.cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            command,
+            cwd=spec.cwd,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
     target = Target(spec=spec, port=port, process=process, log_path=log_path, cleanup=cleanup)
     target.database_url = database_url if spec.kind == "project" else ""

@@ -8,6 +8,10 @@ WSS_LOG_FORMAT=json.
 
 import json
 import logging
+import os
+import re
+import sys
+import threading
 import time
 from typing import Any
 
@@ -149,13 +153,85 @@ def client_address(scope: dict[str, Any]) -> str:
 def _emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     if not logger.isEnabledFor(level):
         return  # three events per session: build nothing that no handler will write
-    fields = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
-    fields["instance"] = str(process_identity().boot_id)
-    fields = {k: str(v) if not isinstance(v, int | float) else v for k, v in fields.items()}
-    pairs = " ".join(f"{key}={_plain(value)}" for key, value in fields.items() if key != "event")
-    logger.log(level, f"{event} {pairs}", extra=fields)
+    line = {"event": event}
+    for key, value in fields.items():
+        if value is not None:
+            line[key] = value if isinstance(value, int | float | str) else str(value)
+    line["instance"] = _instance_text()
+    logger.handle(EventRecord(level, line))
+
+
+class EventRecord(logging.LogRecord):
+    """A LogRecord made cheaply: an event line knows its source, so no caller lookup and no path parsing.
+
+    Three per session on the event loop; the text itself is built by the log writer thread
+    (sessions_app/logqueue.py) when it formats the record. Thread and process names are not
+    looked up (None); their ids are set.
+    """
+
+    def __init__(self, level: int, fields: dict[str, Any]) -> None:
+        created = time.time()
+        self.__dict__.update(_RECORD_CONSTANTS)  # formatters read attributes from __dict__
+        self.name = logger.name
+        self.msg = _Line(fields)
+        self.levelname = logging.getLevelName(level)
+        self.levelno = level
+        self.funcName = fields["event"]
+        self.created = created
+        self.msecs = int((created - int(created)) * 1000) + 0.0
+        self.relativeCreated = (created - _START) * 1000
+        self.thread = threading.get_ident()
+        self.process = os.getpid()
+        self.__dict__.update(fields)
+
+
+_RECORD_CONSTANTS = {
+    "args": (),
+    "pathname": __file__,
+    "filename": "events.py",
+    "module": "events",
+    "lineno": 0,
+    "exc_info": None,
+    "exc_text": None,
+    "stack_info": None,
+    "threadName": None,
+    "processName": None,
+}
+if sys.version_info >= (3, 12):  # LogRecord has it from 3.12; earlier, JSON lines would show it as an extra
+    _RECORD_CONSTANTS["taskName"] = None
+_START = logging._startTime  # what relativeCreated counts from, as in every LogRecord
+
+
+class _Line:
+    """The plain text of an event line, `event key=value ...`, built only when written."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        pairs = [f"{key}={_plain(value)}" for key, value in self.fields.items() if key != "event"]
+        return f"{self.fields['event']} {' '.join(pairs)}"
+
+
+_identity_text: tuple[Any, str] = (None, "")
+
+
+def _instance_text() -> str:
+    """This process's boot id as text, made once per identity."""
+    global _identity_text
+    identity = process_identity()
+    if _identity_text[0] is not identity:
+        _identity_text = (identity, str(identity.boot_id))
+    return _identity_text[1]
+
+
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
 
 
 def _plain(value: Any) -> str:
-    text = str(value)
-    return json.dumps(text) if not text or any(c.isspace() or c in '"=' for c in text) else text
+    if not isinstance(value, str):
+        return str(value)  # numbers: never quoted
+    text = value
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text

@@ -15,10 +15,11 @@
 
 Hooks: under daphne, Twisted's reactor (`callWhenRunning`, and a "before shutdown" trigger
 that daphne waits for); under uvicorn and other ASGI servers, the ASGI lifespan protocol
-(`lifespan_app`). Registry calls run on one dedicated thread with its own connection, so
-the heartbeat never waits behind the consumers' writes; each is bounded by
-WSS_REGISTRY_TIMEOUT_SECONDS, and a call that overruns leaves its thread behind (a daemon:
-it never holds up the exit) while the next call gets a fresh one.
+(`lifespan_app`), and under uvicorn its signal handlers too, so the stop runs before
+uvicorn closes the sockets (`uvicorn_signals_chain`). Registry calls run on one dedicated
+thread with its own connection, so the heartbeat never waits behind the consumers' writes;
+each is bounded by WSS_REGISTRY_TIMEOUT_SECONDS, and a call that overruns leaves its thread
+behind (a daemon: it never holds up the exit) while the next call gets a fresh one.
 """
 
 import asyncio
@@ -26,6 +27,7 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
+import signal
 import sys
 import threading
 import time
@@ -438,11 +440,45 @@ def daphne_install() -> bool:
     return True
 
 
+def uvicorn_signals_chain() -> bool:
+    """Under uvicorn, run stop() on SIGTERM/SIGINT before uvicorn's own handler; returns whether it did.
+
+    uvicorn's shutdown closes every WebSocket with 1012 before the lifespan shutdown, so the
+    clients would never see `server_shutting_down` and 4503. Its handlers are plain
+    `signal.signal` ones, installed before the lifespan starts: each is wrapped here so that
+    the signal first runs stop() (the frames, the close handshakes, the registry), then hands
+    the signal to uvicorn. A second signal during the stop goes straight to uvicorn (a second
+    Ctrl-C still forces the exit).
+    """
+    loop = asyncio.get_running_loop()
+    chained = False
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(signum)
+        if not callable(previous) or not getattr(previous, "__module__", "").startswith("uvicorn."):
+            continue
+
+        def on_signal(number: int, frame: Any, previous: Callable = previous) -> None:
+            if _stopping:
+                previous(number, frame)
+                return
+
+            def stop_then_hand_over() -> None:
+                task = loop.create_task(stop(), name="wss-stop")
+                task.add_done_callback(lambda _: previous(number, None))
+
+            loop.call_soon_threadsafe(stop_then_hand_over)
+
+        signal.signal(signum, on_signal)
+        chained = True
+    return chained
+
+
 async def lifespan_app(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
     """The ASGI lifespan protocol (uvicorn, hypercorn): start on startup, stop on shutdown."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            uvicorn_signals_chain()
             await start()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":

@@ -1,4 +1,4 @@
-"""Real server processes for tests: daphne (or uvicorn) on a free loopback port."""
+"""Real server processes for tests: daphne, uvicorn, uvicorn-fast (the fast production command) on a free port."""
 
 import os
 import signal
@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.db import connection
+
+from bench.targets import UVICORN_FAST_OPTIONS, UVICORN_SANSIO_OPTIONS  # the commands' options, in one place
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -86,9 +88,11 @@ def start_server(
             *(args or []),
             "wssproject.asgi:application",
         ]
-    elif server == "uvicorn":
+    elif server in {"uvicorn", "uvicorn-fast", "uvicorn-sansio"}:
+        options = {"uvicorn-fast": UVICORN_FAST_OPTIONS, "uvicorn-sansio": UVICORN_SANSIO_OPTIONS}.get(server, [])
         command = [
             str(BIN / "uvicorn"),
+            *options,
             "--host",
             "127.0.0.1",
             "--port",

@@ -34,7 +34,7 @@ def test_smallest_bench_produces_figures_for_every_target_with_zero_errors(tmp_p
     )
     assert run.returncode == 0, run.stderr[-4000:]
     figures = json.loads(output.read_text())
-    expected_targets = 3  # the project and both baselines
+    expected_targets = 6  # the project under daphne and uvicorn-fast, default and bench settings; two baselines
     assert [len(figures[scenario]) for scenario in ("churn", "steady", "hold")] == [expected_targets] * 3
     for row in figures["churn"]:
         assert row["sessions_per_s"] > 0 and row["errors"] == 0 and row["registry_after"] == 0, row
@@ -43,4 +43,35 @@ def test_smallest_bench_produces_figures_for_every_target_with_zero_errors(tmp_p
     for row in figures["hold"]:
         assert row["sessions"] == 20 and row["errors"] == 0 and row["registry_after"] == 0, row
         assert row["registry_while_held"] == 20, row
-    assert "sessions/s vs Channels" in run.stdout
+    kinds = [row["kind"] for row in figures["churn"]]
+    assert kinds == ["project"] * 4 + ["floor", "starlette"]
+    assert "sessions/s vs floor" in run.stdout and "sessions/s vs Starlette" in run.stdout
+    assert "### targets" in run.stdout and [check["target"] for check in figures["targets"]]
+
+
+@pytest.mark.production
+def test_smallest_scale_run_holds_every_session_once_and_drains_to_zero(tmp_path, production_services, settings):
+    from .servers import test_database_url
+
+    output = tmp_path / "scale.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.scale",
+            "--sessions=90",
+            "--clients=2",
+            "--timeout=60",
+            f"--postgres-url={test_database_url()}_scale",  # a database of its own: the run drops it
+            f"--redis-url={settings.REDIS_URL}",
+            f"--json={output}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    figures = json.loads(output.read_text())
+    assert (figures["sessions"], figures["registry_while_held"], figures["registry_after"]) == (90, 90, 0)
+    assert figures["instances"] == 3 and not figures["errors"]

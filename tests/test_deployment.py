@@ -1,5 +1,6 @@
 """Several real server processes sharing PostgreSQL and Redis: one registry, terminate across
-processes, reaping after SIGKILL, a restart cleaning up after itself, graceful SIGTERM/SIGINT.
+processes, reaping after SIGKILL, a restart cleaning up after itself, graceful SIGTERM/SIGINT;
+under daphne and the fast production command (uvicorn-fast) where it is cheap.
 """
 
 import asyncio
@@ -41,7 +42,7 @@ def servers(production_services, server_factory):
     """Start daphne or uvicorn processes with a fast heartbeat, on the shared Postgres and Redis."""
 
     def start(server: str = "daphne", **env: str) -> ServerProcess:
-        return server_factory(server=server, env={**FAST, **env})
+        return server_factory(server=server, env={**FAST, **env})  # server: a name in tests/servers.py
 
     return start
 
@@ -107,9 +108,10 @@ async def test_sessions_of_two_processes_share_one_registry(servers, workspace):
     await close_all(on_a + on_b)
 
 
-async def test_terminate_beside_process_a_ends_a_session_held_by_process_b_with_4410(servers, workspace):
-    servers()  # process A: the operator's side
-    b = servers()
+@pytest.mark.parametrize("server", ["daphne", "uvicorn-fast"])
+async def test_terminate_beside_process_a_ends_a_session_held_by_process_b_with_4410(servers, workspace, server):
+    servers(server)  # process A: the operator's side
+    b = servers(server)
     [(ws, session_id), (bystander, bystander_id)] = await open_sessions(b.url, workspace, 2)
     result = await asyncio.to_thread(terminate_command, session_id)
     assert result.returncode == 0, result.stderr
@@ -151,8 +153,9 @@ async def test_the_admin_on_process_a_terminates_a_session_held_by_process_b(ser
     assert not await LiveSession.objects.filter(pk=session_id).aexists()
 
 
-async def test_sigkill_with_200_sessions_is_reaped_by_a_peer_within_timeout_plus_heartbeat(servers, workspace):
-    a, b = servers(), servers()
+@pytest.mark.parametrize("server", ["daphne", "uvicorn-fast"])
+async def test_sigkill_with_200_sessions_is_reaped_by_a_peer_within_timeout_plus_heartbeat(servers, workspace, server):
+    a, b = servers(server), servers(server)
     on_b = await open_sessions(b.url, workspace, LOAD)
     instance_b = await instance_of(b)
     assert await sessions_of(instance_b.pk) == LOAD
@@ -196,8 +199,10 @@ async def test_a_restarted_last_process_reaps_its_dead_predecessor_at_once(serve
     [
         ("daphne", signal.SIGTERM, 4503, "server_shutting_down"),
         ("daphne", signal.SIGINT, 4503, "server_shutting_down"),
-        ("uvicorn", signal.SIGTERM, 1012, None),
-        ("uvicorn", signal.SIGINT, 1012, None),
+        # uvicorn would close every socket with 1012 first; the lifecycle runs the stop before it.
+        ("uvicorn", signal.SIGTERM, 4503, "server_shutting_down"),
+        ("uvicorn-fast", signal.SIGTERM, 4503, "server_shutting_down"),
+        ("uvicorn-fast", signal.SIGINT, 4503, "server_shutting_down"),
     ],
 )
 async def test_graceful_stop_with_200_sessions_leaves_no_row_and_tells_clients_to_reconnect(

@@ -119,6 +119,7 @@ async def test_wss_log_format_json_writes_one_json_object_per_line(server_factor
     assert ended["level"] == "INFO" and ended["logger"] == "sessions_app.events"
     assert uuid.UUID(ended["instance"]) and ended["client"].startswith("127.0.0.1:")
     assert isinstance(ended["duration_seconds"], float)
+    assert None not in ended.values(), ended  # no empty record attributes passed off as fields
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,9 +1,15 @@
-"""What only a real daphne shows: close codes on the wire, the size cut-off, TCP drops."""
+"""What only a real server shows: close codes on the wire, the size cut-off, TCP drops.
+
+Each test runs under both production servers: daphne and the fast command (uvicorn with
+its `websockets` implementation, httptools, uvloop: README).
+"""
 
 import asyncio
 import json
 import signal
+import time
 
+import psutil
 import pytest
 import websockets
 
@@ -13,6 +19,12 @@ from .communicators import ws_open_session
 from .polling import wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(params=["daphne", "uvicorn-fast"])
+def daphne_server(request, server_factory):
+    """A real server process: daphne, then the fast production command (the name is the suite's)."""
+    return server_factory(server=request.param)
 
 
 async def registry_empty() -> bool:
@@ -90,3 +102,60 @@ async def test_daphne_registers_its_instance_at_start_and_retires_it_on_sigterm(
     assert await asyncio.to_thread(daphne_server.wait, 20) == 0
     assert not await ServerInstance.objects.aexists()
     assert not await LiveSession.objects.aexists()
+
+
+async def test_a_10_mib_frame_is_refused_with_1009_before_the_fast_server_reads_it(server_factory, workspace):
+    server = server_factory(server="uvicorn-fast")
+    async with websockets.connect(server.url) as warm:  # the first session sets up the registry and layer clients
+        await warm.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+        assert json.loads(await warm.recv())["type"] == "new_session"
+    await asyncio.sleep(0.2)
+    worker = psutil.Process(server.process.pid)
+    before = worker.memory_info().rss
+    peak = before
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, worker.memory_info().rss)
+            await asyncio.sleep(0.002)
+
+    sampler = asyncio.create_task(sample())
+    started = time.monotonic()
+    async with websockets.connect(server.url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "new_session", "workspace_dir": "/", "pad": "x" * 10 * 1024 * 1024}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()  # no message_too_large reply: the frame never reached the application
+    await asyncio.sleep(0.2)
+    sampler.cancel()
+    assert closed.value.rcvd.code == 1009
+    # The client learns of the 1009 once it stops sending and the server's close timeout (10 s) runs out.
+    assert time.monotonic() - started < 30
+    # Buffering the frame would take 10 MiB at least (the decoded text, twice that): refused unread.
+    assert peak - before < 4 * 1024 * 1024, f"server RSS grew by {(peak - before) / 2**20:.1f} MiB"
+
+
+async def test_a_session_closed_by_the_server_for_bad_input_leaves_no_row(daphne_server, workspace):
+    async with websockets.connect(daphne_server.url) as ws:
+        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+        session_id = json.loads(await ws.recv())["session_id"]
+        await ws.send("{not json")
+        assert json.loads(await ws.recv())["code"] == "invalid_json"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd.code == 4400
+    # The server closed it: the consumer must still hear the disconnect and remove the row.
+    await wait_until(registry_empty, 10, what=f"row {session_id} removed")
+
+
+async def test_after_the_server_closed_a_connection_sigterm_still_stops_the_process(daphne_server):
+    async with websockets.connect(daphne_server.url) as ws:
+        await ws.send("{not json")
+        assert json.loads(await ws.recv())["code"] == "invalid_json"
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    await asyncio.sleep(0.5)
+    daphne_server.signal(signal.SIGTERM)
+    # A consumer left waiting for a disconnect the server never delivers would hold the stop forever.
+    exit_code = await asyncio.to_thread(daphne_server.wait, 20)
+    assert exit_code in {0, -signal.SIGTERM}

@@ -183,14 +183,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {"()": "sessions_app.logqueue.Formatter", "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": WSS_LOG_FORMAT}},
+    # Formatted and written on a thread, not on the event loop (sessions_app/logqueue.py).
+    "handlers": {"console": {"()": "sessions_app.logqueue.QueueHandler", "formatter": WSS_LOG_FORMAT}},
     "loggers": {
         # Not propagated: daphne configures the root logger too, which would print each line twice.
         "sessions_app": {"handlers": ["console"], "level": os.environ.get("WSS_LOG_LEVEL", "INFO"), "propagate": False},

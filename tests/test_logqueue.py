@@ -1,0 +1,86 @@
+"""The log writer thread: records leave the caller at once, are written in order, and none is lost at exit."""
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+from sessions_app.logqueue import QueueHandler
+
+from .servers import ROOT
+
+
+def handler_on(stream: io.StringIO) -> tuple[logging.Logger, QueueHandler]:
+    handler = QueueHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger(f"test_logqueue.{id(stream)}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    return log, handler
+
+
+def test_a_warning_is_written_with_everything_before_it_when_the_call_returns():
+    stream = io.StringIO()
+    log, handler = handler_on(stream)
+    try:
+        for number in range(500):
+            log.info("line %d", number)
+        log.warning("the warning")
+        lines = stream.getvalue().splitlines()
+        assert lines == [f"INFO line {n}" for n in range(500)] + ["WARNING the warning"]
+    finally:
+        handler.close()
+
+
+def test_close_writes_what_is_queued_and_later_records_are_written_at_once():
+    stream = io.StringIO()
+    log, handler = handler_on(stream)
+    for number in range(2000):
+        log.info("line %d", number)
+    handler.close()
+    assert len(stream.getvalue().splitlines()) == 2000
+    log.info("after close")
+    assert stream.getvalue().splitlines()[-1] == "INFO after close"
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import logging, multiprocessing, os, sys
+    os.environ["DJANGO_SETTINGS_MODULE"] = "wssproject.settings"
+    os.environ["WSS_LOG_LEVEL"] = "INFO"
+    import django
+
+    def burst(tag):
+        django.setup()
+        log = logging.getLogger("sessions_app.test")
+        for number in range(3000):
+            log.info("%s %d", tag, number)
+
+    if __name__ == "__main__":
+        child = multiprocessing.get_context(sys.argv[1]).Process(target=burst, args=("child",))
+        child.start()
+        child.join()
+        burst("parent")
+    """
+)
+
+
+def test_no_line_is_lost_when_a_process_or_a_worker_process_exits_right_after_logging(tmp_path):
+    script = tmp_path / "burst.py"
+    script.write_text(EXIT_SCRIPT)
+    for start_method in ("fork", "spawn"):  # granian forks its workers; spawn is the other way
+        run = subprocess.run(
+            [sys.executable, str(script), start_method],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        lines = run.stderr.splitlines()
+        assert sum(" child " in line for line in lines) == 3000, start_method
+        assert sum(" parent " in line for line in lines) == 3000, start_method
