@@ -6,6 +6,7 @@ DATABASE_URL and REDIS_URL switch to PostgreSQL and channels-redis.
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -171,6 +172,9 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 # Serve straight from the apps' static folders: no collectstatic step before daphne starts.
 WHITENOISE_USE_FINDERS = True
+# Served from the finders, STATIC_ROOT exists only after a collectstatic; WhiteNoise would
+# warn at every start that it is missing.
+warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 WHITENOISE_AUTOREFRESH = DEBUG
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
