@@ -87,7 +87,7 @@ async def test_bad_clients_do_not_disturb_a_good_session(daphne_server, workspac
         assert "Traceback" not in daphne_server.log()
 
 
-async def test_daphne_registers_its_instance_at_start_and_retires_it_on_sigterm(daphne_server, workspace):
+async def test_the_server_registers_its_instance_at_start_and_retires_it_on_sigterm(daphne_server, workspace):
     async def registered() -> bool:
         return await ServerInstance.objects.filter(pid=daphne_server.process.pid).aexists()
 
@@ -99,7 +99,8 @@ async def test_daphne_registers_its_instance_at_start_and_retires_it_on_sigterm(
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 10)
     assert closed.value.rcvd.code == 4503
-    assert await asyncio.to_thread(daphne_server.wait, 20) == 0
+    # daphne exits 0; uvicorn re-raises the signal once its shutdown is done.
+    assert await asyncio.to_thread(daphne_server.wait, 20) in {0, -signal.SIGTERM}
     assert not await ServerInstance.objects.aexists()
     assert not await LiveSession.objects.aexists()
 
