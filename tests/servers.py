@@ -24,6 +24,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def dead_pid() -> int:
+    """A pid that ran a moment ago and runs no more."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def run_cli(*args: str) -> subprocess.Popen:
+    """The client's command line (python -m sessions_app.client ARGS), its output piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sessions_app.client", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_database_url() -> str:
     """A URL for the database pytest-django created, so a server process shares it."""
     params = connection.settings_dict

@@ -21,6 +21,7 @@ from . import communicators
 from .communicators import connect
 from .locks import instance_locked
 from .polling import wait_until
+from .servers import dead_pid
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_process")]
 
@@ -348,13 +349,6 @@ async def test_a_session_resumed_after_this_instance_was_reaped_keeps_its_row(wo
     row = await LiveSession.objects.aget(pk=reply["session_id"])
     assert row.instance_id == services.process_identity().boot_id
     await comm.disconnect()
-
-
-def dead_pid() -> int:
-    """A pid that ran a moment ago and runs no more."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 @pytest.mark.production

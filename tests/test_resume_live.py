@@ -8,8 +8,6 @@ once run on PostgreSQL + Redis.
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -22,7 +20,7 @@ from sessions_app.client import SessionClient, connect
 from sessions_app.models import LiveSession, ServerInstance
 
 from .polling import wait_until, wait_until_sync
-from .servers import ROOT, ServerProcess
+from .servers import ServerProcess, run_cli
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -186,16 +184,6 @@ async def test_the_reaper_detaches_a_dead_instances_resumable_sessions_for_a_lat
     async with connect(b.url) as client:
         await client.resume_session(created["session_id"], created["resume_token"])
         assert (await LiveSession.objects.aget(pk=created["session_id"])).instance_id == (await instance_of(b)).pk
-
-
-def run_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sessions_app.client", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_the_cli_holds_a_resumable_session_across_a_server_restart(servers, workspace):

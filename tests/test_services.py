@@ -4,8 +4,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,6 +23,7 @@ from .communicators import open_session
 from .locks import instance_locked
 from .polling import wait_until
 from .proxy import TcpProxy
+from .servers import dead_pid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -80,13 +79,6 @@ async def test_session_create_re_registers_a_lost_instance(workspace):
 
 
 # --- Heartbeat, reaping, retirement -------------------------------------------------------
-
-
-def dead_pid() -> int:
-    """A pid that ran a moment ago and runs no more."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 def test_reap_removes_silent_instances_and_their_sessions_and_returns_the_count(fresh_instance, instance_with_sessions):
