@@ -20,29 +20,14 @@ from sessions_app.client import SessionClient, connect
 from sessions_app.models import LiveSession, ServerInstance
 
 from .polling import wait_until, wait_until_sync
-from .servers import ServerProcess, run_cli
+from .servers import FAST_HEARTBEAT as HEARTBEAT
+from .servers import FAST_TIMEOUT as TIMEOUT
+from .servers import ServerProcess, instance_of, run_cli
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
-HEARTBEAT, TIMEOUT = 1, 5
-FAST = {"WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(TIMEOUT)}
 SLACK = 4.0  # what a loaded 2-core machine may add to a documented bound
 CLIENTS = 20
-
-
-@pytest.fixture
-def servers(server_factory):
-    """Start daphne processes with a fast heartbeat on the test database."""
-
-    def start(port: int | None = None, server: str = "daphne", **env: str) -> ServerProcess:
-        return server_factory(server=server, env={**FAST, **env}, port=port)
-
-    return start
-
-
-@sync_to_async
-def instance_of(server: ServerProcess) -> ServerInstance | None:
-    return ServerInstance.objects.filter(pid=server.process.pid).first()
 
 
 @sync_to_async
