@@ -21,7 +21,7 @@ from asgiref.sync import sync_to_async
 
 from sessions_app.models import LiveSession, ServerInstance
 
-from .communicators import ws_open_session
+from .communicators import ws_connect_session
 from .polling import wait_until
 from .servers import FAST_HEARTBEAT as HEARTBEAT
 from .servers import FAST_TIMEOUT as TIMEOUT
@@ -49,8 +49,7 @@ async def open_sessions(url: str, workspace, count: int) -> list[tuple[websocket
 
     async def one() -> tuple[websockets.ClientConnection, str]:
         async with gate:
-            ws = await websockets.connect(url, open_timeout=30)
-            return ws, await ws_open_session(ws, workspace)
+            return await ws_connect_session(url, workspace)
 
     return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), timeout=120)
 
