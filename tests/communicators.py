@@ -24,10 +24,31 @@ async def new_session(comm: WebsocketCommunicator, workspace_dir: object, **extr
     return await comm.receive_json_from(timeout=5)
 
 
-async def open_session(workspace: Path, *, fields: dict | None = None, **kwargs) -> tuple[WebsocketCommunicator, dict]:
-    """Connect to /ws, send new_session on `workspace` (plus `fields`); the communicator and the reply."""
+async def open_session(
+    workspace: Path, *, fields: dict | None = None, ok: bool = False, **kwargs
+) -> tuple[WebsocketCommunicator, dict]:
+    """Connect to /ws, send new_session on `workspace` (plus `fields`); the communicator and the reply.
+
+    With `ok`, the reply must be a success.
+    """
     comm = await connect(**kwargs)
-    return comm, await new_session(comm, workspace, **(fields or {}))
+    reply = await new_session(comm, workspace, **(fields or {}))
+    if ok:
+        assert reply["type"] == "new_session", reply
+    return comm, reply
+
+
+async def resume(comm: WebsocketCommunicator, session_id: str, token: str, **extra) -> dict:
+    """Send resume_session (plus `extra` fields) on an open communicator; the reply, whatever it is."""
+    await comm.send_json_to({"type": "resume_session", "session_id": session_id, "resume_token": token, **extra})
+    return await comm.receive_json_from(timeout=5)
+
+
+async def detached_session(workspace: Path) -> dict:
+    """A resumable session whose connection dropped (1006): its new_session reply."""
+    comm, reply = await open_session(workspace, fields={"resumable": True})
+    await comm.disconnect(code=1006)
+    return reply
 
 
 async def expect_close(comm: WebsocketCommunicator, code: int) -> None:
@@ -50,6 +71,14 @@ async def ws_open_session(ws: websockets.ClientConnection, workspace: object, ti
     reply = json.loads(await asyncio.wait_for(ws.recv(), timeout))
     assert reply["type"] == "new_session", reply
     return reply["session_id"]
+
+
+async def ws_connect_session(
+    url: str, workspace: object, *, timeout: float = 30, **extra
+) -> tuple[websockets.ClientConnection, str]:
+    """Connect to a real server at `url` and open a session there; the connection and the session id."""
+    ws = await websockets.connect(url, open_timeout=timeout)
+    return ws, await ws_open_session(ws, workspace, timeout, **extra)
 
 
 async def close_code_after(ws: websockets.ClientConnection, timeout: float = 30) -> int:

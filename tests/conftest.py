@@ -11,7 +11,7 @@ import websockets.asyncio.connection
 from channels.testing import WebsocketCommunicator
 
 from .frames import check_server_frame
-from .servers import ServerProcess, start_server
+from .servers import FAST_ENV, ServerProcess, start_server
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +123,16 @@ def server_factory(tmp_path: Path, transactional_db) -> Iterator:
     yield factory
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def servers(server_factory) -> Callable[..., ServerProcess]:
+    """Start server processes (daphne unless `server` names another) with a fast heartbeat: FAST_ENV plus `env`."""
+
+    def start(server: str = "daphne", *, port: int | None = None, **env: str) -> ServerProcess:
+        return server_factory(server=server, port=port, env={**FAST_ENV, **env})
+
+    return start
 
 
 @pytest.fixture

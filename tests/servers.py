@@ -8,13 +8,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.db import connection
 
 from bench.targets import UVICORN_FAST_OPTIONS, UVICORN_SANSIO_OPTIONS  # the commands' options, in one place
 
+if TYPE_CHECKING:
+    from sessions_app.models import ServerInstance
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+# Beat and reap every second, declare a peer dead after 5 s: a crash is reaped within 6 s.
+FAST_HEARTBEAT, FAST_TIMEOUT = 1, 5
+FAST_ENV = {"WSS_HEARTBEAT_SECONDS": str(FAST_HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(FAST_TIMEOUT)}
 
 
 def free_port() -> int:
@@ -22,6 +30,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def dead_pid() -> int:
+    """A pid that ran a moment ago and runs no more."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def run_cli(*args: str) -> subprocess.Popen:
+    """The client's command line (python -m sessions_app.client ARGS), its output piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sessions_app.client", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def instance_of(server: "ServerProcess") -> "ServerInstance | None":
+    """The registry row of a server process (None once it is gone)."""
+    from sessions_app.models import ServerInstance  # models load after Django is set up
+
+    return await ServerInstance.objects.filter(pid=server.process.pid).afirst()
 
 
 def test_database_url() -> str:

@@ -23,15 +23,14 @@ TINY = [
 ]
 
 
+def run_bench(module: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `python -m module ARGS` from the project root, its output captured, within 240 s."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
 def test_smallest_bench_produces_figures_for_every_target_with_zero_errors(tmp_path):
     output = tmp_path / "figures.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", *TINY, f"--json={output}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    run = run_bench("bench", *TINY, f"--json={output}")
     assert run.returncode == 0, run.stderr[-4000:]
     figures = json.loads(output.read_text())
     expected_targets = 6  # the project under daphne and uvicorn-fast, default and bench settings; two baselines
@@ -54,22 +53,14 @@ def test_smallest_scale_run_holds_every_session_once_and_drains_to_zero(tmp_path
     from .servers import test_database_url
 
     output = tmp_path / "scale.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.scale",
-            "--sessions=90",
-            "--clients=2",
-            "--timeout=60",
-            f"--postgres-url={test_database_url()}_scale",  # a database of its own: the run drops it
-            f"--redis-url={settings.REDIS_URL}",
-            f"--json={output}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    run = run_bench(
+        "bench.scale",
+        "--sessions=90",
+        "--clients=2",
+        "--timeout=60",
+        f"--postgres-url={test_database_url()}_scale",  # a database of its own: the run drops it
+        f"--redis-url={settings.REDIS_URL}",
+        f"--json={output}",
     )
     assert run.returncode == 0, run.stderr[-4000:]
     figures = json.loads(output.read_text())

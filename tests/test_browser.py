@@ -116,18 +116,23 @@ def test_the_console_shows_errors_and_a_clean_close(daphne_server, workspace, br
         screenshot(console, "5-console-error-then-clean-close")
 
 
+def open_resumable_session(context: BrowserContext, workspace) -> tuple[Page, str]:
+    """A console tab that opened a resumable session on `workspace`; the page and the session id."""
+    console = context.new_page()
+    console.goto("/")
+    console.fill("#workspace", str(workspace))
+    console.check("#resumable")
+    console.click("#open")
+    expect(console.locator("#session-id")).to_have_text(UUID4)
+    return console, console.locator("#session-id").inner_text()
+
+
 def test_the_console_resumes_a_resumable_session_after_a_drop_and_a_reload(
     daphne_server, workspace, browser: Browser, request
 ):
     with browser_tabs(browser, daphne_server, request.node.name) as context:
-        console = context.new_page()
-        console.goto("/")
-        console.fill("#workspace", str(workspace))
-        console.check("#resumable")
-        console.click("#open")
-        expect(console.locator("#session-id")).to_have_text(UUID4)
+        console, session_id = open_resumable_session(context, workspace)
         expect(console.locator("#resumable-state")).to_have_text("yes (grace 30 s)")
-        session_id = console.locator("#session-id").inner_text()
         channel = LiveSession.objects.get(pk=session_id).channel_name
 
         console.evaluate("socket.close(4000)")  # not 1000: the server detaches, the page resumes
@@ -153,13 +158,7 @@ def test_the_console_resumes_a_resumable_session_after_a_drop_and_a_reload(
 
 def test_a_resumable_session_closed_from_the_console_ends(daphne_server, workspace, browser: Browser, request):
     with browser_tabs(browser, daphne_server, request.node.name) as context:
-        console = context.new_page()
-        console.goto("/")
-        console.fill("#workspace", str(workspace))
-        console.check("#resumable")
-        console.click("#open")
-        expect(console.locator("#session-id")).to_have_text(UUID4)
-        session_id = console.locator("#session-id").inner_text()
+        console, session_id = open_resumable_session(context, workspace)
         console.click("#close")
         expect(console.locator("#close-code")).to_have_text("1000")
         expect(console.locator("#state")).to_have_text("closed")

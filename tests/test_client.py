@@ -3,8 +3,6 @@
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -21,7 +19,7 @@ from sessions_app.client import (
 from sessions_app.models import LiveSession
 
 from .polling import wait_until, wait_until_sync
-from .servers import ROOT
+from .servers import run_cli
 
 
 def test_every_protocol_code_maps_to_its_errors_py_class():
@@ -109,16 +107,6 @@ async def test_a_server_closing_without_an_error_frame_is_connection_closed(daph
         with pytest.raises(ConnectionClosed) as closed:
             await client.hold()
     assert closed.value.code == 1006
-
-
-def run_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sessions_app.client", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 @pytest.mark.usefixtures("transactional_db")

@@ -21,30 +21,26 @@ from asgiref.sync import sync_to_async
 
 from sessions_app.models import LiveSession, ServerInstance
 
-from .communicators import ws_open_session
+from .communicators import ws_connect_session
 from .polling import wait_until
-from .servers import ROOT, ServerProcess
+from .servers import FAST_HEARTBEAT as HEARTBEAT
+from .servers import FAST_TIMEOUT as TIMEOUT
+from .servers import ROOT, ServerProcess, instance_of
 from .servers import test_database_url as database_url
 
-pytestmark = [pytest.mark.production, pytest.mark.live, pytest.mark.django_db(transaction=True)]
+# `servers` (tests/conftest.py) start processes that beat every second and are declared dead after
+# 5 s; here they share the production Postgres and Redis.
+pytestmark = [
+    pytest.mark.production,
+    pytest.mark.live,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("production_services"),
+]
 
-HEARTBEAT, TIMEOUT = 1, 5
-# Beat and reap every second, declare a peer dead after 5 s: a crash is reaped within 6 s.
-FAST = {"WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(TIMEOUT)}
 # What a loaded 2-core test machine may add to the documented bound (scheduling, the delete).
 SLACK = 4.0
 LOAD = 200  # sessions per loaded process
 CONCURRENCY = 25  # handshakes in flight at once
-
-
-@pytest.fixture
-def servers(production_services, server_factory):
-    """Start daphne or uvicorn processes with a fast heartbeat, on the shared Postgres and Redis."""
-
-    def start(server: str = "daphne", **env: str) -> ServerProcess:
-        return server_factory(server=server, env={**FAST, **env})  # server: a name in tests/servers.py
-
-    return start
 
 
 async def open_sessions(url: str, workspace, count: int) -> list[tuple[websockets.ClientConnection, str]]:
@@ -53,8 +49,7 @@ async def open_sessions(url: str, workspace, count: int) -> list[tuple[websocket
 
     async def one() -> tuple[websockets.ClientConnection, str]:
         async with gate:
-            ws = await websockets.connect(url, open_timeout=30)
-            return ws, await ws_open_session(ws, workspace)
+            return await ws_connect_session(url, workspace)
 
     return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), timeout=120)
 
@@ -68,11 +63,6 @@ async def last_words(ws: websockets.ClientConnection, timeout: float = 30) -> tu
                 frame = json.loads(await ws.recv())
     except websockets.ConnectionClosed as closed:
         return frame, closed.rcvd.code if closed.rcvd else None
-
-
-@sync_to_async
-def instance_of(server: ServerProcess) -> ServerInstance | None:
-    return ServerInstance.objects.filter(pid=server.process.pid).first()
 
 
 @sync_to_async

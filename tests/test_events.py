@@ -13,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 from sessions_app import events, services
 from wssproject.asgi import application
 
-from .communicators import open_session, ws_open_session
+from .communicators import connect, detached_session, open_session, resume, ws_open_session
 from .polling import wait_until
 
 
@@ -124,21 +124,15 @@ async def test_wss_log_format_json_writes_one_json_object_per_line(server_factor
 
 @pytest.mark.django_db(transaction=True)
 async def test_resume_logs_detached_resumed_and_taken_over(events_caplog, workspace):
-    comm, created = await open_session(workspace, fields={"resumable": True})
-    await comm.disconnect(code=1006)
+    created = await detached_session(workspace)
     (detached,) = event_records(events_caplog, "session_detached")
     assert (detached.session_id, detached.reason, detached.close_code) == (created["session_id"], "drop", 1006)
     assert not event_records(events_caplog, "session_ended")
 
-    first = WebsocketCommunicator(application, "/ws")
-    await first.connect()
-    frame = {"type": "resume_session", "session_id": created["session_id"], "resume_token": created["resume_token"]}
-    await first.send_json_to(frame)
-    token = (await first.receive_json_from(timeout=5))["resume_token"]
-    second = WebsocketCommunicator(application, "/ws")
-    await second.connect()
-    await second.send_json_to({**frame, "resume_token": token})
-    await second.receive_json_from(timeout=5)
+    first = await connect()
+    token = (await resume(first, created["session_id"], created["resume_token"]))["resume_token"]
+    second = await connect()
+    await resume(second, created["session_id"], token)
     await first.receive_json_from(timeout=5)
     resumed = event_records(events_caplog, "session_resumed")
     assert [record.taken_over for record in resumed] == ["false", "true"]

@@ -17,18 +17,12 @@ from sessions_app import lifecycle, services
 from sessions_app.models import LiveSession, ServerInstance
 from wssproject.asgi import application
 
-from . import communicators
-from .communicators import connect
+from .communicators import connect, detached_session, open_session, resume
 from .locks import instance_locked
 from .polling import wait_until
+from .servers import dead_pid
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_process")]
-
-
-async def open_session(workspace) -> tuple[WebsocketCommunicator, str]:
-    comm, reply = await communicators.open_session(workspace)
-    assert reply["type"] == "new_session", reply
-    return comm, reply["session_id"]
 
 
 async def expect_session_lost(comm: WebsocketCommunicator, timeout: float = 10) -> float:
@@ -42,7 +36,7 @@ async def expect_session_lost(comm: WebsocketCommunicator, timeout: float = 10) 
 
 
 async def test_stop_tells_every_connection_server_shutting_down_then_closes_4503(workspace):
-    with_session, _ = await open_session(workspace)
+    with_session, _ = await open_session(workspace, ok=True)
     without_session = await connect()
     await lifecycle.stop()
     for comm in (with_session, without_session):
@@ -54,7 +48,7 @@ async def test_stop_tells_every_connection_server_shutting_down_then_closes_4503
 
 async def test_stop_removes_this_instance_and_every_session_of_it(workspace):
     other = await ServerInstance.objects.acreate(host="elsewhere", pid=1)
-    comms = [(await open_session(workspace))[0] for _ in range(3)]
+    comms = [(await open_session(workspace, ok=True))[0] for _ in range(3)]
     assert await LiveSession.objects.acount() == 3
     assert await lifecycle.stop() == 3
     assert await LiveSession.objects.acount() == 0
@@ -64,7 +58,7 @@ async def test_stop_removes_this_instance_and_every_session_of_it(workspace):
 
 
 async def test_a_second_stop_does_nothing(workspace):
-    comm, _ = await open_session(workspace)
+    comm, _ = await open_session(workspace, ok=True)
     assert await lifecycle.stop() == 1
     assert await lifecycle.stop() == 0
     await comm.disconnect()
@@ -133,7 +127,7 @@ async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_fo
 async def test_reconciliation_removes_rows_of_this_instance_that_no_connection_holds(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
     await lifecycle.start()
-    held, held_id = await open_session(workspace)
+    held, held_reply = await open_session(workspace, ok=True)
     # A row left behind, as by a delete that failed while the database was away.
     orphan = await LiveSession.objects.acreate(
         workspace_dir=str(workspace), channel_name="gone", instance_id=services.process_identity().boot_id
@@ -145,7 +139,7 @@ async def test_reconciliation_removes_rows_of_this_instance_that_no_connection_h
         return not await LiveSession.objects.filter(pk=orphan.pk).aexists()
 
     await wait_until(orphan_gone, 10, what="the orphan row removed")
-    assert await LiveSession.objects.filter(pk=held_id).aexists()
+    assert await LiveSession.objects.filter(pk=held_reply["session_id"]).aexists()
     assert await LiveSession.objects.filter(pk=peers.pk).aexists()
     assert await held.receive_nothing(timeout=0.2)
     await held.disconnect()
@@ -154,25 +148,25 @@ async def test_reconciliation_removes_rows_of_this_instance_that_no_connection_h
 async def test_a_held_session_whose_row_was_deleted_is_closed_with_session_lost_not_recorded_again(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
     await lifecycle.start()
-    lost, lost_id = await open_session(workspace)
-    kept, kept_id = await open_session(workspace)
-    await LiveSession.objects.filter(pk=lost_id).adelete()  # an operator or a reaper ended it
+    lost, lost_reply = await open_session(workspace, ok=True)
+    kept, kept_reply = await open_session(workspace, ok=True)
+    await LiveSession.objects.filter(pk=lost_reply["session_id"]).adelete()  # an operator or a reaper ended it
     await expect_session_lost(lost)
-    assert not await LiveSession.objects.filter(pk=lost_id).aexists()
+    assert not await LiveSession.objects.filter(pk=lost_reply["session_id"]).aexists()
     assert await kept.receive_nothing(timeout=0.2)
-    assert await LiveSession.objects.filter(pk=kept_id).aexists()
+    assert await LiveSession.objects.filter(pk=kept_reply["session_id"]).aexists()
     await kept.disconnect()
 
 
 async def test_sessions_of_an_instance_reaped_while_alive_are_closed_and_new_ones_are_recorded(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
     await lifecycle.start()
-    lost, _ = await open_session(workspace)
+    lost, _ = await open_session(workspace, ok=True)
     await ServerInstance.objects.all().adelete()  # a peer presumed this process dead
     await expect_session_lost(lost)
-    fresh, fresh_id = await open_session(workspace)
+    fresh, fresh_reply = await open_session(workspace, ok=True)
     assert await fresh.receive_nothing(timeout=0.3)  # several reconciliations: it keeps its row
-    row = await LiveSession.objects.select_related("instance").aget(pk=fresh_id)
+    row = await LiveSession.objects.select_related("instance").aget(pk=fresh_reply["session_id"])
     assert row.instance_id == services.process_identity().boot_id
     await fresh.disconnect()
 
@@ -180,11 +174,11 @@ async def test_sessions_of_an_instance_reaped_while_alive_are_closed_and_new_one
 async def test_sessions_opened_while_reconciliation_runs_keep_their_rows(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.01  # reconcile as often as possible, to meet inserts in flight
     await lifecycle.start()
-    opened = [await open_session(workspace) for _ in range(30)]
+    opened = [await open_session(workspace, ok=True) for _ in range(30)]
     await asyncio.sleep(0.2)  # more reconciliations, now that every insert has landed
-    for comm, session_id in opened:
+    for comm, reply in opened:
         assert await comm.receive_nothing(timeout=0.01), "a fresh session was closed"
-        assert await LiveSession.objects.filter(pk=session_id).aexists()
+        assert await LiveSession.objects.filter(pk=reply["session_id"]).aexists()
         await comm.disconnect()
 
 
@@ -193,18 +187,18 @@ async def test_a_process_that_cannot_heartbeat_closes_its_sessions_before_peers_
     settings.WSS_INSTANCE_TIMEOUT_SECONDS = 1.0  # lease: 0.9 s after the last good heartbeat
     settings.WSS_REGISTRY_TIMEOUT_SECONDS = 0.3
     await lifecycle.start()
-    held, _ = await open_session(workspace)
+    held, _ = await open_session(workspace, ok=True)
     async with instance_locked(services.process_identity().boot_id):
         blocked_at = time.monotonic()
         fenced_after = await expect_session_lost(held) - blocked_at
         # Until a heartbeat succeeds again, no new session: peers may reap this instance any moment.
-        refused, reply = await communicators.open_session(workspace)
+        refused, reply = await open_session(workspace)
         assert reply["code"] == "unavailable"
         await refused.disconnect()
     assert fenced_after < settings.WSS_INSTANCE_TIMEOUT_SECONDS
 
     async def accepted_again() -> bool:
-        comm, reply = await communicators.open_session(workspace)
+        comm, reply = await open_session(workspace)
         await comm.disconnect()
         return reply["type"] == "new_session"
 
@@ -273,18 +267,6 @@ async def test_the_heartbeat_expires_a_detached_session_after_its_grace(workspac
 # --- Reconciliation and resume (protocol v1.1) ----------------------------------------------
 
 
-async def detached_session(workspace) -> dict:
-    comm, reply = await communicators.open_session(workspace, fields={"resumable": True})
-    await comm.disconnect(code=1006)
-    return reply
-
-
-async def resume(comm: WebsocketCommunicator, reply: dict) -> dict:
-    frame = {"type": "resume_session", "session_id": reply["session_id"], "resume_token": reply["resume_token"]}
-    await comm.send_json_to(frame)
-    return await comm.receive_json_from(timeout=5)
-
-
 async def test_sessions_resumed_while_reconciliation_runs_keep_their_rows(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.01  # reconcile as often as possible, to meet resumes in flight
     left = [await detached_session(workspace) for _ in range(20)]
@@ -292,7 +274,7 @@ async def test_sessions_resumed_while_reconciliation_runs_keep_their_rows(settin
     resumed = []
     for reply in left:
         comm = await connect()
-        assert (await resume(comm, reply))["type"] == "session_resumed"
+        assert (await resume(comm, reply["session_id"], reply["resume_token"]))["type"] == "session_resumed"
         resumed.append((comm, reply["session_id"]))
     await asyncio.sleep(0.2)
     for comm, session_id in resumed:
@@ -303,7 +285,7 @@ async def test_sessions_resumed_while_reconciliation_runs_keep_their_rows(settin
 
 
 async def test_reconciliation_detaches_a_resumable_orphan_removes_a_v1_one_and_leaves_detached_rows(workspace):
-    holder, _ = await open_session(workspace)  # registers this instance
+    holder, _ = await open_session(workspace, ok=True)  # registers this instance
     mine = services.process_identity().boot_id
     orphan = await LiveSession.objects.acreate(
         workspace_dir="/w", channel_name="ended", instance_id=mine, resumable=True, resume_token_hash="h"
@@ -323,7 +305,7 @@ async def test_reconciliation_detaches_a_resumable_orphan_removes_a_v1_one_and_l
 
 
 async def test_reconciliation_closes_a_session_resumed_elsewhere_whose_notice_was_lost_with_4409(workspace):
-    comm, reply = await communicators.open_session(workspace, fields={"resumable": True})
+    comm, reply = await open_session(workspace, fields={"resumable": True})
     other = await ServerInstance.objects.acreate(host="elsewhere", pid=2)
     # A resume on another process moved the row; its channel-layer notice never arrived.
     await LiveSession.objects.filter(pk=reply["session_id"]).aupdate(instance=other, channel_name="elsewhere!x")
@@ -341,20 +323,14 @@ async def test_a_session_resumed_after_this_instance_was_reaped_keeps_its_row(wo
     reply = await detached_session(workspace)
     await ServerInstance.objects.all().adelete()  # a peer presumed this process dead (the detached row stays)
     comm = await connect()
-    assert (await resume(comm, reply))["type"] == "session_resumed"  # registers the instance again
+    resumed = await resume(comm, reply["session_id"], reply["resume_token"])
+    assert resumed["type"] == "session_resumed"  # registers the instance again
     result = await lifecycle.reconcile()
     assert not result.lost and not result.moved and not result.removed
     assert await comm.receive_nothing(timeout=0.1)
     row = await LiveSession.objects.aget(pk=reply["session_id"])
     assert row.instance_id == services.process_identity().boot_id
     await comm.disconnect()
-
-
-def dead_pid() -> int:
-    """A pid that ran a moment ago and runs no more."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 @pytest.mark.production
@@ -383,7 +359,7 @@ async def test_a_resume_that_outlived_the_lease_is_answered_then_closed_with_ses
     comm = await connect()
     services.instance_lease_renew(time.monotonic() + 0.2)  # the lease ends while the writer is busy
     busy = services.registry_writer.call(lambda: time.sleep(0.5))
-    frame = await resume(comm, reply)
+    frame = await resume(comm, reply["session_id"], reply["resume_token"])
     await busy
     assert frame["type"] == "session_resumed"  # the client has its new token...
     lost = await comm.receive_json_from(timeout=5)  # ...and is sent to resume elsewhere

@@ -9,7 +9,7 @@ from sessions_app import metrics, services
 from sessions_app.views import address_allowed
 from wssproject.asgi import application
 
-from .communicators import open_session
+from .communicators import connect, detached_session, open_session, resume
 
 
 def sample(name: str, **labels: str) -> float:
@@ -206,19 +206,13 @@ async def test_detach_resume_take_over_and_expiry_are_counted(workspace):
     detached, resumed = Delta("wss_sessions_detached_total", reason="drop"), Delta("wss_sessions_resumed_total")
     taken_over, expired = Delta("wss_sessions_taken_over_total"), Delta("wss_sessions_ended_total", reason="expired")
     live = Delta("wss_live_sessions")
-    comm, created = await open_session(workspace, fields={"resumable": True})
-    await comm.disconnect(code=1006)
+    created = await detached_session(workspace)
     assert (detached.value, live.value) == (1, 0)
 
-    first = WebsocketCommunicator(application, "/ws")
-    await first.connect()
-    frame = {"type": "resume_session", "session_id": created["session_id"], "resume_token": created["resume_token"]}
-    await first.send_json_to(frame)
-    token = (await first.receive_json_from(timeout=5))["resume_token"]
-    second = WebsocketCommunicator(application, "/ws")
-    await second.connect()
-    await second.send_json_to({**frame, "resume_token": token})
-    await second.receive_json_from(timeout=5)
+    first = await connect()
+    token = (await resume(first, created["session_id"], created["resume_token"]))["resume_token"]
+    second = await connect()
+    await resume(second, created["session_id"], token)
     assert (await first.receive_json_from(timeout=5))["code"] == "session_taken_over"
     await first.disconnect(code=4409)
     assert (resumed.value, taken_over.value, live.value) == (2, 1, 1)

@@ -11,35 +11,17 @@ from django.utils import timezone
 
 from sessions_app import consumers, protocol, services
 from sessions_app.models import LiveSession, ServerInstance
-from wssproject.asgi import application
 
-from .communicators import open_session
+from .communicators import connect, detached_session, open_session, resume
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 RESUMABLE = {"resumable": True}
 
 
-async def connect() -> WebsocketCommunicator:
-    comm = WebsocketCommunicator(application, "/ws")
-    assert (await comm.connect())[0]
-    return comm
-
-
 async def request(comm: WebsocketCommunicator, frame: dict) -> dict:
     await comm.send_json_to(frame)
     return await comm.receive_json_from(timeout=5)
-
-
-async def resume(comm: WebsocketCommunicator, session_id: str, token: str, **extra) -> dict:
-    return await request(comm, {"type": "resume_session", "session_id": session_id, "resume_token": token, **extra})
-
-
-async def detached(workspace) -> dict:
-    """A resumable session whose connection dropped (1006): its new_session reply."""
-    comm, reply = await open_session(workspace, fields=RESUMABLE)
-    await comm.disconnect(code=1006)
-    return reply
 
 
 async def row(session_id: str) -> LiveSession | None:
@@ -123,7 +105,7 @@ async def test_a_fatal_protocol_error_detaches_rather_than_ends(workspace):
 
 
 async def test_the_spent_token_no_longer_resumes(workspace):
-    created = await detached(workspace)
+    created = await detached_session(workspace)
     first = await connect()
     renewed = await resume(first, created["session_id"], created["resume_token"])
     await first.disconnect(code=1006)
@@ -146,21 +128,21 @@ async def test_no_oracle_every_refusal_is_one_and_the_same_frame(workspace, sett
     """Unknown id, wrong token, spent token, expired, terminated, never resumable: one frame."""
     unknown = await refusal(str(uuid.uuid4()), "a" * 43)
 
-    wrong_token = await detached(workspace)
+    wrong_token = await detached_session(workspace)
     wrong = await refusal(wrong_token["session_id"], "b" * 43)
 
-    spent_session = await detached(workspace)
+    spent_session = await detached_session(workspace)
     holder = await connect()
     await resume(holder, spent_session["session_id"], spent_session["resume_token"])
     spent = await refusal(spent_session["session_id"], spent_session["resume_token"])
 
-    expired_session = await detached(workspace)
+    expired_session = await detached_session(workspace)
     await LiveSession.objects.filter(pk=expired_session["session_id"]).aupdate(
         detached_at=timezone.now() - timedelta(seconds=31)
     )
     expired = await refusal(expired_session["session_id"], expired_session["resume_token"])
 
-    terminated_session = await detached(workspace)
+    terminated_session = await detached_session(workspace)
     assert await services.session_terminate(session_id=terminated_session["session_id"])
     terminated = await refusal(terminated_session["session_id"], terminated_session["resume_token"])
 
@@ -178,7 +160,7 @@ async def test_no_oracle_every_refusal_is_one_and_the_same_frame(workspace, sett
 
 
 async def test_resume_on_a_connection_that_holds_a_session_is_session_exists(workspace):
-    created = await detached(workspace)
+    created = await detached_session(workspace)
     comm, held = await open_session(workspace)
     reply = await resume(comm, created["session_id"], created["resume_token"], request_id=2)
     assert (reply["code"], reply["request_id"]) == ("session_exists", 2)
@@ -268,7 +250,7 @@ async def test_end_session_without_a_session_is_no_session_and_stays_open(commun
 
 async def test_resume_attempts_count_against_the_rate_limit(workspace, settings):
     settings.WSS_RATE_LIMIT, settings.WSS_RATE_LIMIT_BURST = 1, 5
-    created = await detached(workspace)
+    created = await detached_session(workspace)
     comm = await connect()
     frame = {"type": "resume_session", "session_id": created["session_id"], "resume_token": "guess"}
     for _ in range(5):
@@ -282,7 +264,7 @@ async def test_resume_attempts_count_against_the_rate_limit(workspace, settings)
 
 
 async def test_another_users_token_does_not_resume(workspace, django_user_model):
-    created = await detached(workspace)
+    created = await detached_session(workspace)
     owner = await django_user_model.objects.acreate_user("owner", password="x")
     await LiveSession.objects.filter(pk=created["session_id"]).aupdate(user=owner)
     comm = await connect()  # anonymous
@@ -291,7 +273,7 @@ async def test_another_users_token_does_not_resume(workspace, django_user_model)
 
 
 async def test_expiry_removes_detached_rows_past_the_grace_only(workspace):
-    old, fresh = await detached(workspace), await detached(workspace)
+    old, fresh = await detached_session(workspace), await detached_session(workspace)
     attached_comm, attached = await open_session(workspace, fields=RESUMABLE)
     await LiveSession.objects.filter(pk=old["session_id"]).aupdate(detached_at=timezone.now() - timedelta(seconds=31))
     assert await sync_to_async(services.sessions_expire_sync)() == 1
@@ -331,7 +313,7 @@ async def test_a_session_of_a_silent_instance_resumes_at_once_without_the_reaper
 
 
 async def test_terminating_a_detached_session_removes_it(workspace):
-    created = await detached(workspace)
+    created = await detached_session(workspace)
     assert await services.session_terminate(session_id=created["session_id"])
     assert await row(created["session_id"]) is None
 

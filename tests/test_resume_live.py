@@ -8,8 +8,6 @@ once run on PostgreSQL + Redis.
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -22,29 +20,14 @@ from sessions_app.client import SessionClient, connect
 from sessions_app.models import LiveSession, ServerInstance
 
 from .polling import wait_until, wait_until_sync
-from .servers import ROOT, ServerProcess
+from .servers import FAST_HEARTBEAT as HEARTBEAT
+from .servers import FAST_TIMEOUT as TIMEOUT
+from .servers import ServerProcess, instance_of, run_cli
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
-HEARTBEAT, TIMEOUT = 1, 5
-FAST = {"WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(TIMEOUT)}
 SLACK = 4.0  # what a loaded 2-core machine may add to a documented bound
 CLIENTS = 20
-
-
-@pytest.fixture
-def servers(server_factory):
-    """Start daphne processes with a fast heartbeat on the test database."""
-
-    def start(port: int | None = None, server: str = "daphne", **env: str) -> ServerProcess:
-        return server_factory(server=server, env={**FAST, **env}, port=port)
-
-    return start
-
-
-@sync_to_async
-def instance_of(server: ServerProcess) -> ServerInstance | None:
-    return ServerInstance.objects.filter(pid=server.process.pid).first()
 
 
 @sync_to_async
@@ -187,16 +170,6 @@ async def test_the_reaper_detaches_a_dead_instances_resumable_sessions_for_a_lat
     async with connect(b.url) as client:
         await client.resume_session(created["session_id"], created["resume_token"])
         assert (await LiveSession.objects.aget(pk=created["session_id"])).instance_id == (await instance_of(b)).pk
-
-
-def run_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sessions_app.client", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_the_cli_holds_a_resumable_session_across_a_server_restart(servers, workspace):

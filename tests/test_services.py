@@ -4,8 +4,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,10 +19,11 @@ from sessions_app import services
 from sessions_app.errors import Unavailable
 from sessions_app.models import LiveSession, ServerInstance
 
-from .communicators import open_session
+from .communicators import open_session, ws_connect_session
 from .locks import instance_locked
 from .polling import wait_until
 from .proxy import TcpProxy
+from .servers import dead_pid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -80,13 +79,6 @@ async def test_session_create_re_registers_a_lost_instance(workspace):
 
 
 # --- Heartbeat, reaping, retirement -------------------------------------------------------
-
-
-def dead_pid() -> int:
-    """A pid that ran a moment ago and runs no more."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 def test_reap_removes_silent_instances_and_their_sessions_and_returns_the_count(fresh_instance, instance_with_sessions):
@@ -227,14 +219,6 @@ async def proxied_server(production_services, server_factory):
         await proxy.stop()
 
 
-async def live_open(url: str, workspace) -> tuple[websockets.ClientConnection, str]:
-    ws = await websockets.connect(url, open_timeout=10)
-    await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
-    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
-    assert reply["type"] == "new_session", reply
-    return ws, reply["session_id"]
-
-
 async def row_ids() -> set[str]:
     return {str(pk) async for pk in LiveSession.objects.values_list("pk", flat=True)}
 
@@ -244,7 +228,7 @@ async def test_a_new_session_during_a_database_stall_is_answered_unavailable_wit
     proxied_server, workspace
 ):
     server, proxy = await proxied_server()
-    held, held_id = await live_open(server.url, workspace)
+    held, held_id = await ws_connect_session(server.url, workspace, timeout=10)
     async with websockets.connect(server.url) as ws:
         proxy.stall()  # connections stay open, nothing is answered
         started = time.monotonic()
@@ -272,8 +256,8 @@ async def test_rows_of_sessions_closed_while_the_database_was_cut_go_within_one_
     proxied_server, workspace
 ):
     server, proxy = await proxied_server()
-    opened = [await live_open(server.url, workspace) for _ in range(30)]
-    kept, kept_id = await live_open(server.url, workspace)
+    opened = [await ws_connect_session(server.url, workspace, timeout=10) for _ in range(30)]
+    kept, kept_id = await ws_connect_session(server.url, workspace, timeout=10)
     proxy.cut()
     await asyncio.gather(*(ws.close() for ws, _ in opened))
     await wait_until(
@@ -327,7 +311,7 @@ async def test_a_row_the_database_refuses_fails_only_its_caller_in_a_shared_batc
 @pytest.mark.production
 async def test_a_process_stops_promptly_while_its_database_hangs(proxied_server, workspace):
     server, proxy = await proxied_server(WSS_HEARTBEAT_SECONDS="0.5", WSS_REGISTRY_TIMEOUT_SECONDS="1")
-    ws, _ = await live_open(server.url, workspace)
+    ws, _ = await ws_connect_session(server.url, workspace, timeout=10)
     proxy.stall()
     await wait_until(lambda: "heartbeat failed" in server.log(), 10, what="a lifecycle call stuck in the stall")
     started = time.monotonic()
