@@ -264,6 +264,7 @@ async def test_other_paths_are_refused_at_the_handshake():
     comm = WebsocketCommunicator(application, "/elsewhere")
     connected, _ = await comm.connect()
     assert not connected
+    await comm.disconnect()  # end the refused consumer as a server would
 
 
 async def test_trailing_slash_path_works(workspace):

@@ -68,6 +68,7 @@ async def test_an_origin_refusal_is_one_warning_with_client_and_origin(events_ca
     comm = WebsocketCommunicator(application, "/ws", headers=[(b"origin", b"http://evil.example")])
     comm.scope["client"] = ("127.0.0.1", 5555)  # the app reads the scope when connect() first yields
     assert not (await comm.connect())[0]
+    await comm.disconnect()  # end the refused consumer as a server would
     (refused,) = event_records(events_caplog, "refused")
     assert refused.levelno == logging.WARNING
     assert refused.reason == "origin"

@@ -131,6 +131,7 @@ async def test_an_origin_refusal_is_counted(settings):
     comm = WebsocketCommunicator(application, "/ws", headers=[(b"origin", b"http://evil.example")])
     connected, _ = await comm.connect()
     assert not connected
+    await comm.disconnect()  # end the refused consumer as a server would
     assert refused.value == 1
 
 
@@ -141,6 +142,7 @@ async def test_an_auth_refusal_is_counted(settings):
     comm = WebsocketCommunicator(application, "/ws")
     connected, _ = await comm.connect()
     assert not connected
+    await comm.disconnect()  # end the refused consumer as a server would
     assert refused.value == 1
 
 

@@ -123,7 +123,7 @@ async def test_a_detached_session_expires_within_grace_plus_one_heartbeat(server
             await client.resume_session(created["session_id"], created["resume_token"])
 
 
-@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+@pytest.mark.parametrize("server", ["daphne", "uvicorn-fast"])
 async def test_sigterm_detaches_and_the_client_resumes_on_the_other_process(servers, workspace, server):
     a, b = servers(server=server), servers()
     [(client, _)] = held = await holders(a.url, workspace, 1, fallback=[b.url])

@@ -130,6 +130,10 @@ async def handshake(headers=(), subprotocols=None) -> tuple[WebsocketCommunicato
     """Attempt a handshake that may be refused: the communicator, whether it connected, the subprotocol."""
     comm = WebsocketCommunicator(application, "/ws", headers=list(headers), subprotocols=subprotocols)
     connected, detail = await comm.connect()
+    if not connected:
+        # End it as a server would: a refused consumer left running into the loop's teardown
+        # can hang it on the Redis layer (docs/decisions.md).
+        await comm.disconnect()
     return comm, connected, detail
 
 
