@@ -53,46 +53,37 @@ def check_heartbeat_bounds(app_configs, **kwargs) -> list[checks.CheckMessage]:
     ]
 
 
-def check_metrics_allowed_ips(app_configs, **kwargs) -> list[checks.CheckMessage]:
-    """Every WSS_METRICS_ALLOWED_IPS entry must be an address or a network."""
+def networks_check(setting: str, *, hint: str, check_id: str) -> list[checks.CheckMessage]:
+    """One error per entry of the list setting `setting` that is not an IP address or network."""
     import ipaddress
 
     from .conf import app_settings
 
     problems = []
-    for entry in app_settings.WSS_METRICS_ALLOWED_IPS:
+    for entry in getattr(app_settings, setting):
         try:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
             problems.append(
-                checks.Error(
-                    f"WSS_METRICS_ALLOWED_IPS entry {entry!r} is not an IP address or network",
-                    hint="Use addresses or CIDR networks: 127.0.0.1,::1,10.0.0.0/8.",
-                    id="wss.E010",
-                )
+                checks.Error(f"{setting} entry {entry!r} is not an IP address or network", hint=hint, id=check_id)
             )
     return problems
+
+
+def check_metrics_allowed_ips(app_configs, **kwargs) -> list[checks.CheckMessage]:
+    """Every WSS_METRICS_ALLOWED_IPS entry must be an address or a network."""
+    return networks_check(
+        "WSS_METRICS_ALLOWED_IPS", hint="Use addresses or CIDR networks: 127.0.0.1,::1,10.0.0.0/8.", check_id="wss.E010"
+    )
 
 
 def check_trusted_proxies(app_configs, **kwargs) -> list[checks.CheckMessage]:
     """Every WSS_TRUSTED_PROXIES entry must be an address or a network."""
-    import ipaddress
-
-    from .conf import app_settings
-
-    problems = []
-    for entry in app_settings.WSS_TRUSTED_PROXIES:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            problems.append(
-                checks.Error(
-                    f"WSS_TRUSTED_PROXIES entry {entry!r} is not an IP address or network",
-                    hint="List your proxies' addresses or CIDR networks: 10.0.0.5,10.1.0.0/16.",
-                    id="wss.E011",
-                )
-            )
-    return problems
+    return networks_check(
+        "WSS_TRUSTED_PROXIES",
+        hint="List your proxies' addresses or CIDR networks: 10.0.0.5,10.1.0.0/16.",
+        check_id="wss.E011",
+    )
 
 
 def check_server_proxy_headers(app_configs, **kwargs) -> list[checks.CheckMessage]:
