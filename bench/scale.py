@@ -44,6 +44,8 @@ from .targets import (
     postgres_registry,
     raise_open_files_limit,
     server_command,
+    tree_cpu_seconds,
+    tree_rss,
 )
 
 
@@ -181,19 +183,10 @@ class Servers:
         return found
 
     def rss(self) -> int:
-        total = 0
-        for process in self.tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
-        return total
+        return tree_rss(self.tree())
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for process in self.tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        return tree_cpu_seconds(self.tree())
 
     def open_files_limits(self) -> list[int]:
         return [process.rlimit(psutil.RLIMIT_NOFILE)[0] for process in self.tree()]

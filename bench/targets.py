@@ -109,20 +109,11 @@ class Target:
 
     def cpu_seconds(self) -> float:
         """CPU used by the server's process tree so far."""
-        total = 0.0
-        for process in self.tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        return tree_cpu_seconds(self.tree())
 
     def rss(self) -> int:
         """Resident memory of the server's process tree."""
-        total = 0
-        for process in self.tree():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
-        return total
+        return tree_rss(self.tree())
 
     def open_files_limit(self) -> int:
         return psutil.Process(self.serving_pid()).rlimit(psutil.RLIMIT_NOFILE)[0]
@@ -349,3 +340,22 @@ def target_start(
             time.sleep(0.1)
     target.stop()
     raise RuntimeError(f"{spec.label} did not listen on port {port} within 60 s")
+
+
+def tree_cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User plus system CPU seconds of these processes (those gone meanwhile count 0)."""
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def tree_rss(processes: list[psutil.Process]) -> int:
+    """Resident memory of these processes, in bytes (those gone meanwhile count 0)."""
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss
+    return total
