@@ -12,6 +12,7 @@ bounded in frames and time.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -103,7 +105,9 @@ def registry_lock(database: Path) -> sqlite3.Connection:
     return connection
 
 
-async def measure(server: str, *, frames: int, size: int, hold: float, env: dict[str, str]) -> dict:
+@contextlib.contextmanager
+def fresh_server(server: str, env: dict[str, str]) -> Iterator[tuple[str, str, Path, subprocess.Popen]]:
+    """A server on a new, migrated SQLite registry: scratch folder, URL, database, process; killed after."""
     with tempfile.TemporaryDirectory() as scratch:
         database = Path(scratch) / "db.sqlite3"
         subprocess.run(
@@ -115,49 +119,43 @@ async def measure(server: str, *, frames: int, size: int, hold: float, env: dict
         port = free_port()
         process = start(server, database, port, env)
         try:
-            url = f"ws://127.0.0.1:{port}/ws"
-            async with websockets.connect(url) as warm:  # one session first: every code path loaded
-                await warm.send(json.dumps({"type": "new_session", "workspace_dir": scratch}))
-                await warm.recv()
-            await asyncio.sleep(0.5)
-            baseline = psutil.Process(process.pid).memory_info().rss
-            sampler = RssSampler(process.pid)
-            sampler.start()
-            lock = registry_lock(database)
-            asyncio.get_running_loop().call_later(hold, lock.rollback)
-            started = time.monotonic()
-            result = await flood(url, frames=frames, size=size, workspace=scratch)
-            seconds = time.monotonic() - started
-            sampler.running = False
-            sampler.join()
-            return {
-                "server": server,
-                "frames": frames,
-                "frame_bytes": size,
-                "flood_mib": round(frames * size / MIB, 1),
-                "rss_before_mib": round(baseline / MIB, 1),
-                "rss_peak_growth_mib": round((sampler.peak - baseline) / MIB, 1),
-                "seconds": round(seconds, 1),
-                **result,
-            }
+            yield scratch, f"ws://127.0.0.1:{port}/ws", database, process
         finally:
             process.kill()
             process.wait()
 
 
+async def measure(server: str, *, frames: int, size: int, hold: float, env: dict[str, str]) -> dict:
+    with fresh_server(server, env) as (scratch, url, database, process):
+        async with websockets.connect(url) as warm:  # one session first: every code path loaded
+            await warm.send(json.dumps({"type": "new_session", "workspace_dir": scratch}))
+            await warm.recv()
+        await asyncio.sleep(0.5)
+        baseline = psutil.Process(process.pid).memory_info().rss
+        sampler = RssSampler(process.pid)
+        sampler.start()
+        lock = registry_lock(database)
+        asyncio.get_running_loop().call_later(hold, lock.rollback)
+        started = time.monotonic()
+        result = await flood(url, frames=frames, size=size, workspace=scratch)
+        seconds = time.monotonic() - started
+        sampler.running = False
+        sampler.join()
+        return {
+            "server": server,
+            "frames": frames,
+            "frame_bytes": size,
+            "flood_mib": round(frames * size / MIB, 1),
+            "rss_before_mib": round(baseline / MIB, 1),
+            "rss_peak_growth_mib": round((sampler.peak - baseline) / MIB, 1),
+            "seconds": round(seconds, 1),
+            **result,
+        }
+
+
 async def measure_held(server: str, *, held: int, env: dict[str, str]) -> dict:
     """RSS growth for `held` connections each holding a session (what the inbox costs when idle)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        database = Path(scratch) / "db.sqlite3"
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": f"sqlite:///{database}"},
-            check=True,
-        )
-        port = free_port()
-        process = start(server, database, port, env)
-        url = f"ws://127.0.0.1:{port}/ws"
+    with fresh_server(server, env) as (scratch, url, _database, process):
 
         async def hold() -> websockets.ClientConnection:
             ws = await websockets.connect(url, open_timeout=30)
@@ -183,8 +181,6 @@ async def measure_held(server: str, *, held: int, env: dict[str, str]) -> dict:
         finally:
             for ws in connections:
                 await ws.close()
-            process.kill()
-            process.wait()
 
 
 def main() -> None:
