@@ -2,17 +2,19 @@
 
 import asyncio
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ProtocolError
 from .process import process_state
-from .sessions import SessionRecord
+
+if TYPE_CHECKING:  # sessions.py waits on the lease, which closes the sessions connections hold
+    from .sessions import SessionRecord
 
 
 class Connection(Protocol):
     """What the lifecycle needs of a consumer: its session, and rendering an error frame."""
 
-    session: SessionRecord | None
+    session: "SessionRecord | None"
     channel_name: str
 
     async def send_error(self, error: ProtocolError) -> None: ...

@@ -49,7 +49,8 @@ async def start() -> None:
         return
     # While this first registration runs (daphne already accepts connections), a session
     # insert registers the instance itself, so new sessions need not be refused; only a
-    # process that could not register refuses them until a heartbeat shows it alive.
+    # process that could not register refuses them until a heartbeat (or a request's own
+    # renewal of the lease) shows it alive.
     registered = False
     try:
         await beat(instance_register_sync)

@@ -1,8 +1,10 @@
-"""The lease: until when this instance may hold sessions, its renewal by a good heartbeat, and the fence.
+"""The lease: until when this instance may hold sessions, its renewal (by a heartbeat, or on demand), the fence.
 
 A heartbeat older than the instance timeout minus one heartbeat means peers may reap
 this instance any moment: it closes its sessions with `session_lost` (4503) itself and
-refuses new ones until the lease is renewed.
+refuses new ones until the lease is renewed. A `new_session` or `resume_session` that
+finds the lease lapsed renews it on demand (`lease_held`) rather than wait for the next
+heartbeat, so the first request after the registry's return is accepted.
 """
 
 import asyncio
@@ -16,9 +18,41 @@ from .conf import app_settings
 from .connections import sessions_held
 from .database import registry_call
 from .errors import SessionLost
+from .instances import instance_heartbeat_sync
 from .process import process_state
 
 logger = logging.getLogger(__name__)
+
+# How long a request waits for an on-demand renewal of a lapsed lease before it is answered
+# `unavailable`; the renewal itself goes on (bounded as any registry call) for later requests.
+RENEWAL_WAIT_SECONDS = 1.0
+
+
+async def lease_held() -> bool:
+    """Whether this instance may take a session now; a lapsed lease is first renewed on demand.
+
+    One renewal runs at a time, and every request that finds the lease lapsed waits on it.
+    A renewal is a heartbeat: it renews the lease from its own start, as the heartbeat does,
+    so the fence's guarantee holds (peers reap only after a whole instance timeout).
+    """
+    state = process_state()
+    if not state.fenced():
+        return True
+    loop = asyncio.get_running_loop()
+    if state.renewal is None or state.renewal.done() or state.renewal.get_loop() is not loop:
+        state.renewal = loop.create_task(_renew(), name="wss-lease-renewal")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(state.renewal), RENEWAL_WAIT_SECONDS)
+    return not state.fenced()
+
+
+async def _renew() -> None:
+    try:
+        await beat(instance_heartbeat_sync)
+    except Exception as error:  # the registry is still away: the request is answered `unavailable`
+        logger.info("on-demand lease renewal failed: %s", str(error) or type(error).__name__)
+    else:
+        logger.info("lease renewed on demand")
 
 
 async def beat(function: Callable[[], Any]) -> None:

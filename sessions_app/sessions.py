@@ -22,6 +22,7 @@ from django.utils import timezone
 from .database import registry_timeout
 from .errors import Unavailable
 from .instances import instance_registered_run, resume_grace_seconds
+from .lease import lease_held
 from .models import LiveSession
 from .process import process_state
 from .registry_writer import GroupCommitWriter
@@ -62,7 +63,7 @@ async def session_create(
     cancelled because its client left) leaves no row: the insert is withdrawn if the
     writer had not started it, and deleted if it committed anyway.
     """
-    if process_state().fenced():
+    if not await lease_held():
         raise Unavailable("This server cannot reach the session registry right now; try again shortly.")
     token, token_digest = resume_token_new() if resumable and resume_grace_seconds() > 0 else (None, "")
     record = SessionRecord(
@@ -160,7 +161,7 @@ async def session_resume(
     """
     if resume_grace_seconds() <= 0:
         return None
-    if process_state().fenced():
+    if not await lease_held():
         raise Unavailable("This server cannot reach the session registry right now; try again shortly.")
     token, token_digest = resume_token_new()
     operation = SessionResume(
