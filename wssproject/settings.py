@@ -195,7 +195,7 @@ LOGGING = {
         },
     },
     # Formatted and written on a thread, not on the event loop (sessions_app/logqueue.py).
-    "handlers": {"console": {"()": "sessions_app.logqueue.QueueHandler", "formatter": WSS_LOG_FORMAT}},
+    "handlers": {"console": {"()": "sessions_app.logqueue.ThreadedStreamHandler", "formatter": WSS_LOG_FORMAT}},
     "loggers": {
         # Not propagated: daphne configures the root logger too, which would print each line twice.
         "sessions_app": {"handlers": ["console"], "level": os.environ.get("WSS_LOG_LEVEL", "INFO"), "propagate": False},
