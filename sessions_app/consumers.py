@@ -4,12 +4,11 @@ import logging
 import time
 from typing import Any
 
-from channels.consumer import get_handler_name
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
 
 from . import events, lifecycle, protocol
+from .compat import WithoutConnectionHop
 from .conf import app_settings
 from .errors import (
     InternalError,
@@ -38,7 +37,7 @@ from .services import (
 logger = logging.getLogger(__name__)
 
 
-class SessionConsumer(AsyncJsonWebsocketConsumer):
+class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
     """One WebSocket connection, holding at most one live session."""
 
     session: SessionRecord | None = None
@@ -220,23 +219,6 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         except Exception:
             # The row already moved, so the old connection's writes are no-ops; it only keeps its socket.
             logger.warning("could not tell %s about session %s (%s)", channel_name, session.session_id, event_type)
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """Overridden: Channels hops to a thread before every event to close old DB connections.
-
-        That is one hop per connect, frame and disconnect. This consumer reaches the database
-        only through the registry writer, which owns its connection (registry_writer.py), and
-        database_sync_to_async closes old connections itself; so the hop closes nothing of ours.
-        """
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
-
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        """Overridden for the same hop as `dispatch`; this consumer joins no groups."""
-        await self.disconnect(message["code"])
-        raise StopConsumer()
 
     async def send_error(self, error: ProtocolError) -> None:
         """Render an error frame: the one place errors reach the wire."""
