@@ -21,7 +21,6 @@ from .errors import (
     UnsupportedFrame,
 )
 
-PROTOCOL_VERSION = 1
 # Optional WebSocket subprotocol name; selected when the client offers it (browsers that
 # offer subprotocols, e.g. to carry a token, fail the handshake unless one is selected).
 SUBPROTOCOL = "wss-sessions.v1"
