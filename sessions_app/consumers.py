@@ -79,7 +79,7 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
             return  # frames already in flight after a fatal error: nothing more to say
         message = None
         try:
-            message = protocol.decode(text_data, bytes_data, limit=app_settings.WSS_MAX_MESSAGE_BYTES)
+            message = protocol.decode(text_data, bytes_data)
             await HANDLERS[type(message)](self, message)
         except ProtocolError as error:
             if message is not None:
