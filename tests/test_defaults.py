@@ -79,7 +79,8 @@ def test_no_environment_means_debug_off_and_a_generated_private_key(tmp_path: Pa
 
 SETTINGS_SCRIPT = (
     "import django, json; django.setup(); from django.conf import settings as s;"
-    " from sessions_app.conf import DEFAULTS; print(json.dumps({name: [getattr(s, name), type(getattr(s, name)).__name__] for name in DEFAULTS}))"
+    " from sessions_app.conf import DEFAULTS;"
+    " print(json.dumps({name: [getattr(s, name), type(getattr(s, name)).__name__] for name in DEFAULTS}))"
 )
 
 
