@@ -23,6 +23,7 @@ from .errors import (
 from .events import client_address
 from .inbox import Inbox
 from .ratelimit import TokenBucket
+from .release import held_channel, session_release
 from .resolver import workspace_resolve_async
 from .services import (
     SessionRecord,
@@ -30,7 +31,6 @@ from .services import (
     resume_grace_seconds,
     session_close,
     session_create,
-    session_detach,
     session_resume,
 )
 
@@ -160,7 +160,7 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
         if self.session is None:
             raise NoSession("This connection holds no session; there is nothing to end.")
         session, self.session = self.session, None
-        await session_close(session_id=session.session_id, channel_name=self.held_channel(session))
+        await session_close(session_id=session.session_id, channel_name=held_channel(session, self.channel_name))
         await self.send_json(protocol.session_ended_reply(session_id=session.session_id, request_id=message.request_id))
         events.session_ended(self.scope, session, reason="client_close")
 
@@ -185,32 +185,24 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
         await self.send_error(SessionTakenOver("This session was resumed on another connection."))
 
     async def disconnect(self, code: int) -> None:
-        """End or detach the session, if any. Idempotent; never raises.
-
-        A resumable session ends only on the client's own close 1000; any other end detaches
-        it for the grace period. Either write applies only while this connection still holds
-        the row, so a session that moved to another connection is left alone.
-        """
+        """End or detach the session, if any (release.session_release decides). Idempotent; never raises."""
         lifecycle.connection_closed(self)
         session, self.session = self.session, None
         if session is None:
             return
         reason = events.end_reason(code, closing_error=self.closing_error)
-        if session.resumable and not events.session_ends_with(code, closing_error=self.closing_error):
-            await session_detach(session_id=session.session_id, channel_name=self.channel_name)
+        detached = await session_release(
+            session=session, channel_name=self.channel_name, close_code=code, closing_error=self.closing_error
+        )
+        if detached:
             events.session_detached(self.scope, session, reason=reason, close_code=code)
-            return
-        await session_close(session_id=session.session_id, channel_name=self.held_channel(session))
-        events.session_ended(self.scope, session, reason=reason, close_code=code)
+        else:
+            events.session_ended(self.scope, session, reason=reason, close_code=code)
 
     @property
     def user_id(self) -> int | None:
         """The authenticated user's id, or None."""
         return getattr(self.scope.get("user"), "pk", None)
-
-    def held_channel(self, session: SessionRecord) -> str | None:
-        """The channel a delete must still find on the row: ours for a resumable session (it can move)."""
-        return self.channel_name if session.resumable else None
 
     async def tell(self, channel_name: str, event_type: str, session: SessionRecord) -> None:
         """Send a channel-layer event about `session` to another consumer; a failed send is logged, not raised."""

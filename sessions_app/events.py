@@ -28,15 +28,6 @@ END_REASON_BY_ERROR_CODE = {
 }
 
 
-def session_ends_with(close_code: int, *, closing_error: str | None) -> bool:
-    """Whether a resumable session ends with its connection: only on the client's own close 1000.
-
-    Any other end (a drop, 1001 going away, a ping timeout, a fatal protocol error, this
-    server stopping) detaches it, so the client can resume.
-    """
-    return close_code == 1000 and closing_error is None
-
-
 def connected(scope: dict[str, Any]) -> None:
     """A WebSocket handshake was accepted."""
     _emit("connect", client=client_address(scope), path=scope.get("path"))
