@@ -9,7 +9,7 @@ from django.utils.timesince import timesince
 
 from .audit import ACTED, sessions_terminate_audited, terminate_summary
 from .models import ApiToken, LiveSession, ServerInstance
-from .services import TerminateResult
+from .terminate import TerminateResult
 from .tokens import token_issue, token_revoke
 
 

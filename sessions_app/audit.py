@@ -18,7 +18,7 @@ from django.contrib.contenttypes.models import ContentType
 
 from . import events
 from .models import LiveSession
-from .services import TerminateResult, session_terminate
+from .terminate import TerminateResult, session_terminate
 
 # The results that did something; the others did nothing. DELIVERED means only that the
 # channel layer took the terminate for the server that holds the session, which closes it;

@@ -1,15 +1,17 @@
 """Every use of another library's private parts, in one place.
 
 Each section names the upstream code it relies on and why the public API does not do;
-tests/test_compat.py has a contract test per touchpoint that fails when an upgrade changes
-what it relies on, and a system check (wss.W030) warns when an installed version differs
-from the one this module was checked against. After an upgrade: run tests/test_compat.py,
+tests/test_compat.py (tests/test_server_hooks.py for the server hooks) has a contract test
+per touchpoint that fails when an upgrade changes what it relies on, and a system check
+(wss.W030) warns when an installed version differs from the one this module was checked
+against. After an upgrade: run tests/test_compat.py,
 re-check each section, then update CHECKED_VERSIONS (and requirements.txt).
 """
 
 import hashlib
 import importlib.metadata
 import inspect
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -127,3 +129,34 @@ class WithoutConnectionHop:
         """Call `disconnect` with the close code, then stop the consumer."""
         await self.disconnect(message["code"])  # type: ignore[attr-defined]
         raise StopConsumer()
+
+
+# --- Server hooks: daphne's Twisted reactor, uvicorn's signal handlers ------------------------
+# daphne offers no hook to run code when its reactor starts or before it shuts down, and
+# uvicorn none to run code before it closes every WebSocket with 1012 on SIGTERM.
+
+
+def daphne_reactor() -> Any | None:
+    """The Twisted reactor daphne installed in this process, or None when there is none.
+
+    Relies on: daphne installs `twisted.internet.asyncioreactor.AsyncioSelectorReactor` as
+    `twisted.internet.reactor` (in `sys.modules`) before it imports the ASGI application.
+    Importing the reactor here instead would install the default one: only a reactor
+    daphne made is hooked.
+    """
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:
+        return None
+    from twisted.internet import asyncioreactor
+
+    return reactor if isinstance(reactor, asyncioreactor.AsyncioSelectorReactor) else None
+
+
+def uvicorn_signal_handler(handler: Any) -> bool:
+    """Whether a signal handler is uvicorn's own.
+
+    Relies on: uvicorn's server installs its SIGINT and SIGTERM handlers with
+    `signal.signal`, as bound methods of `uvicorn.server.Server` (so their `__module__`
+    starts with "uvicorn."), before the lifespan starts.
+    """
+    return callable(handler) and getattr(handler, "__module__", "").startswith("uvicorn.")

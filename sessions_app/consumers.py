@@ -7,7 +7,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
 
-from . import events, lifecycle, protocol
+from . import connections, events, protocol
 from .compat import WithoutConnectionHop
 from .conf import app_settings
 from .errors import (
@@ -22,13 +22,13 @@ from .errors import (
 )
 from .events import client_address
 from .inbox import Inbox
+from .instances import resume_grace_seconds
+from .process import process_state
 from .ratelimit import TokenBucket
 from .release import held_channel, session_release
 from .resolver import workspace_resolve_async
-from .services import (
+from .sessions import (
     SessionRecord,
-    instance_fenced,
-    resume_grace_seconds,
     session_close,
     session_create,
     session_resume,
@@ -66,10 +66,10 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         """Accept every handshake that the middleware let through, unless this process is stopping."""
-        if lifecycle.stopping():
+        if connections.stopping():
             await self.close()
             return
-        lifecycle.connection_opened(self)
+        connections.connection_opened(self)
         await self.accept(subprotocol=protocol.subprotocol_choose(self.scope.get("subprotocols", [])))
         events.connected(self.scope)
 
@@ -150,7 +150,7 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
         events.session_resumed(self.scope, self.session, taken_over=bool(resumed.previous_channel))
         if resumed.previous_channel:
             await self.tell(resumed.previous_channel, "session.taken_over", self.session)
-        if instance_fenced():
+        if process_state().fenced():
             # The lease ran out while the resume was under way: peers may reap this instance
             # any moment. The client has its new token and resumes elsewhere.
             await self.send_error(SessionLost("This server lost the session registry; resume the session elsewhere."))
@@ -186,7 +186,7 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """End or detach the session, if any (release.session_release decides). Idempotent; never raises."""
-        lifecycle.connection_closed(self)
+        connections.connection_closed(self)
         session, self.session = self.session, None
         if session is None:
             return

@@ -1,6 +1,6 @@
 """What the end of a connection does to its session: a resumable one is detached, any other ended."""
 
-from .services import SessionRecord, session_close, session_detach
+from .sessions import SessionRecord, session_close, session_detach
 
 
 def session_ends_with(close_code: int, *, closing_error: str | None) -> bool:

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from sessions_app.audit import terminate_recorded, terminate_summary
 from sessions_app.models import LiveSession, ServerInstance
-from sessions_app.services import TerminateResult
+from sessions_app.terminate import TerminateResult
 
 pytestmark = pytest.mark.django_db
 
