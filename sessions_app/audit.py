@@ -18,7 +18,7 @@ from django.contrib.contenttypes.models import ContentType
 
 from . import events
 from .models import LiveSession
-from .terminate import TerminateResult, session_terminate
+from .terminate import TerminateResult, session_terminate_request
 
 # The results that did something; the others did nothing. DELIVERED means only that the
 # channel layer took the terminate for the server that holds the session, which closes it;
@@ -54,7 +54,7 @@ def terminate_recorded(*, session_id: uuid.UUID | str, result: TerminateResult, 
 
 def session_terminate_audited(session_id: uuid.UUID | str, *, via: str, user=None) -> TerminateResult:
     """Terminate one session and record what happened."""
-    result = async_to_sync(session_terminate)(session_id=session_id)
+    result = async_to_sync(session_terminate_request)(session_id=session_id)
     if result is not TerminateResult.NOT_FOUND:
         terminate_recorded(session_id=session_id, result=result, via=via, user=user)
     return result

@@ -118,7 +118,8 @@ async def test_terminate_counts_as_terminated_once(workspace):
     terminated = Delta("wss_sessions_ended_total", reason="terminated")
     live = Delta("wss_live_sessions")
     comm, reply = await open_session(workspace)
-    assert await terminate.session_terminate(session_id=reply["session_id"]) == terminate.TerminateResult.DELIVERED
+    result = await terminate.session_terminate_request(session_id=reply["session_id"])
+    assert result == terminate.TerminateResult.DELIVERED
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     await comm.disconnect(code=4410)
     assert (terminated.value, live.value) == (1, 0)

@@ -144,7 +144,7 @@ async def test_no_oracle_every_refusal_is_one_and_the_same_frame(workspace, sett
     expired = await refusal(expired_session["session_id"], expired_session["resume_token"])
 
     terminated_session = await detached_session(workspace)
-    assert await terminate.session_terminate(session_id=terminated_session["session_id"])
+    assert await terminate.session_terminate_request(session_id=terminated_session["session_id"])
     terminated = await refusal(terminated_session["session_id"], terminated_session["resume_token"])
 
     plain_comm, plain = await open_session(workspace)
@@ -315,13 +315,13 @@ async def test_a_session_of_a_silent_instance_resumes_at_once_without_the_reaper
 
 async def test_terminating_a_detached_session_removes_it(workspace):
     created = await detached_session(workspace)
-    assert await terminate.session_terminate(session_id=created["session_id"])
+    assert await terminate.session_terminate_request(session_id=created["session_id"])
     assert await row(created["session_id"]) is None
 
 
 async def test_terminating_an_attached_resumable_session_ends_it_with_4410(workspace):
     comm, created = await open_session(workspace, fields=RESUMABLE)
-    assert await terminate.session_terminate(session_id=created["session_id"])
+    assert await terminate.session_terminate_request(session_id=created["session_id"])
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4410}
     await comm.disconnect(code=4410)
