@@ -219,19 +219,9 @@ LOGGING = {
 }
 
 # --- wss-sessions: app knobs, all under WSS_, read by sessions_app.conf ------------------
-# Their defaults are stated once, in sessions_app.conf.DEFAULTS (and the README's table).
-WSS_MAX_MESSAGE_BYTES = env_setting("WSS_MAX_MESSAGE_BYTES")
-WSS_ALLOWED_ORIGINS = env_setting("WSS_ALLOWED_ORIGINS")
-WSS_REQUIRE_ORIGIN = env_setting("WSS_REQUIRE_ORIGIN")
-WSS_WORKSPACE_ROOTS = env_setting("WSS_WORKSPACE_ROOTS")
-WSS_HEARTBEAT_SECONDS = env_setting("WSS_HEARTBEAT_SECONDS")
-WSS_INSTANCE_TIMEOUT_SECONDS = env_setting("WSS_INSTANCE_TIMEOUT_SECONDS")
-WSS_STOP_TIMEOUT_SECONDS = env_setting("WSS_STOP_TIMEOUT_SECONDS")
-WSS_METRICS_ALLOWED_IPS = env_setting("WSS_METRICS_ALLOWED_IPS")
-WSS_METRICS_TOKEN = env_setting("WSS_METRICS_TOKEN")
-WSS_READYZ_TIMEOUT_SECONDS = env_setting("WSS_READYZ_TIMEOUT_SECONDS")
-WSS_RESUME_GRACE_SECONDS = env_setting("WSS_RESUME_GRACE_SECONDS")
-WSS_REGISTRY_TIMEOUT_SECONDS = env_setting("WSS_REGISTRY_TIMEOUT_SECONDS")
+# Each is stated once, with its default, in sessions_app.conf.DEFAULTS (and the README's
+# table), and read here from the environment variable of the same name.
+globals().update({name: env_setting(name) for name in wss_conf.DEFAULTS})
 
 # The sessions API (/api/sessions): users with the model permissions the admin asks for
 # (view to read, delete to terminate), by bearer token (sessions_app.authentication, which
@@ -246,18 +236,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }
 
-WSS_REQUIRE_AUTH = env_setting("WSS_REQUIRE_AUTH")
-WSS_RATE_LIMIT = env_setting("WSS_RATE_LIMIT")
-WSS_RATE_LIMIT_BURST = env_setting("WSS_RATE_LIMIT_BURST")
-
-# --- Security (docs/security.md): cookies over TLS, masked settings, trusted proxies, bounds --
+# --- Security (docs/security.md): cookies over TLS, masked settings ---------------------------
 # Behind a TLS-terminating proxy: session and CSRF cookies only over HTTPS. The redirect to
 # HTTPS and HSTS belong to that proxy (docs/security.md, `check --deploy`).
 if env_bool("DJANGO_HTTPS", False):
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
 # Error pages (debug, and the e-mailed reports) mask URLs with credentials and every secret.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "sessions_app.reporting.CredentialMaskingFilter"
-WSS_TRUSTED_PROXIES = env_setting("WSS_TRUSTED_PROXIES")
-WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS = env_setting("WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS")
-WSS_WORKSPACE_RESOLVE_THREADS = env_setting("WSS_WORKSPACE_RESOLVE_THREADS")
-WSS_MAX_QUEUED_FRAMES = env_setting("WSS_MAX_QUEUED_FRAMES")
