@@ -1,12 +1,14 @@
 """Every terminate, from the admin, the API or a command, is recorded: who, when, which session."""
 
 import getpass
+import io
 import logging
+import uuid
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.auth.models import Permission
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from sessions_app.models import LiveSession, ServerInstance
@@ -69,8 +71,15 @@ def test_a_command_terminate_is_logged_under_the_operators_login(dead_session, c
 def test_a_refused_or_missing_terminate_records_nothing(client, django_user_model, dead_session, caplog):
     viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_livesession"))
-    client.force_login(viewer)
+    ops = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
+    ops.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
     with caplog.at_level(logging.INFO, logger="sessions_app.events"):
-        assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 403
+        client.force_login(viewer)
+        assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 403  # refused
+        client.force_login(ops)
+        assert client.delete(f"/api/sessions/{uuid.uuid4()}").status_code == 404  # missing
+        with pytest.raises(CommandError, match="not found"):
+            call_command("terminate_sessions", str(uuid.uuid4()), stdout=io.StringIO(), stderr=io.StringIO())
+    assert LiveSession.objects.filter(pk=dead_session.pk).exists()
     assert not LogEntry.objects.exists()
     assert audit_lines(caplog) == []
