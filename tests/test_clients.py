@@ -105,6 +105,9 @@ async def test_an_unrestricted_server_refuses_a_remote_client_forwarded_by_a_tru
         ):
             pass
     assert refused.value.response.status_code == 403
-    # A forged loopback address from an untrusted peer does not pass either way: that peer is loopback itself.
-    async with websockets.connect(server.url, local_addr=("127.0.0.2", 0)):
+    # An untrusted peer's header is not believed either way: forging a remote address does
+    # not get 127.0.0.2 refused, so forging a loopback one gets a remote peer nothing.
+    async with websockets.connect(
+        server.url, additional_headers={"X-Forwarded-For": "203.0.113.9"}, local_addr=("127.0.0.2", 0)
+    ):
         pass
