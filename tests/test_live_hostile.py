@@ -109,6 +109,9 @@ async def test_a_browser_style_subprotocol_token_is_accepted_and_the_protocol_se
         assert ws.subprotocol == SUBPROTOCOL
         session_id = await ws_open_session(ws, workspace)
         assert (await LiveSession.objects.aget(pk=session_id)).user_id == alice.pk
+    # Lines are written in order by the log writer: once the session's end is there, so is
+    # anything the handshake logged.
+    await wait_until(lambda: f"session_ended session_id={session_id}" in locked_server.log(), 10)
     assert raw not in locked_server.log()
 
 
