@@ -51,6 +51,16 @@ async def detached_session(workspace: Path) -> dict:
     return reply
 
 
+async def assert_session_held(comm: WebsocketCommunicator) -> None:
+    """The connection is open and still holds its session: another new_session is session_exists.
+
+    A positive probe, where waiting for silence would need a window long enough to fail: a
+    session closed meanwhile answers with its error frame first.
+    """
+    reply = await new_session(comm, "/", request_id="probe")
+    assert (reply["type"], reply.get("code"), reply.get("request_id")) == ("error", "session_exists", "probe"), reply
+
+
 async def expect_close(comm: WebsocketCommunicator, code: int) -> None:
     """The next thing the server does is close with `code`."""
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": code}

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sessions_app.errors import all_error_classes
 from sessions_app.models import LiveSession
 
-from .communicators import connect, new_session_frame, open_session
+from .communicators import assert_session_held, connect, new_session_frame, open_session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -124,8 +124,7 @@ async def good(roots: Path):
 async def assert_good_session_untouched(good) -> None:
     comm, session_id = good
     assert await LiveSession.objects.filter(pk=session_id).aexists()
-    await comm.send_json_to({"type": "new_session", "workspace_dir": "/", "request_id": "probe"})
-    assert (await comm.receive_json_from(timeout=5))["code"] == "session_exists"
+    await assert_session_held(comm)
 
 
 async def send_frame(comm: WebsocketCommunicator, frame: str | bytes) -> None:

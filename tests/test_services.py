@@ -19,7 +19,7 @@ from sessions_app import services
 from sessions_app.errors import Unavailable
 from sessions_app.models import LiveSession, ServerInstance
 
-from .communicators import open_session, ws_connect_session
+from .communicators import assert_session_held, open_session, ws_connect_session
 from .locks import instance_locked
 from .polling import wait_until
 from .proxy import TcpProxy
@@ -48,8 +48,13 @@ async def test_terminate_leaves_other_sessions_alone(workspace):
     comm_b, reply = await open_session(workspace)
     session_b = reply["session_id"]
     await services.session_terminate(session_id=session_a)
+    sent = time.monotonic()
     assert (await comm_a.receive_json_from(timeout=5))["code"] == "session_terminated"
-    assert await comm_b.receive_nothing(timeout=0.2)
+    # A message for B would have left in the same call as A's, which took `delivered` to
+    # arrive: ten times that (at least a second) is long enough for it to show.
+    delivered = time.monotonic() - sent
+    assert await comm_b.receive_nothing(timeout=max(1.0, 10 * delivered))
+    await assert_session_held(comm_b)
     assert await LiveSession.objects.filter(pk=session_b).aexists()
     await comm_a.disconnect()
     await comm_b.disconnect()
