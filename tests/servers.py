@@ -25,6 +25,13 @@ FAST_HEARTBEAT, FAST_TIMEOUT = 1, 5
 FAST_ENV = {"WSS_HEARTBEAT_SECONDS": str(FAST_HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(FAST_TIMEOUT)}
 
 
+# A stop's documented duration (docs/operations.md, "Stop timing"): the close handshakes are
+# given CLOSE_HANDSHAKE_SECONDS (2 s); uvicorn then waits for the application's tasks, up to
+# the fast command's --timeout-graceful-shutdown (5 s; the default command's tasks end at once).
+GRACEFUL_SHUTDOWN = float(UVICORN_FAST_OPTIONS[UVICORN_FAST_OPTIONS.index("--timeout-graceful-shutdown") + 1])
+STOP_SECONDS = {"daphne": 2.0, "uvicorn": 2.0 + GRACEFUL_SHUTDOWN, "uvicorn-fast": 2.0 + GRACEFUL_SHUTDOWN}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

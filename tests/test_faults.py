@@ -28,7 +28,8 @@ from django.db import connection
 
 from sessions_app.models import LiveSession
 
-from .polling import wait_until
+from .communicators import frames_until_closed
+from .polling import SLACK, wait_until
 from .proxy import TcpProxy
 from .servers import RedisServer, ServerProcess
 from .servers import test_database_url as database_url
@@ -38,7 +39,6 @@ pytestmark = [pytest.mark.production, pytest.mark.live, pytest.mark.django_db(tr
 HEARTBEAT, TIMEOUT = 1, 5
 FAST = {"WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(TIMEOUT)}
 # What a loaded 2-core machine may add to a documented bound (scheduling, a connect, a query).
-SLACK = 5.0
 # Bounds documented in docs/operations.md ("What survives what").
 LAYER_RESUME_BOUND = 2.0  # the layer's probe pings at most once a second; then the consumer reads
 RECONCILE_BOUND = 2 * HEARTBEAT + 1  # a reconcile pass runs at each heartbeat; a row in flight gets one more
@@ -66,11 +66,7 @@ class Held:
         return self.reader is not None and not self.reader.done()
 
     async def read(self) -> None:
-        try:
-            while True:
-                self.frames.append(json.loads(await self.ws.recv()))
-        except websockets.ConnectionClosed as closed:
-            self.close_code = closed.rcvd.code if closed.rcvd else None
+        _, self.close_code = await frames_until_closed(self.ws, None, into=self.frames)
 
 
 class Clients:

@@ -21,7 +21,7 @@ from django.db import connection
 from sessions_app.models import ServerInstance
 
 from .communicators import new_session_frame, ws_open_session
-from .polling import wait_until
+from .polling import SLACK, wait_until
 from .proxy import TcpProxy
 from .servers import ServerProcess
 from .servers import test_database_url as database_url
@@ -32,7 +32,6 @@ HEARTBEAT = 1
 STOP_TIMEOUT = 3  # WSS_STOP_TIMEOUT_SECONDS for the server under test (15 s by default)
 CLOSE_HANDSHAKES = 2  # the stop then gives the clients' close handshakes up to 2 s
 CONNECT_TIMEOUT = 2  # DATABASE_CONNECT_TIMEOUT for the servers under test
-SLACK = 5  # a loaded 2-core machine
 
 
 @pytest.fixture

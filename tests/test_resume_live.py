@@ -19,14 +19,13 @@ from sessions_app import errors
 from sessions_app.client import SessionClient, connect
 from sessions_app.models import LiveSession, ServerInstance
 
-from .polling import wait_until, wait_until_sync
+from .polling import SLACK, wait_until, wait_until_sync
 from .servers import FAST_HEARTBEAT as HEARTBEAT
 from .servers import FAST_TIMEOUT as TIMEOUT
-from .servers import ServerProcess, instance_of, run_cli
+from .servers import STOP_SECONDS, ServerProcess, instance_of, run_cli
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
-SLACK = 4.0  # what a loaded 2-core machine may add to a documented bound
 CLIENTS = 20
 
 
@@ -130,7 +129,7 @@ async def test_sigterm_detaches_and_the_client_resumes_on_the_other_process(serv
     created_at = client.session.created_at
     a.signal(signal.SIGTERM)
     # uvicorn sends 1012 itself and re-raises the signal once stopped, so it dies of it.
-    assert await asyncio.to_thread(a.wait, 30) in {0, -signal.SIGTERM}
+    assert await asyncio.to_thread(a.wait, STOP_SECONDS[server] + SLACK) in {0, -signal.SIGTERM}
     await all_on(held, b, 15)
     alive(held)
     assert client.resumes == 1 and client.session.created_at == created_at
@@ -180,7 +179,7 @@ def test_the_cli_holds_a_resumable_session_across_a_server_restart(servers, work
         printed = json.loads(cli.stdout.readline())
         assert printed["resume_grace_seconds"] == 30 and "resume_token" not in printed
         a.signal(signal.SIGTERM)
-        assert a.wait(30) == 0
+        assert a.wait(STOP_SECONDS["daphne"] + SLACK) == 0
         restarted = servers(port=port)  # the same address, a new process
         wait_until_sync(
             lambda: LiveSession.objects.filter(
