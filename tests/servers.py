@@ -75,6 +75,14 @@ def test_database_url() -> str:
     return f"postgres://{user}@{host}:{port}/{params['NAME']}"
 
 
+class ServerExitedEarly(RuntimeError):
+    """A server process ended before it listened: its exit status and its log."""
+
+    def __init__(self, server: str, returncode: int, log: str) -> None:
+        super().__init__(f"{server} exited early with status {returncode}:\n{log}")
+        self.returncode, self.log = returncode, log
+
+
 @dataclass
 class ServerProcess:
     """A server subprocess with its port and log file."""
@@ -148,7 +156,7 @@ def start_server(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{server} exited early:\n{log_path.read_text(errors='replace')}")
+            raise ServerExitedEarly(server, process.returncode, log_path.read_text(errors="replace"))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return ServerProcess(port=port, process=process, log_path=log_path)
