@@ -83,8 +83,9 @@ def fail_holding_a_dsn() -> None:
     raise RuntimeError(f"boom after {len(dsn)}")
 
 
-def test_the_debug_page_masks_connection_urls_and_tokens(settings):
-    settings.DEBUG = True
+@pytest.fixture
+def credentials_in_settings(settings) -> None:
+    """Settings holding a secret each, as a production deployment's do."""
     settings.DATABASE_URL = f"postgres://wss:{SECRETS[0]}@db.internal:5432/wss"
     settings.REDIS_URL = f"redis://:{SECRETS[1]}@redis.internal:6379/0"
     settings.CHANNEL_LAYERS = {
@@ -96,8 +97,31 @@ def test_the_debug_page_masks_connection_urls_and_tokens(settings):
     settings.WSS_METRICS_TOKEN = SECRETS[3]
     settings.SENTRY_DSN = f"https://{SECRETS[4]}@sentry.example.com/1"
     settings.SOME_BACKUP_LOCATION = f"s3://user:{SECRETS[5]}@bucket/path"
+
+
+def test_the_debug_page_masks_connection_urls_and_tokens(settings, credentials_in_settings):
+    settings.DEBUG = True
     page = debug_page()
     assert "RuntimeError" in page  # it is the debug page
     assert "DATABASE_URL" in page  # with its settings listed
     for number, secret in enumerate(SECRETS):
         assert secret not in page, number
+
+
+def test_an_emailed_error_report_masks_connection_urls_and_tokens(settings, credentials_in_settings, mailoutbox):
+    # What Django does with an unhandled exception in production: django.request logs it and
+    # the mail_admins handler (DEBUG off, ADMINS set) sends the report, settings and all.
+    settings.DEBUG = False
+    settings.ADMINS = [("ops", "ops@example.com")]
+    request = RequestFactory().get("/boom", HTTP_AUTHORIZATION=f"Bearer wss_{SECRETS[6]}")
+    try:
+        fail_holding_a_dsn()
+    except RuntimeError:
+        logging.getLogger("django.request").error(
+            "Internal Server Error: /boom", exc_info=True, extra={"status_code": 500, "request": request}
+        )
+    [mail] = mailoutbox
+    report = mail.body + "".join(str(content) for content, _ in mail.alternatives)
+    assert "RuntimeError" in report and "DATABASE_URL" in report  # the report, with its settings
+    for number, secret in enumerate(SECRETS):
+        assert secret not in report, number
