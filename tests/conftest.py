@@ -136,6 +136,32 @@ def servers(server_factory) -> Callable[..., ServerProcess]:
 
 
 @pytest.fixture
+async def database_proxy(production_services) -> AsyncIterator:
+    """A TcpProxy in front of the test's PostgreSQL (servers.database_url_via gives its URL)."""
+    from django.db import connection
+
+    from .proxy import TcpProxy
+
+    params = connection.settings_dict
+    proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+async def redis_proxy(production_services, settings) -> AsyncIterator:
+    """A TcpProxy in front of the test's Redis (servers.redis_url_via gives its URL)."""
+    from urllib.parse import urlsplit
+
+    from .proxy import TcpProxy
+
+    url = urlsplit(settings.REDIS_URL)
+    proxy = await TcpProxy(url.hostname or "127.0.0.1", url.port or 6379).start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
 def daphne_server(server_factory) -> ServerProcess:
     """One real daphne process on a free port."""
     return server_factory()

@@ -1,5 +1,7 @@
 """Real server processes for tests: daphne, uvicorn, uvicorn-fast (the fast production command) on a free port."""
 
+import http.client
+import json
 import os
 import signal
 import socket
@@ -9,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from django.db import connection
 
@@ -16,6 +19,8 @@ from bench.targets import UVICORN_FAST_OPTIONS, UVICORN_SANSIO_OPTIONS  # the co
 
 if TYPE_CHECKING:
     from sessions_app.models import ServerInstance
+
+    from .proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -83,6 +88,17 @@ class ServerExitedEarly(RuntimeError):
         self.returncode, self.log = returncode, log
 
 
+def database_url_via(proxy: "TcpProxy") -> str:
+    """The test database's URL with its connections run through `proxy` (a TcpProxy in front of it)."""
+    params = connection.settings_dict
+    return f"postgres://{params.get('USER') or 'postgres'}@127.0.0.1:{proxy.port}/{params['NAME']}"
+
+
+def redis_url_via(proxy: "TcpProxy", redis_url: str) -> str:
+    """`redis_url` with its connections run through `proxy`."""
+    return f"redis://127.0.0.1:{proxy.port}{urlsplit(redis_url).path}"
+
+
 @dataclass
 class ServerProcess:
     """A server subprocess with its port and log file."""
@@ -102,6 +118,18 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, *, source: str = "127.0.0.1", headers: dict | None = None) -> tuple[int, object]:
+        """GET `path` from the loopback address `source`: the status and the body (parsed if JSON)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30, source_address=(source, 0))
+        try:
+            conn.request("GET", path, headers=headers or {})
+            response = conn.getresponse()
+            body = response.read().decode()
+            is_json = response.getheader("Content-Type", "").startswith("application/json")
+            return response.status, json.loads(body) if is_json else body
+        finally:
+            conn.close()
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)

@@ -24,15 +24,12 @@ import pytest
 import websockets
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 
 from sessions_app.models import LiveSession
 
 from .communicators import frames_until_closed
 from .polling import SLACK, wait_until
-from .proxy import TcpProxy
-from .servers import RedisServer, ServerProcess
-from .servers import test_database_url as database_url
+from .servers import RedisServer, ServerProcess, database_url_via, redis_url_via
 
 pytestmark = [pytest.mark.production, pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -178,22 +175,6 @@ def report(record: Callable, case: str, text: str, seconds: float | None = None)
 
 
 @pytest.fixture
-async def database_proxy(production_services):
-    params = connection.settings_dict
-    proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
-    yield proxy
-    await proxy.stop()
-
-
-@pytest.fixture
-async def redis_proxy(production_services):
-    url = urllib.parse.urlsplit(settings.REDIS_URL)
-    proxy = await TcpProxy(url.hostname or "127.0.0.1", url.port or 6379).start()
-    yield proxy
-    await proxy.stop()
-
-
-@pytest.fixture
 def own_redis():
     """A redis-server of this test's own, on a free loopback port: the one a test may restart."""
     server = RedisServer().start()
@@ -206,20 +187,12 @@ def cluster(server_factory, database_proxy, redis_proxy):
     """Start daphne processes whose PostgreSQL and Redis are behind this test's proxies."""
 
     async def start(count: int, *, redis_url: str | None = None, **env: str) -> list[ServerProcess]:
-        database = urllib.parse.urlsplit(database_url())._replace(netloc=_netloc(database_proxy.port, "postgres"))
-        if redis_url is None:
-            redis = urllib.parse.urlsplit(settings.REDIS_URL)
-            redis_url = redis._replace(netloc=f"127.0.0.1:{redis_proxy.port}").geturl()
-        full_env = {**FAST, "DATABASE_URL": database.geturl(), "REDIS_URL": redis_url, **env}
+        redis_url = redis_url or redis_url_via(redis_proxy, settings.REDIS_URL)
+        full_env = {**FAST, "DATABASE_URL": database_url_via(database_proxy), "REDIS_URL": redis_url, **env}
         # Started off the event loop: the proxies forward only while it runs.
         return list(await asyncio.gather(*(asyncio.to_thread(server_factory, env=full_env) for _ in range(count))))
 
     return start
-
-
-def _netloc(port: int, default_user: str) -> str:
-    user = connection.settings_dict.get("USER") or default_user
-    return f"{user}@127.0.0.1:{port}"
 
 
 @pytest.fixture

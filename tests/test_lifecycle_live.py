@@ -10,20 +10,18 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import psycopg
 import pytest
 import websockets
-from django.db import connection
 
 from sessions_app.models import ServerInstance
 
 from .communicators import new_session_frame, ws_open_session
 from .polling import SLACK, wait_until
 from .proxy import TcpProxy
-from .servers import ServerProcess
+from .servers import ServerProcess, database_url_via
 from .servers import test_database_url as database_url
 
 pytestmark = [pytest.mark.production, pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -35,20 +33,14 @@ CONNECT_TIMEOUT = 2  # DATABASE_CONNECT_TIMEOUT for the servers under test
 
 
 @pytest.fixture
-async def registry_proxy(production_services) -> AsyncIterator[TcpProxy]:
+def registry_proxy(database_proxy) -> TcpProxy:
     """A TcpProxy in front of the test's PostgreSQL."""
-    params = connection.settings_dict
-    proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
-    yield proxy
-    await proxy.stop()
+    return database_proxy
 
 
 def proxied_server(server_factory, proxy: TcpProxy, **env: str) -> ServerProcess:
     """A daphne whose registry connections all run through `proxy`."""
-    params = connection.settings_dict
-    user = params.get("USER") or "postgres"
-    url = f"postgres://{user}@127.0.0.1:{proxy.port}/{params['NAME']}"
-    return server_factory(env={"DATABASE_URL": url, "WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), **env})
+    return server_factory(env={"DATABASE_URL": database_url_via(proxy), "WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), **env})
 
 
 async def heartbeat_of(server: ServerProcess) -> datetime | None:

@@ -12,7 +12,6 @@ import pytest
 import websockets
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
 
 from sessions_app.models import LiveSession
 from sessions_app.protocol import SUBPROTOCOL
@@ -20,7 +19,7 @@ from sessions_app.tokens import token_create
 
 from .communicators import close_code_after, new_session_frame, ws_open_session
 from .polling import wait_until
-from .proxy import TcpProxy
+from .servers import database_url_via
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -320,12 +319,10 @@ async def test_100_good_sessions_survive_2000_bad_frames_on_other_connections(da
 
 @pytest.mark.production
 async def test_registry_down_answers_unavailable_and_the_same_connection_recovers(
-    production_services, server_factory, workspace
+    database_proxy, server_factory, workspace
 ):
-    params = connection.settings_dict
-    proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
-    user = params.get("USER") or "postgres"
-    server = server_factory(env={"DATABASE_URL": f"postgres://{user}@127.0.0.1:{proxy.port}/{params['NAME']}"})
+    proxy = database_proxy
+    server = server_factory(env={"DATABASE_URL": database_url_via(proxy)})
     try:
         async with websockets.connect(server.url) as before, websockets.connect(server.url) as ws:
             before_id = await ws_open_session(before, workspace)

@@ -23,7 +23,7 @@ from .communicators import assert_session_held, open_session, ws_connect_session
 from .locks import instance_locked
 from .polling import wait_until
 from .proxy import TcpProxy
-from .servers import dead_pid
+from .servers import database_url_via, dead_pid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -203,7 +203,6 @@ SLACK = 4.0  # what a loaded 2-core machine may add to a bound
 async def proxied_server(production_services, server_factory):
     """Start a daphne whose registry is PostgreSQL through a TcpProxy; (server, proxy)."""
     params = connection.settings_dict
-    user = params.get("USER") or "postgres"
     proxies: list[TcpProxy] = []
 
     async def start(**env: str) -> tuple:
@@ -211,7 +210,7 @@ async def proxied_server(production_services, server_factory):
         proxies.append(proxy)
         server = server_factory(
             env={
-                "DATABASE_URL": f"postgres://{user}@127.0.0.1:{proxy.port}/{params['NAME']}",
+                "DATABASE_URL": database_url_via(proxy),
                 "WSS_HEARTBEAT_SECONDS": str(HEARTBEAT),
                 "WSS_INSTANCE_TIMEOUT_SECONDS": "30",  # no lease expiry within these tests
                 **env,
