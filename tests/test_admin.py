@@ -92,6 +92,8 @@ def test_admin_static_files_are_served_without_debug(client, settings):
     settings.DEBUG = False
     response = client.get("/static/admin/css/base.css")
     assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/css")
+    assert b"font-family" in b"".join(response.streaming_content)  # the stylesheet itself
 
 
 def test_anonymous_users_are_sent_to_login(client):

@@ -96,9 +96,10 @@ def test_unknown_api_paths_are_json_404(admin_client):
 
 
 def test_methods_other_than_get_and_delete_are_405(admin_client, sessions):
-    assert admin_client.post("/api/sessions", {}, content_type="application/json").status_code == 405
+    posted = admin_client.post("/api/sessions", {}, content_type="application/json")
+    assert (posted.status_code, posted.json()) == (405, {"detail": 'Method "POST" not allowed.'})
     response = admin_client.put(f"/api/sessions/{sessions[0].pk}", {}, content_type="application/json")
-    assert response.status_code == 405
+    assert (response.status_code, response.json()) == (405, {"detail": 'Method "PUT" not allowed.'})
 
 
 @pytest.mark.django_db(transaction=True)

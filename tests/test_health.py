@@ -90,6 +90,7 @@ def test_health_endpoints_refuse_post(client):
 def test_readyz_round_trips_through_redis(client, production_services):
     response = client.get("/readyz")
     assert response.status_code == 200, response.json()
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "channel_layer": "ok"}}
 
 
 def test_readyz_reports_an_unreachable_redis(client, unreachable_channel_layer):
