@@ -6,7 +6,7 @@ from channels.testing import WebsocketCommunicator
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from sessions_app import lifecycle, metrics, services
+from sessions_app import heartbeat, metrics, terminate
 from sessions_app.views import address_allowed
 from wssproject.asgi import application
 
@@ -120,7 +120,7 @@ async def test_terminate_counts_as_terminated_once(workspace):
     terminated = Delta("wss_sessions_ended_total", reason="terminated")
     live = Delta("wss_live_sessions")
     comm, reply = await open_session(workspace)
-    assert await services.session_terminate(session_id=reply["session_id"]) == services.TerminateResult.DELIVERED
+    assert await terminate.session_terminate(session_id=reply["session_id"]) == terminate.TerminateResult.DELIVERED
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     await comm.disconnect(code=4410)
     assert (terminated.value, live.value) == (1, 0)
@@ -177,7 +177,7 @@ async def test_the_reaper_counts_what_it_reaps_without_touching_the_live_gauge(s
     settings.WSS_INSTANCE_TIMEOUT_SECONDS = 0.5
     reaped, live = Delta("wss_sessions_ended_total", reason="reaped"), Delta("wss_live_sessions")
     await sync_to_async(instance_with_sessions)(sessions=3, age=60)
-    await lifecycle.start()
+    await heartbeat.start()
     await wait_until(lambda: reaped.value >= 3, 10, what="the reaper's count")
     assert (reaped.value, live.value) == (3, 0)
 
@@ -240,7 +240,7 @@ async def test_detach_resume_take_over_and_expiry_are_counted(workspace, setting
     await second.disconnect(code=1001)
     await LiveSession.objects.aupdate(detached_at=timezone.now() - timezone.timedelta(hours=1))
     settings.WSS_HEARTBEAT_SECONDS = 0.05
-    await lifecycle.start()  # the heartbeat's expiry removes it and counts it
+    await heartbeat.start()  # the heartbeat's expiry removes it and counts it
     await wait_until(lambda: expired.value, 10, what="the expiry's count")
     assert (expired.value, live.value) == (1, 0)
     assert not await LiveSession.objects.aexists()
