@@ -81,6 +81,19 @@ async def fresh_process(monkeypatch) -> AsyncIterator["ProcessState"]:
 
 
 @pytest.fixture
+def staff_user(django_user_model) -> Callable:
+    """Make a staff user named `name` holding the permissions named by `codenames` (password "pw")."""
+    from django.contrib.auth.models import Permission
+
+    def make(name: str, *codenames: str):
+        user = django_user_model.objects.create_user(name, password="pw", is_staff=True)
+        user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+        return user
+
+    return make
+
+
+@pytest.fixture
 def instance_with_sessions() -> Callable:
     """Make a ServerInstance whose last heartbeat was `age` seconds ago, with one session row per workspace.
 

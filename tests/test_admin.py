@@ -123,13 +123,9 @@ def test_terminate_action_ends_the_selected_sessions(admin_client, sessions):
     assert list(LiveSession.objects.values_list("pk", flat=True)) == [sessions[2].pk]
 
 
-def test_staff_without_delete_permission_cannot_terminate(client, django_user_model, sessions):
-    from django.contrib.auth.models import Permission
-
+def test_staff_without_delete_permission_cannot_terminate(client, staff_user, sessions):
     instances_die()  # a terminate that ran would delete the row at once: the refusal is observable
-    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
-    user.user_permissions.add(Permission.objects.get(codename="view_livesession"))
-    client.force_login(user)
+    client.force_login(staff_user("viewer", "view_livesession"))
     page = client.get("/admin/sessions_app/livesession/").content.decode()
     assert "terminate_sessions" not in page
     response = client.post(

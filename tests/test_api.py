@@ -130,13 +130,12 @@ def test_unknown_bearer_tokens_are_refused(client, sessions):
     assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer").status_code == 401
 
 
-def test_an_api_token_of_a_permitted_user_is_let_in_and_of_a_plain_user_is_not(client, django_user_model, sessions):
-    from django.contrib.auth.models import Permission
-
+def test_an_api_token_of_a_permitted_user_is_let_in_and_of_a_plain_user_is_not(
+    client, django_user_model, staff_user, sessions
+):
     from sessions_app.tokens import token_create, token_revoke
 
-    staff = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
-    staff.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
+    staff = staff_user("ops", "view_livesession", "delete_livesession")
     plain = django_user_model.objects.create_user("plain", password="pw")
     staff_token, staff_raw = token_create(user=staff, name="ops")
     _, plain_raw = token_create(user=plain, name="plain")

@@ -7,7 +7,6 @@ import uuid
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
-from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
@@ -48,9 +47,8 @@ def test_an_admin_terminate_is_in_the_admins_history_and_the_log(admin_client, a
     assert str(dead_session.pk) in admin_client.get("/admin/").content.decode()  # under Recent actions
 
 
-def test_an_api_terminate_is_recorded_under_its_caller(client, django_user_model, dead_session, caplog):
-    ops = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
-    ops.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
+def test_an_api_terminate_is_recorded_under_its_caller(client, staff_user, dead_session, caplog):
+    ops = staff_user("ops", "view_livesession", "delete_livesession")
     client.force_login(ops)
     with caplog.at_level(logging.INFO, logger="sessions_app.events"):
         assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 204
@@ -68,11 +66,9 @@ def test_a_command_terminate_is_logged_under_the_operators_login(dead_session, c
     )
 
 
-def test_a_refused_or_missing_terminate_records_nothing(client, django_user_model, dead_session, caplog):
-    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_livesession"))
-    ops = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
-    ops.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
+def test_a_refused_or_missing_terminate_records_nothing(client, staff_user, dead_session, caplog):
+    viewer = staff_user("viewer", "view_livesession")
+    ops = staff_user("ops", "view_livesession", "delete_livesession")
     with caplog.at_level(logging.INFO, logger="sessions_app.events"):
         client.force_login(viewer)
         assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 403  # refused

@@ -203,15 +203,11 @@ async def clients(workspace):
 
 
 @pytest.fixture
-def staff_token(django_user_model) -> str:
+def staff_token(staff_user) -> str:
     """A bearer token of an operator allowed to view and terminate live sessions, for the servers' API."""
-    from django.contrib.auth.models import Permission
-
     from sessions_app.tokens import token_create
 
-    user = django_user_model.objects.create_user("operator", password="operator-pass", is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
-    return token_create(user=user, name="faults")[1]
+    return token_create(user=staff_user("operator", "view_livesession", "delete_livesession"), name="faults")[1]
 
 
 def http(server: ServerProcess, method: str, path: str, token: str | None = None) -> tuple[int, dict]:
