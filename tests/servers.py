@@ -119,6 +119,11 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def assert_no_traceback(self) -> None:
+        """The server logged no exception it did not handle (the failure shows the lines around it)."""
+        log = self.log()
+        assert "Traceback" not in log, log[max(0, log.index("Traceback") - 500) :][:3000]
+
     def get(self, path: str, *, source: str = "127.0.0.1", headers: dict | None = None) -> tuple[int, object]:
         """GET `path` from the loopback address `source`: the status and the body (parsed if JSON)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30, source_address=(source, 0))

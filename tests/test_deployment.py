@@ -223,4 +223,4 @@ async def test_graceful_stop_with_200_sessions_leaves_no_row_and_tells_clients_t
     assert Counter(frame["code"] if frame else None for frame, _ in results) == {error_code: LOAD}
     assert await sessions_of(instance.pk) == 0
     assert not await ServerInstance.objects.filter(pk=instance.pk).aexists()
-    assert "Traceback" not in process.log()
+    process.assert_no_traceback()

@@ -233,8 +233,7 @@ def metric_samples(server: ServerProcess) -> dict[str, float]:
 def assert_no_traceback(*servers: ServerProcess) -> None:
     """No server logged an exception it did not handle."""
     for server in servers:
-        log = server.log()
-        assert "Traceback" not in log, log[log.index("Traceback") - 500 :][:3000]
+        server.assert_no_traceback()
 
 
 async def terminated_with_4410(held: Held, bound: float) -> float:

@@ -74,7 +74,7 @@ async def test_bad_clients_do_not_disturb_a_good_session(daphne_server, workspac
                 await bad.send(frame)
                 assert json.loads(await bad.recv())["type"] == "error"
         assert await LiveSession.objects.filter(pk=session_id).aexists()
-        assert "Traceback" not in daphne_server.log()
+        daphne_server.assert_no_traceback()
 
 
 async def test_the_server_registers_its_instance_at_start_and_retires_it_on_sigterm(daphne_server, workspace):
