@@ -10,6 +10,7 @@ from sessions_app.clients import forwarded_client
 from sessions_app.models import LiveSession
 from sessions_app.startup import server_proxy_header_problem
 
+from .communicators import new_session_frame
 from .polling import wait_until
 
 XFF = b"x-forwarded-for"
@@ -86,7 +87,7 @@ async def test_a_trusted_proxys_client_is_recorded_and_a_forged_one_is_not(serve
         async with websockets.connect(
             server.url, additional_headers={"X-Forwarded-For": header}, local_addr=(source, 0)
         ) as ws:
-            await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(tmp_path)}))
+            await ws.send(new_session_frame(tmp_path))
             session_id = json.loads(await ws.recv())["session_id"]
             row = await LiveSession.objects.aget(pk=session_id)
             rows[(source, header[:20])] = row.client_addr

@@ -27,7 +27,7 @@ from django.conf import settings
 
 from sessions_app.models import LiveSession
 
-from .communicators import frames_until_closed
+from .communicators import frames_until_closed, new_session_frame
 from .polling import SLACK, wait_until
 from .servers import RedisServer, ServerProcess, database_url_via, redis_url_via
 
@@ -80,7 +80,7 @@ class Clients:
         async def one() -> Held:
             async with gate:
                 ws = await websockets.connect(url, open_timeout=20)
-                await ws.send(json.dumps({"type": "new_session", "workspace_dir": self.workspace}))
+                await ws.send(new_session_frame(self.workspace))
                 reply = json.loads(await asyncio.wait_for(ws.recv(), 20))
                 assert reply["type"] == "new_session", reply
                 held = Held(ws, reply["session_id"])
@@ -107,7 +107,7 @@ class Churn:
     """A bounded number of clients that open a session, hold it briefly and close it, until stopped."""
 
     def __init__(self, urls: list[str], workspace) -> None:
-        self.frame = json.dumps({"type": "new_session", "workspace_dir": str(workspace)})
+        self.frame = new_session_frame(workspace)
         self.counts: Counter = Counter()
         self._stop = asyncio.Event()
         self._tasks = [asyncio.ensure_future(self._worker(url)) for url in urls for _ in range(CHURN_WORKERS)]
@@ -368,7 +368,7 @@ async def test_database_stall_of_20_s_answers_new_session_within_10_s_and_conver
     await asyncio.sleep(1)
     async with websockets.connect(a.url, open_timeout=10) as ws:
         asked = time.monotonic()
-        await ws.send(json.dumps({"type": "new_session", "workspace_dir": clients.workspace}))
+        await ws.send(new_session_frame(clients.workspace))
         reply = json.loads(await asyncio.wait_for(ws.recv(), ANSWER_BOUND + SLACK))
         answered = time.monotonic() - asked
     report(record_property, f"{case} new_session", f"answered {reply.get('code', 'ok')} in {answered:.2f} s", answered)
@@ -393,7 +393,7 @@ async def test_database_stall_of_20_s_answers_new_session_within_10_s_and_conver
 async def fresh_session_recorded(url: str, clients: Clients) -> bool:
     """Open one session; True once the server records it (after a stall it refuses until its lease is back)."""
     ws = await websockets.connect(url, open_timeout=10)
-    await ws.send(json.dumps({"type": "new_session", "workspace_dir": clients.workspace}))
+    await ws.send(new_session_frame(clients.workspace))
     reply = json.loads(await asyncio.wait_for(ws.recv(), 15))
     if reply["type"] != "new_session":
         await ws.close()

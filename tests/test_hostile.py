@@ -194,7 +194,7 @@ async def test_a_rate_limited_frame_is_dropped_unread(good, settings, roots):
     comm = await connect()
     await send_frame(comm, bad_frame(""))
     assert (await comm.receive_json_from(timeout=5))["code"] == "invalid_request"
-    await send_frame(comm, json.dumps({"type": "new_session", "workspace_dir": str(roots)}))
+    await send_frame(comm, new_session_frame(roots))
     assert (await comm.receive_json_from(timeout=5))["code"] == "rate_limited"
     assert await LiveSession.objects.acount() == 1
     await comm.disconnect()

@@ -33,7 +33,7 @@ async def registry_empty() -> bool:
 
 async def test_session_opens_and_its_row_goes_with_a_clean_close(daphne_server, workspace):
     async with websockets.connect(daphne_server.url) as ws:
-        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "request_id": "a"}))
+        await ws.send(new_session_frame(workspace, request_id="a"))
         reply = json.loads(await ws.recv())
         assert reply["type"] == "new_session"
         assert reply["request_id"] == "a"
@@ -98,7 +98,7 @@ async def test_the_server_registers_its_instance_at_start_and_retires_it_on_sigt
 async def test_a_10_mib_frame_is_refused_with_1009_before_the_fast_server_reads_it(server_factory, workspace):
     server = server_factory(server="uvicorn-fast")
     async with websockets.connect(server.url) as warm:  # the first session sets up the registry and layer clients
-        await warm.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+        await warm.send(new_session_frame(workspace))
         assert json.loads(await warm.recv())["type"] == "new_session"
     await asyncio.sleep(0.2)
     worker = psutil.Process(server.process.pid)
@@ -114,7 +114,7 @@ async def test_a_10_mib_frame_is_refused_with_1009_before_the_fast_server_reads_
     sampler = asyncio.create_task(sample())
     started = time.monotonic()
     async with websockets.connect(server.url, max_size=None) as ws:
-        await ws.send(json.dumps({"type": "new_session", "workspace_dir": "/", "pad": "x" * 10 * 1024 * 1024}))
+        await ws.send(new_session_frame("/", pad="x" * 10 * 1024 * 1024))
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()  # no message_too_large reply: the frame never reached the application
     await asyncio.sleep(0.2)
@@ -128,7 +128,7 @@ async def test_a_10_mib_frame_is_refused_with_1009_before_the_fast_server_reads_
 
 async def test_a_session_closed_by_the_server_for_bad_input_leaves_no_row(daphne_server, workspace):
     async with websockets.connect(daphne_server.url) as ws:
-        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+        await ws.send(new_session_frame(workspace))
         session_id = json.loads(await ws.recv())["session_id"]
         await ws.send("{not json")
         assert json.loads(await ws.recv())["code"] == "invalid_json"

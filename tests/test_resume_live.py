@@ -19,6 +19,7 @@ from sessions_app import errors
 from sessions_app.client import SessionClient, connect
 from sessions_app.models import LiveSession, ServerInstance
 
+from .communicators import new_session_frame
 from .polling import SLACK, wait_until, wait_until_sync
 from .servers import FAST_HEARTBEAT as HEARTBEAT
 from .servers import FAST_TIMEOUT as TIMEOUT
@@ -74,7 +75,7 @@ def alive(held) -> None:
 async def test_a_dropped_tcp_connection_detaches_and_the_session_resumes_on_the_same_server(servers, workspace):
     server = servers()
     ws = await websockets.connect(server.url)
-    await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "resumable": True}))
+    await ws.send(new_session_frame(workspace, resumable=True))
     created = json.loads(await ws.recv())
     ws.transport.abort()  # no close frame: the server sees 1006
 
@@ -100,7 +101,7 @@ async def test_a_detached_session_expires_within_grace_plus_one_heartbeat(server
     grace = 2
     server = servers(WSS_RESUME_GRACE_SECONDS=str(grace))
     ws = await websockets.connect(server.url)
-    await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "resumable": True}))
+    await ws.send(new_session_frame(workspace, resumable=True))
     created = json.loads(await ws.recv())
     assert created["resume_grace_seconds"] == grace
     ws.transport.abort()
@@ -153,12 +154,12 @@ async def test_sigkill_the_session_resumes_at_once_on_a_live_process_and_the_rea
 async def test_the_reaper_detaches_a_dead_instances_resumable_sessions_for_a_later_resume(servers, workspace):
     a, b = servers(), servers()
     ws = await websockets.connect(a.url)
-    await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "resumable": True}))
+    await ws.send(new_session_frame(workspace, resumable=True))
     created = json.loads(await ws.recv())
-    await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))  # session_exists
+    await ws.send(new_session_frame(workspace))  # session_exists
     await ws.recv()
     v1 = await websockets.connect(a.url)
-    await v1.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+    await v1.send(new_session_frame(workspace))
     v1_created = json.loads(await v1.recv())
     dead = await instance_of(a)
     a.stop()
@@ -204,7 +205,7 @@ def test_the_cli_holds_a_resumable_session_across_a_server_restart(servers, work
 async def test_resume_on_another_process_while_attached_takes_over_with_4409(servers, workspace):
     a, b = servers(), servers()
     old = await websockets.connect(a.url)
-    await old.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "resumable": True}))
+    await old.send(new_session_frame(workspace, resumable=True))
     created = json.loads(await old.recv())
     async with connect(b.url) as client:
         await client.resume_session(created["session_id"], created["resume_token"])
@@ -225,7 +226,7 @@ async def raw_sessions(url: str, workspace, count: int) -> list[tuple[websockets
 
     async def one() -> tuple[websockets.ClientConnection, dict]:
         ws = await websockets.connect(url, open_timeout=30)
-        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "resumable": True}))
+        await ws.send(new_session_frame(workspace, resumable=True))
         return ws, json.loads(await asyncio.wait_for(ws.recv(), 30))
 
     return list(await asyncio.gather(*(one() for _ in range(count))))

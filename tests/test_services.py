@@ -20,7 +20,7 @@ from sessions_app.errors import Unavailable
 from sessions_app.models import LiveSession, ServerInstance
 from sessions_app.process import process_state
 
-from .communicators import assert_session_held, open_session, ws_connect_session
+from .communicators import assert_session_held, new_session_frame, open_session, ws_connect_session
 from .locks import instance_locked
 from .polling import wait_until
 from .proxy import TcpProxy
@@ -237,14 +237,14 @@ async def test_a_new_session_during_a_database_stall_is_answered_unavailable_wit
     async with websockets.connect(server.url) as ws:
         proxy.stall()  # connections stay open, nothing is answered
         started = time.monotonic()
-        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "request_id": 1}))
+        await ws.send(new_session_frame(workspace, request_id=1))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
         took = time.monotonic() - started
         print(f"\nnew_session during a database stall answered {reply.get('code')} after {took:.2f} s")
         assert (reply["code"], reply["request_id"]) == ("unavailable", 1)
         assert took < REGISTRY_TIMEOUT + SLACK / 2
         proxy.restore()
-        await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+        await ws.send(new_session_frame(workspace))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert reply["type"] == "new_session"
         # The timed-out insert ran before this one (one writer, in order): committed, it must be undone.
@@ -274,7 +274,7 @@ async def test_rows_of_sessions_closed_while_the_database_was_cut_go_within_one_
         lambda: row_ids_equal({kept_id}), HEARTBEAT + SLACK, what="the closed sessions' rows removed"
     )
     print(f"\nrows of {len(opened)} sessions closed during a cut gone {took:.2f} s after restore")
-    await kept.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+    await kept.send(new_session_frame(workspace))
     assert json.loads(await asyncio.wait_for(kept.recv(), 10))["code"] == "session_exists"  # kept its session
     await kept.close()
 
