@@ -12,17 +12,16 @@ import signal
 import time
 from datetime import datetime
 
-import psycopg
 import pytest
 import websockets
 
 from sessions_app.models import ServerInstance
 
 from .communicators import new_session_frame, ws_open_session
+from .locks import sessions_table_locked
 from .polling import SLACK, wait_until
 from .proxy import TcpProxy
 from .servers import ServerProcess, database_url_via
-from .servers import test_database_url as database_url
 
 pytestmark = [pytest.mark.production, pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -52,12 +51,9 @@ async def test_the_heartbeat_goes_on_while_session_writes_wait(production_servic
     server = server_factory(env={"WSS_HEARTBEAT_SECONDS": str(HEARTBEAT)})
     async with websockets.connect(server.url) as first:
         await ws_open_session(first, workspace)  # the instance is registered
-        # Another transaction takes the session table: every session write now waits.
-        locker = await psycopg.AsyncConnection.connect(database_url())
-        try:
-            await locker.execute("BEGIN")
-            await locker.execute("LOCK TABLE sessions_app_livesession IN EXCLUSIVE MODE")
-            async with websockets.connect(server.url) as waiting:
+        async with websockets.connect(server.url) as waiting:
+            # Another transaction takes the session table: every session write now waits.
+            with sessions_table_locked():
                 await waiting.send(new_session_frame(workspace))
                 before = await heartbeat_of(server)
 
@@ -67,11 +63,8 @@ async def test_the_heartbeat_goes_on_while_session_writes_wait(production_servic
                 await wait_until(beat_advanced, HEARTBEAT * 3 + SLACK, what="a heartbeat while session writes wait")
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(waiting.recv(), 0.1)  # the write is still held
-                await locker.execute("ROLLBACK")
-                reply = json.loads(await asyncio.wait_for(waiting.recv(), 10))
-                assert reply["type"] == "new_session"
-        finally:
-            await locker.close()
+            reply = json.loads(await asyncio.wait_for(waiting.recv(), 10))
+            assert reply["type"] == "new_session"
 
 
 async def test_a_stop_gives_up_on_a_registry_that_does_not_answer(server_factory, registry_proxy, workspace):
