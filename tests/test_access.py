@@ -5,22 +5,17 @@ that went through would delete them; after a refusal they must still be there.
 """
 
 import pytest
-from django.utils import timezone
 
-from sessions_app.models import ApiToken, LiveSession, ServerInstance
+from sessions_app.models import ApiToken, LiveSession
 from sessions_app.tokens import token_create
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def dead_sessions(db) -> list[LiveSession]:
+def dead_sessions(db, instance_with_sessions) -> list[LiveSession]:
     """Two sessions of a dead instance: a permitted terminate deletes their rows at once."""
-    instance = ServerInstance.objects.create(host="h", pid=1, heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
-    return [
-        LiveSession.objects.create(workspace_dir=f"/srv/ws/{n}", channel_name=f"c{n}", instance=instance)
-        for n in range(2)
-    ]
+    return instance_with_sessions(workspaces=["/srv/ws/0", "/srv/ws/1"], age=3600)[1]
 
 
 def test_api_refuses_staff_without_the_view_permission_and_terminates_nothing(client, staff_user, dead_sessions):

@@ -139,13 +139,9 @@ def test_staff_without_delete_permission_cannot_terminate(client, staff_user, se
     assert LiveSession.objects.count() == 3
 
 
-def test_changelist_shows_each_sessions_instance_and_whether_it_is_alive(admin_client):
-    alive = ServerInstance.objects.create(host="alive-host", pid=11)
-    dead = ServerInstance.objects.create(
-        host="dead-host", pid=22, heartbeat_at=timezone.now() - timezone.timedelta(hours=1)
-    )
-    for instance in (alive, dead):
-        LiveSession.objects.create(workspace_dir="/srv", channel_name="c", instance=instance)
+def test_changelist_shows_each_sessions_instance_and_whether_it_is_alive(admin_client, instance_with_sessions):
+    alive, _ = instance_with_sessions(workspaces=["/srv"], host="alive-host", pid=11)
+    dead, _ = instance_with_sessions(workspaces=["/srv"], host="dead-host", pid=22, age=3600)
     page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
     assert str(alive) in page
     assert str(dead) in page

@@ -10,15 +10,14 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from sessions_app.models import LiveSession, ServerInstance
+from sessions_app.models import LiveSession
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def dead_session(db) -> LiveSession:
-    instance = ServerInstance.objects.create(host="h", pid=1, heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
-    return LiveSession.objects.create(workspace_dir="/srv/ws/a", channel_name="c", instance=instance)
+def dead_session(db, instance_with_sessions) -> LiveSession:
+    return instance_with_sessions(workspaces=["/srv/ws/a"], age=3600)[1][0]
 
 
 def audit_lines(caplog) -> list[logging.LogRecord]:

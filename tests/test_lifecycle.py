@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 from django.utils import timezone
@@ -123,12 +124,12 @@ async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catch
     await wait_until(caught_up, 10, what="the heartbeat registering and reaping the predecessor")
 
 
-async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_for_a_timeout(settings):
+async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_for_a_timeout(
+    settings, instance_with_sessions
+):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
     settings.WSS_INSTANCE_TIMEOUT_SECONDS = 1
-    silent = await ServerInstance.objects.acreate(
-        host="elsewhere", pid=1, heartbeat_at=timezone.now() - timedelta(minutes=1)
-    )
+    silent, _ = await sync_to_async(instance_with_sessions)(age=60)
     started = time.monotonic()
     await heartbeat.start()
 

@@ -283,8 +283,10 @@ async def test_expiry_removes_detached_rows_past_the_grace_only(workspace):
     await attached_comm.disconnect()
 
 
-async def test_a_dead_instances_resumable_sessions_are_detached_by_the_reaper_and_v1_ones_removed(workspace):
-    dead = await ServerInstance.objects.acreate(host="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1))
+async def test_a_dead_instances_resumable_sessions_are_detached_by_the_reaper_and_v1_ones_removed(
+    workspace, instance_with_sessions
+):
+    dead, _ = await sync_to_async(instance_with_sessions)(age=3600)
     resumable = await LiveSession.objects.acreate(
         workspace_dir="/w", channel_name="c1", instance=dead, resumable=True, resume_token_hash="h"
     )

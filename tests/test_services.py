@@ -66,9 +66,8 @@ async def test_terminate_of_an_unknown_session_is_not_found():
     assert result == terminate.TerminateResult.NOT_FOUND
 
 
-async def test_terminate_deletes_the_row_of_a_dead_instance(workspace):
-    dead = await ServerInstance.objects.acreate(host="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1))
-    row = await LiveSession.objects.acreate(workspace_dir=str(workspace), channel_name="nobody", instance=dead)
+async def test_terminate_deletes_the_row_of_a_dead_instance(workspace, instance_with_sessions):
+    _, [row] = await sync_to_async(instance_with_sessions)(workspaces=[str(workspace)], age=3600)
     assert await terminate.session_terminate(session_id=row.pk) == terminate.TerminateResult.REMOVED
     assert not await LiveSession.objects.filter(pk=row.pk).aexists()
 
