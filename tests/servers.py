@@ -69,6 +69,13 @@ async def instance_of(server: "ServerProcess") -> "ServerInstance | None":
     return await ServerInstance.objects.filter(pid=server.process.pid).afirst()
 
 
+async def session_ids() -> set[str]:
+    """The id of every session row in the registry, as strings."""
+    from sessions_app.models import LiveSession
+
+    return {str(pk) async for pk in LiveSession.objects.values_list("pk", flat=True)}
+
+
 def test_database_url() -> str:
     """A URL for the database pytest-django created, so a server process shares it."""
     params = connection.settings_dict

@@ -22,14 +22,11 @@ from dataclasses import dataclass, field
 
 import pytest
 import websockets
-from asgiref.sync import sync_to_async
 from django.conf import settings
-
-from sessions_app.models import LiveSession
 
 from .communicators import frames_until_closed, new_session_frame
 from .polling import SLACK, wait_until
-from .servers import RedisServer, ServerProcess, database_url_via, redis_url_via
+from .servers import RedisServer, ServerProcess, database_url_via, redis_url_via, session_ids
 
 pytestmark = [pytest.mark.production, pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -134,11 +131,6 @@ class Churn:
 # --- the invariant ----------------------------------------------------------------------------
 
 
-@sync_to_async
-def registry_ids() -> set[str]:
-    return {str(pk) for pk in LiveSession.objects.values_list("pk", flat=True)}
-
-
 async def registry_converges(clients: Clients, *, bound: float, case: str, since: float, record) -> float:
     """Wait until the registry's session ids equal exactly the sessions the clients hold.
 
@@ -147,13 +139,13 @@ async def registry_converges(clients: Clients, *, bound: float, case: str, since
     """
 
     async def equal() -> bool:
-        return await registry_ids() == clients.held()
+        return await session_ids() == clients.held()
 
     waited = time.monotonic() - since
     try:
         await wait_until(equal, timeout=max(0.0, bound + SLACK - waited), step=0.1, what=f"{case}: rows == held")
     except pytest.fail.Exception:
-        rows, held = await registry_ids(), clients.held()
+        rows, held = await session_ids(), clients.held()
         pytest.fail(
             f"{case}: after {bound + SLACK:g} s, {len(rows - held)} row(s) no client holds, "
             f"{len(held - rows)} held session(s) without a row ({len(held)} held)"
@@ -350,7 +342,7 @@ async def test_database_outage_of_8_s_while_30_clients_close_leaves_exactly_the_
     # Fresh sessions are recorded exactly, beside the survivors.
     await clients.open(a.url, 5)
     await clients.open(b.url, 5)
-    assert await registry_ids() == clients.held() and len(clients.held()) == 20
+    assert await session_ids() == clients.held() and len(clients.held()) == 20
     assert_no_traceback(a, b)
 
 
@@ -386,7 +378,7 @@ async def test_database_stall_of_20_s_answers_new_session_within_10_s_and_conver
 
     await registry_converges(clients, bound=STALL_BOUND, case=case, since=restored, record=record_property)
     await wait_until(lambda: fresh_session_recorded(a.url, clients), timeout=STALL_BOUND + SLACK, step=0.5)
-    assert await registry_ids() == clients.held()
+    assert await session_ids() == clients.held()
     assert_no_traceback(a, b)
 
 

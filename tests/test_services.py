@@ -24,7 +24,7 @@ from .communicators import assert_session_held, new_session_frame, open_session,
 from .locks import instance_locked
 from .polling import wait_until
 from .proxy import TcpProxy
-from .servers import database_url_via, dead_pid
+from .servers import database_url_via, dead_pid, session_ids
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -223,10 +223,6 @@ async def proxied_server(production_services, server_factory):
         await proxy.stop()
 
 
-async def row_ids() -> set[str]:
-    return {str(pk) async for pk in LiveSession.objects.values_list("pk", flat=True)}
-
-
 @pytest.mark.production
 async def test_a_new_session_during_a_database_stall_is_answered_unavailable_within_the_bound(
     proxied_server, workspace
@@ -267,7 +263,7 @@ async def test_rows_of_sessions_closed_while_the_database_was_cut_go_within_one_
     await wait_until(
         lambda: server.log().count("registry delete of session") >= len(opened), 10, what="the deletes failing"
     )
-    assert len(await row_ids()) == len(opened) + 1  # the lie the reconciler must undo
+    assert len(await session_ids()) == len(opened) + 1  # the lie the reconciler must undo
     proxy.restore()
     took = await wait_until(
         lambda: row_ids_equal({kept_id}), HEARTBEAT + SLACK, what="the closed sessions' rows removed"
@@ -279,7 +275,7 @@ async def test_rows_of_sessions_closed_while_the_database_was_cut_go_within_one_
 
 
 async def row_ids_equal(expected: set[str]) -> bool:
-    return await row_ids() == expected
+    return await session_ids() == expected
 
 
 @pytest.mark.production
@@ -309,7 +305,7 @@ async def test_a_row_the_database_refuses_fails_only_its_caller_in_a_shared_batc
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(results[0], DataError)
     assert results[1:] == [None, None]
-    assert {pk async for pk in LiveSession.objects.values_list("pk", flat=True)} == {other.session_id}
+    assert await session_ids() == {str(other.session_id)}
 
 
 @pytest.mark.production
