@@ -22,7 +22,7 @@ from sessions_app.process import process_state
 
 from .communicators import assert_session_held, new_session_frame, open_session, ws_connect_session
 from .locks import instance_locked
-from .polling import wait_until
+from .polling import SLACK, wait_until
 from .proxy import TcpProxy
 from .servers import database_url_via, dead_pid, session_ids
 
@@ -196,7 +196,6 @@ async def test_an_insert_whose_caller_left_while_it_was_stuck_leaves_no_row(fres
 
 HEARTBEAT = 1.0
 REGISTRY_TIMEOUT = 5.0  # the default WSS_REGISTRY_TIMEOUT_SECONDS
-SLACK = 4.0  # what a loaded 2-core machine may add to a bound
 
 
 @pytest.fixture
