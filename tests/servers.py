@@ -37,6 +37,16 @@ GRACEFUL_SHUTDOWN = float(UVICORN_FAST_OPTIONS[UVICORN_FAST_OPTIONS.index("--tim
 STOP_SECONDS = {"daphne": 2.0, "uvicorn": 2.0 + GRACEFUL_SHUTDOWN, "uvicorn-fast": 2.0 + GRACEFUL_SHUTDOWN}
 
 
+# The variables that configure the service; a "fresh" environment has none of them.
+CONFIG_PREFIXES = ("DJANGO_", "WSS_", "DATABASE_", "REDIS_")
+
+
+def bare_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without any setting of the service, plus `extra`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(CONFIG_PREFIXES)}
+    return {**env, **extra}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

@@ -12,15 +12,13 @@ import textwrap
 
 import pytest
 
-from .servers import ROOT, test_database_url
+from .servers import ROOT, bare_environment, test_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def probe(code: str, **env: str) -> dict:
     """Run `code` in a fresh process whose Django is set up from `env`; the JSON it prints."""
-    from .test_defaults import bare_environment
-
     script = "import json, django\ndjango.setup()\n" + textwrap.dedent(code)
     environment = bare_environment(
         DJANGO_SETTINGS_MODULE="wssproject.settings", DATABASE_URL=test_database_url(), **env
