@@ -4,13 +4,16 @@ import getpass
 import io
 import logging
 import uuid
+from collections import Counter
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from sessions_app.audit import terminate_recorded, terminate_summary
 from sessions_app.models import LiveSession
+from sessions_app.terminate import TerminateResult
 
 pytestmark = pytest.mark.django_db
 
@@ -78,3 +81,15 @@ def test_a_refused_or_missing_terminate_records_nothing(client, staff_user, dead
     assert LiveSession.objects.filter(pk=dead_session.pk).exists()
     assert not LogEntry.objects.exists()
     assert audit_lines(caplog) == []
+
+
+def test_a_delivered_terminate_is_recorded_and_reported_as_delivered_not_as_ended(admin_user, dead_session):
+    terminate_recorded(session_id=dead_session.pk, result=TerminateResult.DELIVERED, via="admin", user=admin_user)
+    entry = LogEntry.objects.get(object_id=str(dead_session.pk))
+    assert entry.change_message == "Terminate delivered through the admin."
+    delivered, removed = TerminateResult.DELIVERED, TerminateResult.REMOVED
+    assert terminate_summary(Counter({delivered: 2})) == "Terminate delivered to 2 sessions: their servers close them."
+    assert terminate_summary(Counter({removed: 1, delivered: 1})) == (
+        "Terminated 1 session. Terminate delivered to 1 session: its server closes it."
+    )
+    assert terminate_summary(Counter()) == "Terminated 0 sessions."
