@@ -9,8 +9,10 @@ from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
 from . import metrics
+from .database import registry_timeout
 from .layers import LAYER_FAILURES
 from .models import LiveSession
+from .sessions import registry_writer
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ async def session_terminate_request(*, session_id: uuid.UUID | str) -> Terminate
     if row is None:
         return TerminateResult.NOT_FOUND
     if row.instance is None or not row.instance.is_alive:
-        await row.adelete()
+        delete = registry_writer.call(lambda: LiveSession.objects.filter(pk=row.pk).delete())
+        await asyncio.wait_for(delete, registry_timeout())
         return TerminateResult.REMOVED
     message = {"type": "session.terminate", "session_id": str(row.id)}
     try:

@@ -176,6 +176,7 @@ def test_a_detached_session_is_listed_with_its_state_and_no_instance_and_can_be_
     assert admin_client.get("/api/sessions", {"state": "gone"}).status_code == 400
 
 
+@pytest.mark.django_db(transaction=True)  # the terminate deletes on the registry writer's own connection
 def test_deleting_a_detached_session_terminates_it(admin_client, sessions):
     detached = sessions[0]
     LiveSession.objects.filter(pk=detached.pk).update(instance=None, channel_name="", detached_at=timezone.now())

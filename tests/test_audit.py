@@ -38,6 +38,7 @@ def assert_recorded(caplog, session: LiveSession, user, via: str) -> None:
     assert via in line.via
 
 
+@pytest.mark.django_db(transaction=True)  # the terminate deletes on the registry writer's own connection
 def test_an_admin_terminate_is_in_the_admins_history_and_the_log(admin_client, admin_user, dead_session, caplog):
     with caplog.at_level(logging.INFO, logger="sessions_app.events"):
         admin_client.post(
@@ -49,6 +50,7 @@ def test_an_admin_terminate_is_in_the_admins_history_and_the_log(admin_client, a
     assert str(dead_session.pk) in admin_client.get("/admin/").content.decode()  # under Recent actions
 
 
+@pytest.mark.django_db(transaction=True)  # the terminate deletes on the registry writer's own connection
 def test_an_api_terminate_is_recorded_under_its_caller(client, staff_user, dead_session, caplog):
     ops = staff_user("ops", "view_livesession", "delete_livesession")
     client.force_login(ops)
@@ -57,6 +59,7 @@ def test_an_api_terminate_is_recorded_under_its_caller(client, staff_user, dead_
     assert_recorded(caplog, dead_session, ops, "sessions API")
 
 
+@pytest.mark.django_db(transaction=True)  # the terminate deletes on the registry writer's own connection
 def test_a_command_terminate_is_logged_under_the_operators_login(dead_session, caplog):
     with caplog.at_level(logging.INFO, logger="sessions_app.events"):
         call_command("terminate_sessions", str(dead_session.pk), stdout=None, stderr=None)

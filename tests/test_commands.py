@@ -34,6 +34,7 @@ def test_reap_sessions_timeout_option_overrides_the_setting(instance_with_sessio
     assert run("reap_sessions", "--timeout", "60") == "Reaped 1 session.\n"
 
 
+@pytest.mark.django_db(transaction=True)  # the terminate deletes on the registry writer's own connection
 def test_terminate_sessions_deletes_the_rows_of_a_dead_instance(instance_with_sessions):
     dead, _ = instance_with_sessions(sessions=2, age=3600)
     ids = [str(pk) for pk in LiveSession.objects.filter(instance=dead).values_list("pk", flat=True)]

@@ -165,3 +165,24 @@ async def test_a_call_raises_its_error_to_its_caller_only():
         await writer.call(broken)
     await writer.submit("after")
     assert recorder.committed == ["after"]
+
+
+async def test_work_that_outlived_its_callers_wait_leaves_its_thread_behind_and_the_queue_moves_on():
+    recorder = Recorder(gate=threading.Event())
+    writer = GroupCommitWriter(apply=recorder.apply)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(writer.submit("slow", undo="undo slow"), timeout=0.2)
+    await asyncio.wait_for(writer.submit("after"), timeout=5)  # on a fresh thread, the stuck one still waits
+    assert recorder.committed == ["after"]
+    recorder.gate.set()
+    await wait_until(lambda: "undo slow" in recorder.committed, 5, what="the stuck write undone once it committed")
+    assert recorder.committed == ["after", "slow", "undo slow"]
+
+
+async def test_a_call_that_outlived_its_callers_wait_leaves_its_thread_behind():
+    writer = GroupCommitWriter(apply=Recorder().apply)
+    gate = threading.Event()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(writer.call(lambda: gate.wait(timeout=10)), timeout=0.2)
+    assert await asyncio.wait_for(writer.call(lambda: "next"), timeout=5) == "next"
+    gate.set()

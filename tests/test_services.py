@@ -72,6 +72,20 @@ async def test_terminate_deletes_the_row_of_a_dead_instance(workspace, instance_
     assert not await LiveSession.objects.filter(pk=row.pk).aexists()
 
 
+async def test_terminates_delete_is_a_registry_write_in_the_writers_order(workspace):
+    dead = await ServerInstance.objects.acreate(host="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1))
+    row = await LiveSession.objects.acreate(workspace_dir=str(workspace), channel_name="nobody", instance=dead)
+    gate = threading.Event()
+    held = sessions.registry_writer.call(lambda: gate.wait(timeout=10))
+    removing = asyncio.create_task(terminate.session_terminate_request(session_id=row.pk))
+    await asyncio.sleep(0.3)
+    assert not removing.done()  # queued behind the writer's earlier work
+    gate.set()
+    await held
+    assert await removing == terminate.TerminateResult.REMOVED
+    assert not await LiveSession.objects.filter(pk=row.pk).aexists()
+
+
 async def test_session_create_re_registers_a_lost_instance(workspace):
     comm, _ = await open_session(workspace)
     await comm.disconnect()
