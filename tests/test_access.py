@@ -9,7 +9,8 @@ import pytest
 from sessions_app.models import ApiToken, LiveSession
 from sessions_app.tokens import token_create
 
-pytestmark = pytest.mark.django_db
+# Transactional: a terminate's delete runs on the registry writer's own connection.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
