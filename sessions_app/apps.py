@@ -18,6 +18,22 @@ class SessionsAppConfig(AppConfig):
         checks.register(check_server_proxy_headers, "wss")
         checks.register(check_unrestricted, "wss", deploy=True)
         checks.register(check_resume_grace, "wss")
+        # Every app's client message types, checked now: a bad declaration stops the start.
+        from django.core.signals import setting_changed
+
+        from . import message_types
+
+        message_types.registry_reset()
+        message_types.registry()
+        setting_changed.connect(installed_apps_changed, dispatch_uid="wss-message-types")
+
+
+def installed_apps_changed(*, setting: str, **kwargs) -> None:
+    """Tests that change INSTALLED_APPS change the declared message types too."""
+    if setting == "INSTALLED_APPS":
+        from . import message_types
+
+        message_types.registry_reset()
 
 
 class WssAdminConfig(admin_apps.AdminConfig):
