@@ -59,7 +59,7 @@ LISTING = {
         "truncated": {
             "type": "boolean",
             "description": "true when the directory holds more than the reply shows (limit, frame size,"
-            " or the server's scan bound of 10,000 entries).",
+            " or the server's scan bound: 10,000 entries or half of WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS).",
         },
     },
 }
@@ -76,7 +76,8 @@ async def list_workspace(context: MessageContext, message: ClientMessage) -> dic
     workspace_dir, path = context.workspace_dir, message.fields.get("path", "")
     limit = message.fields.get("limit", 100)
     max_bytes = app_settings.WSS_MAX_MESSAGE_BYTES - REPLY_ENVELOPE_BYTES
-    deadline = time.monotonic() + app_settings.WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS
+    # A slow but moving scan stops at half the bound and answers what it has, rather than `unavailable`.
+    deadline = time.monotonic() + app_settings.WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS / 2
     listing = await filesystem_run(
         lambda: workspace_list(workspace_dir, path, limit=limit, max_bytes=max_bytes, deadline=deadline),
         what="The directory could not be listed",
