@@ -82,7 +82,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         try:
             types = message_types.registry()
             message = protocol.decode(text_data, bytes_data, limit=app_settings.WSS_MAX_MESSAGE_BYTES, types=types)
-            await self.handle(types[message.type], message)
+            await self.message_handle(types[message.type], message)
         except ProtocolError as error:
             if message is not None:
                 error.request_id = message.request_id
@@ -95,7 +95,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
                 InternalError("The server failed to handle this message; it has been logged.", request_id=request_id)
             )
 
-    async def handle(self, declared: message_types.MessageType, message: protocol.Message) -> None:
+    async def message_handle(self, declared: message_types.MessageType, message: protocol.Message) -> None:
         """Run a declared type's handler with this connection's context; send its reply, if any."""
         if declared.needs_session and self.session is None:
             raise NoSession(

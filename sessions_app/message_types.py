@@ -53,7 +53,7 @@ Handler = Callable[["MessageContext", Any], Awaitable[Reply]]
 class ClientMessage(protocol.Message):
     """A message of a declared type: its fields (all but `type` and `request_id`), schema-checked."""
 
-    type: str  # type: ignore[misc]  # an instance field here: one class serves every declared type
+    type: str  # an instance field here, not a ClassVar: one class serves every declared type
     fields: Mapping[str, Any]
     request_id: RequestId | None = None
 
@@ -72,7 +72,7 @@ class MessageType:
     reply_schema: Mapping[str, Any] | None = None
     reply_message: str | None = None
     examples: tuple[Mapping[str, Any], ...] = ()
-    app_label: str = ""
+    module: str = ""  # where it was declared, for error messages
     validator: Draft7Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -97,7 +97,7 @@ class MessageType:
 
 def schema_error_text(error: Any) -> str:
     """A jsonschema error as a sentence that names the field by its JSON pointer."""
-    pointer = "".join(f"/{part}" for part in error.absolute_path)
+    pointer = "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in error.absolute_path)
     detail = error.message if len(error.message) <= MAX_ERROR_CHARS else error.message[:MAX_ERROR_CHARS] + "…"
     where = f"The field {pointer}" if pointer else "The message"
     return f"{where} is invalid: {detail}."
@@ -105,7 +105,7 @@ def schema_error_text(error: Any) -> str:
 
 def declaration_check(declaration: MessageType) -> None:
     """Raise ImproperlyConfigured unless the declaration can be served."""
-    where = f"message type {declaration.name!r} of {declaration.app_label or 'an unnamed module'}"
+    where = f"message type {declaration.name!r} ({declaration.module})"
     if not NAME_PATTERN.match(declaration.name):
         raise ImproperlyConfigured(f"{where}: the name must match {NAME_PATTERN.pattern}")
     if not inspect.iscoroutinefunction(declaration.handler):
@@ -158,7 +158,7 @@ class Library:
                 reply_schema=reply_schema,
                 reply_message=reply_message,
                 examples=tuple(examples),
-                app_label=handler.__module__.rsplit(".", 1)[0],
+                module=handler.__module__,
             )
             declaration_check(declaration)
             self.declarations.append(declaration)
@@ -176,8 +176,8 @@ class Registry(Mapping[str, MessageType]):
             previous = self._types.get(declaration.name)
             if previous is not None:
                 raise ImproperlyConfigured(
-                    f"message type {declaration.name!r} is declared twice: by {previous.app_label!r} "
-                    f"and by {declaration.app_label!r}"
+                    f"message type {declaration.name!r} is declared twice: by {previous.module!r} "
+                    f"and by {declaration.module!r}"
                 )
             self._types[declaration.name] = declaration
 

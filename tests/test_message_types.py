@@ -37,7 +37,7 @@ def test_a_declared_type_carries_its_schema_handler_and_docstring_title():
     (declared,) = declare(needs_session=False).declarations
     assert (declared.name, declared.handler, declared.needs_session) == ("thing", handler, False)
     assert declared.title == "A handler for the declaration tests."
-    assert declared.app_label == "tests"
+    assert declared.module == "tests.test_message_types"
 
 
 def test_a_handler_that_is_not_async_is_refused_when_declared():
@@ -138,6 +138,7 @@ def test_a_valid_frame_becomes_an_immutable_message_of_its_own_fields():
         ({"text": "a", "colour": "blue"}, "The message is invalid: Additional properties are not allowed ('colour'"),
         ({"text": "a", "times": 4}, "The field /times is invalid: 4 is greater than the maximum of 3."),
         ({"text": "a", "times": True}, "The field /times is invalid: True is not of type 'integer'."),
+        ({"text": "a", "options": {"a/b~": 1}}, "The field /options/a~1b~0 is invalid: 1 is not of type 'boolean'."),
     ],
 )
 def test_a_frame_that_fails_the_schema_is_invalid_request_naming_the_field(frame, text):

@@ -19,7 +19,11 @@ ECHO = {
     "properties": {
         "text": {"type": "string", "maxLength": 50},
         "times": {"type": "integer", "minimum": 1, "maximum": 3},
-        "options": {"type": "object", "properties": {"shout": {"type": "boolean"}}},
+        "options": {
+            "type": "object",
+            "properties": {"shout": {"type": "boolean"}},
+            "additionalProperties": {"type": "boolean"},
+        },
     },
 }
 
