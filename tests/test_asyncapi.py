@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import websockets
+import yaml
 from channels.testing import WebsocketCommunicator
 from django.core.management import CommandError, call_command
 from jsonschema import ValidationError
@@ -58,6 +59,20 @@ def test_the_command_writes_the_document_and_its_check_fails_on_a_stale_one(tmp_
     call_command("asyncapi", output=target, stdout=io.StringIO())
     assert target.read_text() == SCHEMA_PATH.read_text()
     call_command("asyncapi", "--check", output=target, stdout=io.StringIO())
+
+
+def test_a_test_apps_types_are_in_the_document_generated_for_it():
+    declared = message_types.Registry.from_modules(["sessions_app.session_messages", "tests.msgapp.session_messages"])
+    text = document_text(declared)
+    assert "# @generated" not in text
+    document = yaml.safe_load(text)
+    operation = document["operations"]["msgappEcho"]
+    assert operation["title"] == "Echo the text, with what the handler knows of the session."
+    assert operation["summary"].endswith("Needs a session (else `no_session`).")
+    assert document["components"]["schemas"]["MsgappEchoRequest"]["properties"]["type"] == {"const": "msgapp_echo"}
+    server_frames = document["components"]["schemas"]["ServerFrame"]["oneOf"]
+    assert {"$ref": "#/components/schemas/MsgappEchoReply"} in server_frames
+    assert {"$ref": "#/components/schemas/MsgappRefuseReply"} not in server_frames  # it never replies
 
 
 def test_client_message_types_are_the_declared_ones():
