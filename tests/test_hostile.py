@@ -215,7 +215,8 @@ json_values = st.recursive(
     max_leaves=10,
 )  # fmt: skip
 message_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(["new_session", "resume_session", "end_session", "list_workspace", "", "New_Session", "error"])
+    {"type": st.sampled_from(
+        ["new_session", "resume_session", "end_session", "list_workspace", "", "New_Session", "error"])
      | st.text(max_size=12) | json_values},
     optional={
         "workspace_dir": st.sampled_from(["/", "/tmp", "/nonexistent", "", "~", "/\x00"]) | st.text(max_size=40)
