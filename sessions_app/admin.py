@@ -9,7 +9,7 @@ from django.utils.timesince import timesince
 
 from .audit import sessions_terminate_audited
 from .models import ApiToken, LiveSession, ServerInstance
-from .services import TerminateResult
+from .terminate import TerminateResult
 from .tokens import token_issue, token_revoke
 
 

@@ -37,7 +37,8 @@ from .errors import InvalidRequest, RequestId
 if TYPE_CHECKING:
     from django.apps import AppConfig
 
-    from .services import ProcessIdentity, SessionRecord
+    from .process import ProcessIdentity
+    from .sessions import SessionRecord
 
 MODULE_NAME = "session_messages"  # looked for in every installed app
 CORE_APP = "sessions_app"

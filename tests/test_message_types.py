@@ -171,7 +171,7 @@ def msgapp(settings) -> None:
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_declared_type_replies_with_the_sessions_context_and_echoes_the_request_id(msgapp, workspace):
-    from sessions_app.services import process_identity
+    from sessions_app.process import process_state
 
     comm, created = await open_session(workspace, ok=True)
     await comm.send_json_to(
@@ -183,7 +183,7 @@ async def test_a_declared_type_replies_with_the_sessions_context_and_echoes_the_
         "session_id": created["session_id"],
         "workspace_dir": created["workspace_dir"],
         "user": None,
-        "boot_id": str(process_identity().boot_id),
+        "boot_id": str(process_state().identity.boot_id),
         "request_id": 4,
     }
     await comm.disconnect()
