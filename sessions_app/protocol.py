@@ -105,12 +105,19 @@ class EndSession(Message):
         return cls(request_id=request_id)
 
 
+# The core's own types by wire name: decode()'s default. The server decodes against every
+# declared type instead (message_types.registry()), which holds these too.
+CORE_TYPES: Mapping[str, Parser] = {cls.type: cls for cls in (NewSession, ResumeSession, EndSession)}
+
+
 def subprotocol_choose(offered: list[str]) -> str | None:
     """The subprotocol to select from the client's offer: ours, or none."""
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-def decode(text_data: str | None, bytes_data: bytes | None, *, limit: int, types: Mapping[str, Parser]) -> Message:
+def decode(
+    text_data: str | None, bytes_data: bytes | None, *, limit: int, types: Mapping[str, Parser] = CORE_TYPES
+) -> Message:
     """Turn one WebSocket frame into a message of one of `types`, or raise the ProtocolError that answers it."""
     if text_data is None:
         raise UnsupportedFrame("Binary frames are not supported: send JSON in a text frame.")

@@ -17,13 +17,11 @@ from sessions_app.errors import (
 )
 
 LIMIT = 65536
-# The core's types by wire name, as the registry hands them to decode().
-CORE = {cls.type: cls for cls in (protocol.NewSession, protocol.ResumeSession, protocol.EndSession)}
 
 
 def decode(obj_or_text) -> protocol.Message:
     text = obj_or_text if isinstance(obj_or_text, str) else json.dumps(obj_or_text)
-    return protocol.decode(text, None, limit=LIMIT, types=CORE)
+    return protocol.decode(text, None, limit=LIMIT)
 
 
 def test_new_session_decodes_into_an_immutable_message():
@@ -61,12 +59,12 @@ def test_bad_frames_raise_their_protocol_error(frame, error_class):
 
 def test_100_000_deep_nesting_is_invalid_json_when_the_limit_lets_it_through():
     with pytest.raises(InvalidJson):
-        protocol.decode("[" * 100_000 + "]" * 100_000, None, limit=1_000_000, types=CORE)
+        protocol.decode("[" * 100_000 + "]" * 100_000, None, limit=1_000_000)
 
 
 def test_binary_frame_is_unsupported():
     with pytest.raises(UnsupportedFrame) as caught:
-        protocol.decode(None, b"\x00\x01", limit=LIMIT, types=CORE)
+        protocol.decode(None, b"\x00\x01", limit=LIMIT)
     assert caught.value.close_code == 4415
 
 
