@@ -1,14 +1,20 @@
 """App configs: the sessions app, and the admin with a live-session count on its index."""
 
+from typing import TYPE_CHECKING
+
 from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
 from django.core import checks
+
+if TYPE_CHECKING:
+    from .message_types import Registry
 
 
 class SessionsAppConfig(AppConfig):
     name = "sessions_app"
     verbose_name = "Live sessions"
     default = True
+    message_types: "Registry"  # every installed app's client message types, built in ready()
 
     def ready(self) -> None:
         checks.register(check_workspace_roots, "wss")
@@ -18,22 +24,10 @@ class SessionsAppConfig(AppConfig):
         checks.register(check_server_proxy_headers, "wss")
         checks.register(check_unrestricted, "wss", deploy=True)
         checks.register(check_resume_grace, "wss")
-        # Every app's client message types, checked now: a bad declaration stops the start.
-        from django.core.signals import setting_changed
+        # Every installed app's client message types, checked now: a bad declaration stops the start.
+        from .message_types import Registry, app_modules
 
-        from . import message_types
-
-        message_types.registry_reset()
-        message_types.registry()
-        setting_changed.connect(installed_apps_changed, dispatch_uid="wss-message-types")
-
-
-def installed_apps_changed(*, setting: str, **kwargs) -> None:
-    """Tests that change INSTALLED_APPS change the declared message types too."""
-    if setting == "INSTALLED_APPS":
-        from . import message_types
-
-        message_types.registry_reset()
+        self.message_types = Registry.from_modules(app_modules(self.apps.get_app_configs()))
 
 
 class WssAdminConfig(admin_apps.AdminConfig):

@@ -219,23 +219,11 @@ def app_modules(app_configs: Iterable["AppConfig"]) -> list[str]:
     return sorted(found, key=lambda name: name != f"{CORE_APP}.{MODULE_NAME}")
 
 
-_registry: Registry | None = None
-
-
 def registry() -> Registry:
-    """The process's registry, built from the installed apps on first use."""
-    global _registry
-    if _registry is None:
-        from django.apps import apps
+    """The declared types of the installed apps: built once by `SessionsAppConfig.ready()`, kept on it."""
+    from django.apps import apps
 
-        _registry = Registry.from_modules(app_modules(apps.get_app_configs()))
-    return _registry
-
-
-def registry_reset(**kwargs: Any) -> None:
-    """Forget the registry (the installed apps changed); the next use builds it again."""
-    global _registry
-    _registry = None
+    return apps.get_app_config(CORE_APP).message_types
 
 
 @dataclass(frozen=True, slots=True)
