@@ -186,6 +186,20 @@ async def test_a_declared_type_replies_with_the_sessions_context_and_echoes_the_
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_the_handler_sees_the_user_the_connection_authenticated_as(msgapp, workspace, django_user_model):
+    from asgiref.sync import sync_to_async
+
+    from sessions_app.tokens import token_create
+
+    user = await sync_to_async(django_user_model.objects.create_user)("ada", password="pw")
+    _, raw = await sync_to_async(token_create)(user=user, name="t")
+    comm, _ = await open_session(workspace, ok=True, headers=[(b"authorization", f"Bearer {raw}".encode())])
+    await comm.send_json_to({"type": "msgapp_echo", "text": "hi"})
+    assert (await comm.receive_json_from(timeout=5))["user"] == "ada"
+    await comm.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_a_type_that_needs_a_session_is_no_session_without_one_and_the_connection_stays(msgapp):
     comm = await connect()
     await comm.send_json_to({"type": "msgapp_echo", "text": "a", "request_id": "e"})
