@@ -7,7 +7,7 @@ from django.db.models import Count
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from .audit import sessions_terminate_audited
+from .audit import ACTED, sessions_terminate_audited, terminate_summary
 from .models import ApiToken, LiveSession, ServerInstance
 from .terminate import TerminateResult
 from .tokens import token_issue, token_revoke
@@ -52,9 +52,8 @@ class LiveSessionAdmin(ReadOnlyAdmin):
         results = sessions_terminate_audited(
             list(queryset.values_list("pk", flat=True)), via="admin", user=request.user
         )
-        ended = results[TerminateResult.DELIVERED] + results[TerminateResult.REMOVED]
-        if ended or not results[TerminateResult.NOT_DELIVERED]:
-            self.message_user(request, f"Terminated {ended} session{'' if ended == 1 else 's'}.", messages.SUCCESS)
+        if any(results[result] for result in ACTED) or not results[TerminateResult.NOT_DELIVERED]:
+            self.message_user(request, terminate_summary(results), messages.SUCCESS)
         if failed := results[TerminateResult.NOT_DELIVERED]:
             self.message_user(
                 request,

@@ -115,7 +115,7 @@ def test_the_core_types_come_first_and_keep_their_own_parse():
 
 def parse(frame: dict) -> protocol.Message:
     declared = Registry.from_modules([MSGAPP])
-    return protocol.decode(protocol.encode(frame), None, limit=65536, types=declared)
+    return protocol.decode(protocol.encode(frame), None, declared)
 
 
 def test_a_valid_frame_becomes_an_immutable_message_of_its_own_fields():
