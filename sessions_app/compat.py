@@ -31,6 +31,7 @@ CHECKED_VERSIONS: dict[str, str] = {
     "daphne": "4.2.3",
     "uvicorn": "0.54.0",
     "djangorestframework": "3.18.3",
+    "redis": "8.1.0",
 }
 
 
