@@ -7,7 +7,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-embedded test-production lint format check migrations-check clean bench bench-quick bench-scale
+.PHONY: help install run migrate test test-embedded test-production lint format check migrations-check asyncapi clean bench bench-quick bench-scale
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ migrations-check: $(STAMP)  ## Fail when a model change has no migration
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 check: test  ## Alias of test
+
+asyncapi: $(STAMP)  ## Regenerate docs/asyncapi.yaml from the declared message types (a test fails when it is stale)
+	$(BIN)/python manage.py asyncapi
 
 # The benchmark (bench/, docs/performance.md): the project under daphne and the fast server
 # (uvicorn-sansio), at default and bench settings, against the leanest Channels consumer

@@ -1,14 +1,20 @@
 """App configs: the sessions app (its system checks: checks.py), and the admin with a live-session count."""
 
+from typing import TYPE_CHECKING
+
 from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
 from django.core import checks
+
+if TYPE_CHECKING:
+    from .message_types import Registry
 
 
 class SessionsAppConfig(AppConfig):
     name = "sessions_app"
     verbose_name = "Live sessions"
     default = True
+    message_types: "Registry"  # every installed app's client message types, built in ready()
 
     def ready(self) -> None:
         # Imported here: the checks read the app's modules, which need the apps loaded.
@@ -22,6 +28,10 @@ class SessionsAppConfig(AppConfig):
         checks.register(wss.check_unrestricted, "wss", deploy=True)
         checks.register(wss.check_resume_grace, "wss")
         checks.register(wss.check_library_versions, "wss")
+        # Every installed app's client message types, checked now: a bad declaration stops the start.
+        from .message_types import Registry, app_modules
+
+        self.message_types = Registry.from_modules(app_modules(self.apps.get_app_configs()))
 
 
 class WssAdminConfig(admin_apps.AdminConfig):

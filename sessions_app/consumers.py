@@ -5,9 +5,8 @@ import time
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.core.exceptions import ImproperlyConfigured
 
-from . import connections, events, protocol
+from . import connections, events, message_types, protocol
 from .compat import WithoutConnectionHop
 from .conf import app_settings
 from .errors import (
@@ -79,8 +78,9 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
             return  # frames already in flight after a fatal error: nothing more to say
         message = None
         try:
-            message = protocol.decode(text_data, bytes_data)
-            await HANDLERS[type(message)](self, message)
+            types = message_types.registry()
+            message = protocol.decode(text_data, bytes_data, types)
+            await self.message_handle(types[message.type], message)
         except ProtocolError as error:
             if message is not None:
                 error.request_id = message.request_id
@@ -92,6 +92,24 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
             await self.send_error(
                 InternalError("The server failed to handle this message; it has been logged.", request_id=request_id)
             )
+
+    async def message_handle(self, declared: message_types.MessageType, message: protocol.Message) -> None:
+        """Run a declared type's handler with this connection's context; send its reply, if any."""
+        if declared.needs_session and self.session is None:
+            raise NoSession(
+                f"This connection holds no session; {declared.name!r} needs one: open or resume a session first."
+            )
+        context = message_types.MessageContext(
+            session=self.session,
+            user=self.scope.get("user"),
+            process=process_state().identity,
+            request_id=message.request_id,
+            connection=self,
+        )
+        fields = await declared.handler(context, message)
+        if fields is not None:
+            reply = protocol.declared_reply(message_type=declared.name, fields=fields, request_id=message.request_id)
+            await self.send_json(reply)
 
     async def on_new_session(self, message: protocol.NewSession) -> None:
         """Resolve the workspace, commit the row, then reply."""
@@ -157,8 +175,6 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
 
     async def on_end_session(self, message: protocol.EndSession) -> None:
         """End this connection's session now; the connection stays open for another."""
-        if self.session is None:
-            raise NoSession("This connection holds no session; there is nothing to end.")
         session, self.session = self.session, None
         await session_close(session_id=session.session_id, channel_name=held_channel(session, self.channel_name))
         await self.send_json(protocol.session_ended_reply(session_id=session.session_id, request_id=message.request_id))
@@ -224,17 +240,3 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
     async def encode_json(cls, content: dict[str, Any]) -> str:
         """Compact JSON, ASCII-safe."""
         return protocol.encode(content)
-
-
-# One line per client message type (protocol.MESSAGE_TYPES): message class -> handler.
-HANDLERS = {
-    protocol.NewSession: SessionConsumer.on_new_session,
-    protocol.ResumeSession: SessionConsumer.on_resume_session,
-    protocol.EndSession: SessionConsumer.on_end_session,
-}
-
-if set(HANDLERS) != set(protocol.MESSAGE_TYPES.values()):
-    # Checked at import: a message type without a handler would fail only when a client sent it.
-    raise ImproperlyConfigured(
-        f"HANDLERS and protocol.MESSAGE_TYPES differ: {set(HANDLERS) ^ set(protocol.MESSAGE_TYPES.values())}"
-    )

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 from .errors import (
@@ -33,18 +33,10 @@ MAX_COMPONENT_BYTES = 255  # Linux NAME_MAX
 MAX_RESUME_TOKEN_CHARS = 256
 
 
-# Every client message type, by its wire `type`: filled by @message_type, read by decode().
-MESSAGE_TYPES: dict[str, type["Message"]] = {}
+class Parser(Protocol):
+    """What decode() looks a wire `type` up to: anything that parses the frame into a message."""
 
-M = TypeVar("M", bound=type["Message"])
-
-
-def message_type(cls: M) -> M:
-    """Register a message dataclass under its wire `type`: the one place a type is declared."""
-    if cls.type in MESSAGE_TYPES:
-        raise ValueError(f"message type {cls.type!r} is declared twice")
-    MESSAGE_TYPES[cls.type] = cls
-    return cls
+    def parse(self, fields: Mapping[str, Any], request_id: RequestId | None) -> "Message": ...
 
 
 class Message:
@@ -60,7 +52,6 @@ class Message:
         raise NotImplementedError
 
 
-@message_type
 @dataclass(frozen=True, slots=True)
 class NewSession(Message):
     """`new_session`: open a session on a workspace directory, resumable if asked."""
@@ -81,7 +72,6 @@ class NewSession(Message):
         )
 
 
-@message_type
 @dataclass(frozen=True, slots=True)
 class ResumeSession(Message):
     """`resume_session`: reattach a resumable session to this connection with its token."""
@@ -101,7 +91,6 @@ class ResumeSession(Message):
         )
 
 
-@message_type
 @dataclass(frozen=True, slots=True)
 class EndSession(Message):
     """`end_session`: end this connection's session now; the connection stays open."""
@@ -115,13 +104,18 @@ class EndSession(Message):
         return cls(request_id=request_id)
 
 
+# The core's own types by wire name: decode()'s default. The server decodes against every
+# declared type instead (message_types.registry()), which holds these too.
+CORE_TYPES: Mapping[str, Parser] = {cls.type: cls for cls in (NewSession, ResumeSession, EndSession)}
+
+
 def subprotocol_choose(offered: list[str]) -> str | None:
     """The subprotocol to select from the client's offer: ours, or none."""
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-def decode(text_data: str | None, bytes_data: bytes | None) -> Message:
-    """Turn one WebSocket frame into a message, or raise the ProtocolError that answers it.
+def decode(text_data: str | None, bytes_data: bytes | None, types: Mapping[str, Parser] = CORE_TYPES) -> Message:
+    """Turn one WebSocket frame into a message of one of `types`, or raise the ProtocolError that answers it.
 
     Its size was checked as it arrived (frame_size_check, called by inbox.py).
     """
@@ -133,11 +127,11 @@ def decode(text_data: str | None, bytes_data: bytes | None) -> Message:
         message_type = obj.get("type")
         if not isinstance(message_type, str):
             raise UnknownType('The message needs a "type" string, such as "new_session".')
-        cls = MESSAGE_TYPES.get(message_type)
-        if cls is None:
-            known = ", ".join(sorted(MESSAGE_TYPES))
+        parser = types.get(message_type)
+        if parser is None:
+            known = ", ".join(sorted(types))
             raise UnknownType(f"Unknown message type {message_type[:64]!r}; known types: {known}.")
-        return cls.parse(obj, parse_request_id(obj))
+        return parser.parse(obj, parse_request_id(obj))
     except ProtocolError as error:
         error.request_id = request_id
         raise
@@ -258,6 +252,17 @@ def session_resumed_reply(
 def session_ended_reply(*, session_id: UUID, request_id: RequestId | None) -> dict[str, Any]:
     """The success reply to `end_session`."""
     reply: dict[str, Any] = {"type": "session_ended", "session_id": str(session_id)}
+    if request_id is not None:
+        reply["request_id"] = request_id
+    return reply
+
+
+def declared_reply(*, message_type: str, fields: Mapping[str, Any], request_id: RequestId | None) -> dict[str, Any]:
+    """The reply to a declared type: its handler's fields under the request's own `type`."""
+    reserved = {"type", "request_id"} & set(fields)
+    if reserved:
+        raise ValueError(f"the reply to {message_type!r} may not set {sorted(reserved)}: the core does")
+    reply: dict[str, Any] = {"type": message_type, **fields}
     if request_id is not None:
         reply["request_id"] = request_id
     return reply

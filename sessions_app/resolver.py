@@ -1,4 +1,4 @@
-"""Workspace paths resolved off the event loop, in a few threads of their own, with a time bound.
+"""Filesystem calls (workspace paths first) off the event loop, in a few threads of their own, with a time bound.
 
 `realpath` and `isdir` block on the filesystem: a path on a hung network mount would stall
 every connection of the process and its heartbeat (and then peers reap it as dead). Here
@@ -11,12 +11,16 @@ The pool is separate from the default executor and the registry writer, which st
 """
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from .conf import app_settings
 from .errors import Unavailable
 from .process import process_state
 from .workspaces import roots_resolve, workspace_resolve
+
+T = TypeVar("T")
 
 # The one blocking call, named at the module boundary so that a test can stand in a path
 # that never resolves (there is no hung mount to test against).
@@ -32,11 +36,17 @@ async def workspace_resolve_async(raw_path: str) -> str:
     """The real path of the workspace, resolved in the pool within the time bound."""
     configured = tuple(app_settings.WSS_WORKSPACE_ROOTS)
     roots = roots_resolve(configured)  # cached: the roots' own resolution happens once
-    timeout = app_settings.WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS
-    future = asyncio.get_running_loop().run_in_executor(
-        resolve_pool(), lambda: blocking_resolve(raw_path, roots=roots, lexical_roots=configured)
+    return await filesystem_run(
+        lambda: blocking_resolve(raw_path, roots=roots, lexical_roots=configured),
+        what="The workspace path could not be resolved",
     )
+
+
+async def filesystem_run(function: Callable[[], T], *, what: str) -> T:
+    """Run a blocking filesystem call in the pool; past the time bound, `unavailable` ("<what> within N s")."""
+    timeout = app_settings.WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS
+    future = asyncio.get_running_loop().run_in_executor(resolve_pool(), function)
     try:
         return await asyncio.wait_for(future, timeout)
     except TimeoutError:
-        raise Unavailable(f"The workspace path could not be resolved within {timeout:g} s; try again later.") from None
+        raise Unavailable(f"{what} within {timeout:g} s; try again later.") from None

@@ -1,8 +1,11 @@
-"""Validate frames against docs/asyncapi.yaml with jsonschema.
+"""Validate frames against the AsyncAPI document with jsonschema.
 
 conftest.py wraps every way a test reads a server frame (WebsocketCommunicator and the
 websockets client) with `check_server_frame`, so every frame the server sends in the
-suite is checked against the schema, whoever wrote the test.
+suite is checked against the schema, whoever wrote the test. The document is the one
+generated for the message types declared right now: docs/asyncapi.yaml when the installed
+apps are the project's (tests/test_asyncapi.py pins that), with a test app's types when a
+test installs one.
 """
 
 import functools
@@ -15,23 +18,32 @@ from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from sessions_app import message_types
+from sessions_app.asyncapi import document_text
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.yaml"
 SCHEMA_URI = "urn:wss-sessions:asyncapi"
 
 
-@functools.cache
 def asyncapi() -> dict[str, Any]:
-    """The parsed AsyncAPI document."""
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The parsed AsyncAPI document for the message types declared now."""
+    return document_for(message_types.registry())
 
 
 @functools.cache
-def validator(schema_name: str) -> Draft7Validator:
-    """A validator for one of components.schemas, resolving $refs inside the document.
+def document_for(declared: message_types.Registry) -> dict[str, Any]:
+    return yaml.safe_load(document_text(declared))
 
-    AsyncAPI 3's default schema format is a superset of JSON Schema draft 7.
-    """
-    registry = Registry().with_resource(SCHEMA_URI, Resource(contents=asyncapi(), specification=DRAFT7))
+
+def validator(schema_name: str) -> Draft7Validator:
+    """A validator for one of components.schemas, resolving $refs inside the document."""
+    return validator_for(message_types.registry(), schema_name)
+
+
+@functools.cache
+def validator_for(declared: message_types.Registry, schema_name: str) -> Draft7Validator:
+    """AsyncAPI 3's default schema format is a superset of JSON Schema draft 7."""
+    registry = Registry().with_resource(SCHEMA_URI, Resource(contents=document_for(declared), specification=DRAFT7))
     schema = {"$ref": f"{SCHEMA_URI}#/components/schemas/{schema_name}"}
     return Draft7Validator(schema, registry=registry, format_checker=Draft7Validator.FORMAT_CHECKER)
 

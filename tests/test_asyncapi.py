@@ -1,17 +1,29 @@
-"""docs/asyncapi.yaml against the code: same codes, same types, same fates; frames validate."""
+"""docs/asyncapi.yaml against the code: generated from the declarations, same codes and fates; frames validate."""
 
+import io
 import json
 import uuid
 
 import pytest
 import websockets
+import yaml
 from channels.testing import WebsocketCommunicator
+from django.core.management import CommandError, call_command
 from jsonschema import ValidationError
 
-from sessions_app import errors, protocol
+from sessions_app import errors, message_types, protocol
+from sessions_app.asyncapi import document_text
 from sessions_app.errors import all_error_classes
 
-from .frames import asyncapi, check_client_frame, check_server_frame, client_message_types, close_codes, error_codes
+from .frames import (
+    SCHEMA_PATH,
+    asyncapi,
+    check_client_frame,
+    check_server_frame,
+    client_message_types,
+    close_codes,
+    error_codes,
+)
 
 
 def test_every_error_code_in_the_code_is_in_the_schema_with_its_close_code():
@@ -33,8 +45,46 @@ def test_every_close_code_in_the_code_is_documented():
     assert used <= close_codes(), f"add to channels.session.x-close-codes: {sorted(used - close_codes())}"
 
 
-def test_client_message_types_match_protocol_message_types():
-    assert client_message_types() == set(protocol.MESSAGE_TYPES)
+def test_the_committed_document_is_the_one_the_declarations_generate():
+    committed = SCHEMA_PATH.read_text()
+    generated = document_text(message_types.registry())
+    assert committed == generated, "docs/asyncapi.yaml is out of date: run `manage.py asyncapi`"
+
+
+def test_the_command_writes_the_document_and_its_check_fails_on_a_stale_one(tmp_path):
+    target = tmp_path / "asyncapi.yaml"
+    target.write_text(SCHEMA_PATH.read_text().replace("wss-sessions", "stale", 1))
+    with pytest.raises(CommandError, match="out of date"):
+        call_command("asyncapi", "--check", output=target, stdout=io.StringIO())
+    call_command("asyncapi", output=target, stdout=io.StringIO())
+    assert target.read_text() == SCHEMA_PATH.read_text()
+    call_command("asyncapi", "--check", output=target, stdout=io.StringIO())
+
+
+def test_a_test_apps_types_are_in_the_document_generated_for_it():
+    declared = message_types.Registry.from_modules(["sessions_app.session_messages", "tests.msgapp.session_messages"])
+    text = document_text(declared)
+    assert "# @generated" not in text
+    document = yaml.safe_load(text)
+    operation = document["operations"]["msgappEcho"]
+    assert operation["title"] == "Echo the text, with what the handler knows of the session."
+    assert operation["summary"].endswith("Needs a session (else `no_session`).")
+    assert document["components"]["schemas"]["MsgappEchoRequest"]["properties"]["type"] == {"const": "msgapp_echo"}
+    server_frames = document["components"]["schemas"]["ServerFrame"]["oneOf"]
+    assert {"$ref": "#/components/schemas/MsgappEchoReply"} in server_frames
+    assert {"$ref": "#/components/schemas/MsgappRefuseReply"} not in server_frames  # it never replies
+
+
+def test_client_message_types_are_the_declared_ones():
+    assert client_message_types() == set(message_types.registry())
+    assert {"new_session", "resume_session", "end_session", "list_workspace"} <= client_message_types()
+
+
+def test_every_declared_example_is_a_valid_client_frame():
+    examples = [example for declared in message_types.registry().values() for example in declared.examples]
+    assert len(examples) >= 4
+    for example in examples:
+        check_client_frame(example)
 
 
 def test_the_document_is_asyncapi_3_with_the_ws_channel():

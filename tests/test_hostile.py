@@ -92,6 +92,10 @@ CASES = [
     Case("resume-unknown-session", '{"type":"resume_session","session_id":"' + str(uuid.uuid4())
          + '","resume_token":"guess"}', "session_not_found"),
     Case("end-without-a-session", '{"type":"end_session"}', "no_session"),
+    # A declared type (the example app's): its schema first, then its need of a session.
+    Case("list-workspace-bad-limit", '{"type":"list_workspace","limit":"all"}', "invalid_request"),
+    Case("list-workspace-unknown-field", '{"type":"list_workspace","recursive":true}', "invalid_request"),
+    Case("list-workspace-without-a-session", '{"type":"list_workspace","path":"../.."}', "no_session"),
 ]  # fmt: skip
 
 
@@ -209,7 +213,8 @@ json_values = st.recursive(
     max_leaves=10,
 )  # fmt: skip
 message_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(["new_session", "resume_session", "end_session", "", "New_Session", "error"])
+    {"type": st.sampled_from(
+        ["new_session", "resume_session", "end_session", "list_workspace", "", "New_Session", "error"])
      | st.text(max_size=12) | json_values},
     optional={
         "workspace_dir": st.sampled_from(["/", "/tmp", "/nonexistent", "", "~", "/\x00"]) | st.text(max_size=40)
@@ -218,6 +223,8 @@ message_like = st.fixed_dictionaries(
         "resumable": st.booleans() | json_values,
         "session_id": st.uuids().map(str) | st.text(max_size=40) | json_values,
         "resume_token": st.text(max_size=300) | json_values,
+        "path": st.sampled_from(["", "..", "/etc", "a/../../b"]) | st.text(max_size=40) | json_values,
+        "limit": st.integers(-5, 2000) | json_values,
     },
 )  # fmt: skip
 frames = st.one_of(

@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
-from sessions_app import consumers, instances, protocol, sessions, terminate
+from sessions_app import instances, sessions, terminate
 from sessions_app.models import LiveSession, ServerInstance
 from sessions_app.process import process_state
 
@@ -328,17 +328,6 @@ async def test_terminating_an_attached_resumable_session_ends_it_with_4410(works
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4410}
     await comm.disconnect(code=4410)
     assert await row(created["session_id"]) is None
-
-
-def test_every_message_type_has_exactly_one_handler_and_knows_its_wire_name():
-    assert set(consumers.HANDLERS) == set(protocol.MESSAGE_TYPES.values())
-    assert all(protocol.MESSAGE_TYPES[cls.type] is cls for cls in consumers.HANDLERS)
-    assert {"new_session", "resume_session", "end_session"} == set(protocol.MESSAGE_TYPES)
-
-
-def test_declaring_a_message_type_twice_is_refused():
-    with pytest.raises(ValueError, match="declared twice"):
-        protocol.message_type(type("Again", (protocol.Message,), {"type": "new_session"}))
 
 
 @pytest.mark.parametrize(("grace", "ok"), [(0, True), (30, True), (-1, False), ("30", False)])

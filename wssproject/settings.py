@@ -85,6 +85,8 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "sessions_app",
+    # The example of a client message type declared outside sessions_app (README).
+    "workspace_files",
 ]
 
 MIDDLEWARE = [

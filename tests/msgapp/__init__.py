@@ -1,0 +1,1 @@
+"""A downstream app for the tests: client message types declared outside sessions_app."""

@@ -1,0 +1,1 @@
+"""A broken downstream app: it declares a type another app already declares."""
