@@ -1,5 +1,6 @@
 """The WebSocket consumer: glue only. Decode, dispatch to one handler per type, reply or close."""
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -9,7 +10,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
 
-from . import events, lifecycle, protocol
+from . import delivery, events, lifecycle, protocol
 from .conf import app_settings
 from .errors import (
     InternalError,
@@ -43,6 +44,9 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 
     session: SessionRecord | None = None
     closing_error: str | None = None  # the error code the server closed with, if it did
+    delivered_seq = 0  # the session's last event seq when this connection took it
+    event_stream: delivery.EventStream | None = None  # made at the first event: a quiet session pays nothing
+    gap_timer: asyncio.Task | None = None  # the wake-up after an event gap, while one is open
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Run the connection; however it ends, even by a channel-layer failure, its row goes too."""
@@ -107,6 +111,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             user_id=self.user_id,
             resumable=message.resumable,
         )
+        self.events_reset(0)
         grant = protocol.ResumeGrant(self.session.resume_token, resume_grace_seconds()) if message.resumable else None
         await self.send_json(
             protocol.new_session_reply(
@@ -134,11 +139,13 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             channel_name=self.channel_name,
             client_addr=client_address(self.scope),
             user_id=self.user_id,
+            last_seq=message.last_seq,
         )
         if resumed is None:
             # One message for every cause, so the reply tells a guesser nothing.
             raise SessionNotFound("There is no resumable session with this id and token.")
         self.session = resumed.record
+        self.events_reset(resumed.replay.base_seq)
         await self.send_json(
             protocol.session_resumed_reply(
                 session_id=self.session.session_id,
@@ -146,8 +153,12 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
                 created_at=self.session.created_at,
                 resume=protocol.ResumeGrant(self.session.resume_token, resume_grace_seconds()),
                 request_id=message.request_id,
+                replay=resumed.replay.count,
             )
         )
+        # Before any live event: channel-layer messages wait until this handler returns.
+        for frame in resumed.replay.frames:
+            await self.send(text_data=frame)
         events.session_resumed(self.scope, self.session, taken_over=bool(resumed.previous_channel))
         if resumed.previous_channel:
             await self.tell(resumed.previous_channel, "session.taken_over", self.session)
@@ -164,6 +175,50 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await session_close(session_id=session.session_id, channel_name=self.held_channel(session))
         await self.send_json(protocol.session_ended_reply(session_id=session.session_id, request_id=message.request_id))
         events.session_ended(self.scope, session, reason="client_close")
+
+    async def session_event(self, event: dict[str, Any]) -> None:
+        """Channel-layer event `session.event`: deliver the session's events once each, in seq order."""
+        session = self.session
+        if session is None or self.closing_error is not None or str(session.session_id) != event["session_id"]:
+            return
+        if self.event_stream is None:
+            self.event_stream = delivery.EventStream(
+                session_id=session.session_id, delivered=self.delivered_seq, resumable=session.resumable
+            )
+        for frame in await self.event_stream.arrived(event["seq"], event["frame"]):
+            await self.send(text_data=frame)
+        self.gap_wait()
+
+    async def session_event_gap(self, event: dict[str, Any]) -> None:
+        """Channel-layer event `session.event_gap`: a missing seq did not come in time; send what waits behind it."""
+        self.gap_timer = None
+        stream = self.event_stream
+        if stream is None or self.session is None or str(stream.session_id) != event["session_id"]:
+            return
+        for frame in stream.gap_skip():
+            await self.send(text_data=frame)
+        self.gap_wait()
+
+    def gap_wait(self) -> None:
+        """Wake this consumer (through its own channel, in turn with its events) if a gap is still open later."""
+        if self.gap_timer is not None or self.event_stream is None or not self.event_stream.waiting:
+            return
+        self.gap_timer = asyncio.ensure_future(self.gap_wake(str(self.event_stream.session_id)))
+
+    async def gap_wake(self, session_id: str) -> None:
+        """After GAP_WAIT_SECONDS, queue a `session.event_gap` for this consumer; a failed send is logged."""
+        await asyncio.sleep(delivery.GAP_WAIT_SECONDS)
+        try:
+            await self.channel_layer.send(self.channel_name, {"type": "session.event_gap", "session_id": session_id})
+        except Exception:
+            logger.warning("could not wake the consumer of session %s after an event gap", session_id)
+
+    def events_reset(self, delivered_seq: int) -> None:
+        """A session taken on this connection: its events continue after `delivered_seq`."""
+        self.delivered_seq, self.event_stream = delivered_seq, None
+        if self.gap_timer is not None:
+            self.gap_timer.cancel()
+            self.gap_timer = None
 
     async def session_terminate(self, event: dict[str, Any]) -> None:
         """Channel-layer event `session.terminate`: an operator ended this session."""
@@ -193,6 +248,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         the row, so a session that moved to another connection is left alone.
         """
         lifecycle.connection_closed(self)
+        if self.gap_timer is not None:
+            self.gap_timer.cancel()
         session, self.session = self.session, None
         if session is None:
             return

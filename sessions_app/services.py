@@ -26,7 +26,7 @@ from channels.layers import get_channel_layer
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from . import metrics
+from . import delivery, metrics
 from .conf import app_settings
 from .errors import Unavailable
 from .layers import LAYER_FAILURES
@@ -239,10 +239,17 @@ class Resumed:
 
     record: SessionRecord
     previous_channel: str
+    replay: delivery.Replay  # the events the resume owes its client, read under the row's lock
 
 
 async def session_resume(
-    *, session_id: uuid.UUID, resume_token: str, channel_name: str, client_addr: str, user_id: int | None
+    *,
+    session_id: uuid.UUID,
+    resume_token: str,
+    channel_name: str,
+    client_addr: str,
+    user_id: int | None,
+    last_seq: int | None = None,
 ) -> Resumed | None:
     """Reattach a resumable session to this connection, spending its token; None when there is none.
 
@@ -265,6 +272,7 @@ async def session_resume(
         client_addr=client_addr[:CLIENT_ADDR_MAX],
         user_id=user_id,
         grace_seconds=resume_grace_seconds(),
+        last_seq=last_seq,
     )
     _inserts_in_flight.add(session_id)
     try:
@@ -278,14 +286,14 @@ async def session_resume(
         _inserts_in_flight.discard(session_id)
     if result is None:
         return None
-    record, previous_channel = result
-    return Resumed(record=replace(record, resume_token=token), previous_channel=previous_channel)
+    record, previous_channel, replay = result
+    return Resumed(record=replace(record, resume_token=token), previous_channel=previous_channel, replay=replay)
 
 
-def session_resume_sync(operation: "SessionResume") -> tuple[SessionRecord, str] | None:
+def session_resume_sync(operation: "SessionResume") -> tuple[SessionRecord, str, delivery.Replay] | None:
     """Apply a resume: lock the row, check token, owner and grace, move it here.
 
-    Returns the session and the channel that held it (empty if detached), or None.
+    Returns the session, the channel that held it (empty if detached) and its replay, or None.
     """
     process_identity()  # first: after a fork this resets the registered flag
     if not _instance_registered:
@@ -302,7 +310,7 @@ def session_resume_sync(operation: "SessionResume") -> tuple[SessionRecord, str]
             return _session_move(operation)
 
 
-def _session_move(operation: "SessionResume") -> tuple[SessionRecord, str] | None:
+def _session_move(operation: "SessionResume") -> tuple[SessionRecord, str, delivery.Replay] | None:
     now = timezone.now()
     row = (
         LiveSession.objects.select_for_update()
@@ -324,7 +332,10 @@ def _session_move(operation: "SessionResume") -> tuple[SessionRecord, str] | Non
     record = SessionRecord(
         session_id=row.id, workspace_dir=row.workspace_dir, created_at=row.created_at, resumable=True
     )
-    return record, previous_channel
+    # Under the row's lock: events up to last_seq were sent to the previous channel (and kept),
+    # every later one will be sent to this one. No event falls between the two.
+    replay = delivery.replay_read(session_id=row.id, base_seq=row.last_seq, last_seq=operation.last_seq)
+    return record, previous_channel, replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +370,7 @@ class SessionResume:
     client_addr: str
     user_id: int | None
     grace_seconds: float
+    last_seq: int | None = None  # v1.2: replay the kept events after it
 
 
 def _session_row(operation: SessionInsert) -> LiveSession:

@@ -217,6 +217,9 @@ WSS_READYZ_TIMEOUT_SECONDS = env_number("WSS_READYZ_TIMEOUT_SECONDS", 2, float)
 # A detached resumable session is kept this long (expired within it plus one heartbeat); 0: no resume.
 WSS_RESUME_GRACE_SECONDS = env_number("WSS_RESUME_GRACE_SECONDS", 30, float)
 WSS_REGISTRY_TIMEOUT_SECONDS = env_number("WSS_REGISTRY_TIMEOUT_SECONDS", 5, float)
+# Session events (protocol v1.2): the replay window per resumable session, and the rate bound.
+WSS_SESSION_EVENTS_KEPT = int(env_number("WSS_SESSION_EVENTS_KEPT", 1000))
+WSS_SESSION_EVENT_RATE = env_number("WSS_SESSION_EVENT_RATE", 100, float)
 
 # The sessions API (/api/sessions): users with the model permissions the admin asks for
 # (view to read, delete to terminate), by bearer token (whose lookup is
