@@ -1,22 +1,25 @@
-"""Who terminated which session, and when: the admin's history and one log line per terminate.
+"""Who terminated which session, or sent it an event, and when: the admin's history and one log line each.
 
 Every terminate, from the admin, the sessions API or a management command, goes through
 `sessions_terminate_audited`. A user's terminate becomes an admin LogEntry (the admin's
 history and its *Recent actions*: who, when, which session) and an `session_terminate`
 event line; a command's has no Django user (it runs as the machine's operator), so its
-line names the operator's login name.
+line names the operator's login name. Events sent through the API, the command and the
+admin go through `session_event_audited` and are recorded the same way (a CHANGE entry).
 """
 
 import getpass
 import uuid
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.contrib.admin.models import DELETION, LogEntry
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
 
 from . import events
+from .delivery import send_session_event
 from .models import LiveSession
 from .services import TerminateResult, session_terminate
 
@@ -30,6 +33,26 @@ def operator_name() -> str:
         return f"operator:{getpass.getuser()}"
     except (KeyError, OSError):
         return "operator:unknown"
+
+
+def _actor(user) -> str:
+    return user.get_username() if user is not None and user.is_authenticated else operator_name()
+
+
+def session_event_audited(session_id: uuid.UUID | str, *, event: str, data: Any, via: str, user=None) -> int:
+    """Send one event (delivery.send_session_event, whose EventErrors pass through) and record it; its seq."""
+    seq = send_session_event(session_id=session_id, event=event, data=data)
+    if user is not None and user.is_authenticated:
+        LogEntry.objects.create(
+            user_id=user.pk,
+            content_type=ContentType.objects.get_for_model(LiveSession),
+            object_id=str(session_id),
+            object_repr=str(session_id),
+            action_flag=CHANGE,
+            change_message=f"Sent event {event} (seq {seq}) through the {via}.",
+        )
+    events.session_event_sent(session_id=session_id, actor=_actor(user), via=via, event=event, seq=seq)
+    return seq
 
 
 def terminate_recorded(*, session_id: uuid.UUID | str, result: TerminateResult, via: str, user=None) -> None:

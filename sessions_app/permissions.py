@@ -2,7 +2,8 @@
 
 DRF's `DjangoModelPermissions` lets any authenticated user read; here reading needs the
 model's view permission too, so the API grants exactly what the admin does: view to list
-and read sessions, delete to terminate them. Kept apart from api.py for the reason given
+and read sessions, delete to terminate them, and the model's own "Can send events to live
+session" (send_events_livesession) to send them events. Kept apart from api.py for the reason given
 in authentication.py (REST_FRAMEWORK names it).
 """
 
@@ -20,3 +21,9 @@ class ModelPermissions(DjangoModelPermissions):
         # The view's `queryset` names the model without running get_queryset(), which reads
         # (and may reject) the query string: a caller without permission learns nothing from it.
         return view.queryset if getattr(view, "queryset", None) is not None else super()._queryset(view)
+
+
+class SendEventsPermission(ModelPermissions):
+    """POST needs "Can send events to live session"; the rest as ModelPermissions."""
+
+    perms_map = {**ModelPermissions.perms_map, "POST": ["%(app_label)s.send_events_%(model_name)s"]}
