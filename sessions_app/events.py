@@ -84,7 +84,7 @@ def session_terminate_requested(*, session_id: Any, actor: str, via: str, result
 
 def session_event_sent(*, session_id: Any, actor: str, via: str, event: str, seq: int) -> None:
     """Someone sent a session an event (the audit line), through `via`; `seq` is the one it got."""
-    _emit("session_event_sent", session_id=session_id, actor=actor, via=via, name=event, seq=seq)
+    _emit("session_event_sent", session_id=session_id, actor=actor, via=via, event_name=event, seq=seq)
 
 
 def session_detached(scope: dict[str, Any], session: SessionRecord, *, reason: str, close_code: int | None) -> None:
