@@ -136,6 +136,18 @@ def servers(server_factory) -> Callable[..., ServerProcess]:
 
 
 @pytest.fixture
+def sender_token(django_user_model) -> str:
+    """An API token of a user who may send sessions events (and nothing else)."""
+    from django.contrib.auth.models import Permission
+
+    from sessions_app.tokens import token_create
+
+    user = django_user_model.objects.create_user("sender", password="pw")
+    user.user_permissions.add(Permission.objects.get(codename="send_events_livesession"))
+    return token_create(user=user, name="tests")[1]
+
+
+@pytest.fixture
 def daphne_server(server_factory) -> ServerProcess:
     """One real daphne process on a free port."""
     return server_factory()

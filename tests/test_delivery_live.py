@@ -7,8 +7,6 @@ or PostgreSQL); those that need an event to cross processes live run on PostgreS
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import websockets
@@ -17,45 +15,9 @@ from asgiref.sync import sync_to_async
 from sessions_app.models import LiveSession
 
 from .polling import wait_until
-from .servers import ServerProcess
+from .servers import ServerProcess, post_event, post_event_sync
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def token(django_user_model) -> str:
-    """An API token of a user who may send events (and nothing else)."""
-    from django.contrib.auth.models import Permission
-
-    from sessions_app.tokens import token_create
-
-    user = django_user_model.objects.create_user("sender", password="pw")
-    user.user_permissions.add(Permission.objects.get(codename="send_events_livesession"))
-    return token_create(user=user, name="tests")[1]
-
-
-def post_event_sync(server: ServerProcess, token: str, session_id: str, body: dict) -> tuple[int, dict, dict]:
-    """POST /api/sessions/<id>/events on a real server: status, JSON body, headers."""
-    request = urllib.request.Request(
-        f"{server.http_url}/api/sessions/{session_id}/events",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}"), dict(error.headers)
-
-
-async def post_event(server: ServerProcess, token: str, session_id: str, data, event: str = "tick") -> int:
-    """Send one event through the API; its seq (the answer must be 202)."""
-    status, body, _ = await asyncio.to_thread(
-        post_event_sync, server, token, session_id, {"event": event, "data": data}
-    )
-    assert status == 202, (status, body)
-    return body["seq"]
 
 
 async def open_resumable(url: str, workspace) -> tuple[websockets.ClientConnection, dict]:
@@ -82,58 +44,58 @@ async def detached(session_id: str) -> bool:
     return row is not None and row.detached_at is not None
 
 
-async def test_events_sent_during_a_drop_are_replayed_on_resume(servers, workspace, token):
+async def test_events_sent_during_a_drop_are_replayed_on_resume(servers, workspace, sender_token):
     server = servers()
     ws, created = await open_resumable(server.url, workspace)
-    assert await post_event(server, token, created["session_id"], "first") == 1
+    assert await post_event(server, sender_token, created["session_id"], "first") == 1
     assert [f["seq"] for f in await next_frames(ws, 1)] == [1]
     ws.transport.abort()  # a drop: no close frame
     await wait_until(lambda: detached(created["session_id"]), 10, what="the row detached")
-    assert [await post_event(server, token, created["session_id"], n) for n in range(2)] == [2, 3]
+    assert [await post_event(server, sender_token, created["session_id"], n) for n in range(2)] == [2, 3]
 
     again, reply = await resume(server.url, created, created["resume_token"], last_seq=1)
     assert (reply["type"], reply["replayed"], reply["missed"]) == ("session_resumed", 2, False)
     assert [(f["seq"], f["data"]) for f in await next_frames(again, 2)] == [(2, 0), (3, 1)]
-    assert await post_event(server, token, created["session_id"], "live") == 4
+    assert await post_event(server, sender_token, created["session_id"], "live") == 4
     assert [f["seq"] for f in await next_frames(again, 1)] == [4]
     await again.close()
 
 
-async def test_a_window_overrun_on_a_real_server_reports_missed(servers, workspace, token):
+async def test_a_window_overrun_on_a_real_server_reports_missed(servers, workspace, sender_token):
     server = servers(WSS_SESSION_EVENTS_KEPT="2")
     ws, created = await open_resumable(server.url, workspace)
     ws.transport.abort()
     await wait_until(lambda: detached(created["session_id"]), 10, what="the row detached")
     for n in range(4):
-        await post_event(server, token, created["session_id"], n)
+        await post_event(server, sender_token, created["session_id"], n)
     again, reply = await resume(server.url, created, created["resume_token"], last_seq=0)
     assert (reply["replayed"], reply["missed"]) == (2, True)
     assert [f["seq"] for f in await next_frames(again, 2)] == [3, 4]
     await again.close()
 
 
-async def test_events_survive_sigkill_of_the_holding_process_and_replay_on_another(servers, workspace, token):
+async def test_events_survive_sigkill_of_the_holding_process_and_replay_on_another(servers, workspace, sender_token):
     a, b = servers(), servers()
     ws, created = await open_resumable(a.url, workspace)
     for n in range(2):
-        await post_event(a, token, created["session_id"], n)
+        await post_event(a, sender_token, created["session_id"], n)
     assert [f["seq"] for f in await next_frames(ws, 2)] == [1, 2]
     a.stop()  # SIGKILL: the row still names a's connection until the reaper or a resume moves it
     for n in range(2, 5):
-        await post_event(b, token, created["session_id"], n)  # kept; the layer's copy reaches nobody
+        await post_event(b, sender_token, created["session_id"], n)  # kept; the layer's copy reaches nobody
     again, reply = await resume(b.url, created, created["resume_token"], last_seq=2)
     assert (reply["type"], reply["replayed"], reply["missed"]) == ("session_resumed", 3, False)
     assert [(f["seq"], f["data"]) for f in await next_frames(again, 3)] == [(n + 1, n) for n in range(2, 5)]
     await again.close()
 
 
-async def test_an_ended_session_answers_404_on_a_real_server(servers, workspace, token):
+async def test_an_ended_session_answers_404_on_a_real_server(servers, workspace, sender_token):
     server = servers()
     ws, created = await open_resumable(server.url, workspace)
     await ws.close()  # 1000: the session ends
     await wait_until(lambda: _gone(created["session_id"]), 10, what="the session row removed after the client's close")
     status, body, _ = await asyncio.to_thread(
-        post_event_sync, server, token, created["session_id"], {"event": "x", "data": 1}
+        post_event_sync, server, sender_token, created["session_id"], {"event": "x", "data": 1}
     )
     assert status == 404 and "No live session" in body["detail"]
 
@@ -142,7 +104,7 @@ async def _gone(session_id: str) -> bool:
     return not await LiveSession.objects.filter(pk=session_id).aexists()
 
 
-async def test_bad_inputs_on_a_real_server_get_their_status(servers, workspace, token):
+async def test_bad_inputs_on_a_real_server_get_their_status(servers, workspace, sender_token):
     server = servers(WSS_MAX_MESSAGE_BYTES="400", WSS_SESSION_EVENT_RATE="2")
     ws, created = await open_resumable(server.url, workspace)
     session_id = created["session_id"]
@@ -153,9 +115,11 @@ async def test_bad_inputs_on_a_real_server_get_their_status(servers, workspace, 
         ({"event": "ok", "data": 1}, 202),
         ({"event": "ok", "data": 2}, 202),
     ]:
-        status, _, _ = await asyncio.to_thread(post_event_sync, server, token, session_id, body)
+        status, _, _ = await asyncio.to_thread(post_event_sync, server, sender_token, session_id, body)
         assert status == expected, body
-    status, _, headers = await asyncio.to_thread(post_event_sync, server, token, session_id, {"event": "ok", "data": 3})
+    status, _, headers = await asyncio.to_thread(
+        post_event_sync, server, sender_token, session_id, {"event": "ok", "data": 3}
+    )
     assert status == 429 and headers["Retry-After"] == "1"
     assert [f["seq"] for f in await next_frames(ws, 2)] == [1, 2]
     await ws.send(json.dumps({"type": "end_session", "request_id": 1}))
@@ -168,13 +132,13 @@ async def test_bad_inputs_on_a_real_server_get_their_status(servers, workspace, 
 
 @pytest.mark.production
 @pytest.mark.usefixtures("production_services")
-async def test_an_event_posted_to_process_b_reaches_the_session_on_process_a(servers, workspace, token):
+async def test_an_event_posted_to_process_b_reaches_the_session_on_process_a(servers, workspace, sender_token):
     a, b = servers(), servers()
     ws, created = await open_resumable(a.url, workspace)
     latencies = []
     for n in range(20):
         started = time.monotonic()
-        assert await post_event(b, token, created["session_id"], n) == n + 1
+        assert await post_event(b, sender_token, created["session_id"], n) == n + 1
         [frame] = await next_frames(ws, 1)
         latencies.append(time.monotonic() - started)
         assert (frame["type"], frame["seq"], frame["data"]) == ("session_event", n + 1, n)
@@ -185,15 +149,17 @@ async def test_an_event_posted_to_process_b_reaches_the_session_on_process_a(ser
 
 @pytest.mark.production
 @pytest.mark.usefixtures("production_services")
-async def test_after_a_takeover_on_another_process_only_the_new_connection_gets_events(servers, workspace, token):
+async def test_after_a_takeover_on_another_process_only_the_new_connection_gets_events(
+    servers, workspace, sender_token
+):
     a, b = servers(), servers()
     old, created = await open_resumable(a.url, workspace)
-    assert await post_event(a, token, created["session_id"], "before") == 1
+    assert await post_event(a, sender_token, created["session_id"], "before") == 1
     assert [f["seq"] for f in await next_frames(old, 1)] == [1]
     new, reply = await resume(b.url, created, created["resume_token"], last_seq=1)
     assert (reply["replayed"], reply["missed"]) == (0, False)
     for n in range(3):
-        await post_event(a, token, created["session_id"], n)
+        await post_event(a, sender_token, created["session_id"], n)
     assert [f["seq"] for f in await next_frames(new, 3)] == [2, 3, 4]
     rest = []
     with pytest.raises(websockets.ConnectionClosed):
@@ -206,7 +172,7 @@ async def test_after_a_takeover_on_another_process_only_the_new_connection_gets_
 @pytest.mark.production
 @pytest.mark.usefixtures("production_services")
 async def test_events_pushed_while_the_session_moves_between_processes_are_neither_lost_nor_doubled(
-    servers, workspace, token
+    servers, workspace, sender_token
 ):
     """Four producers post without pause, two to each process, while the client drops and resumes on each in turn."""
     a, b = servers(WSS_SESSION_EVENT_RATE="0"), servers(WSS_SESSION_EVENT_RATE="0")
@@ -217,7 +183,7 @@ async def test_events_pushed_while_the_session_moves_between_processes_are_neith
 
     async def producer(server: ServerProcess) -> None:
         while not stop.is_set():
-            sent.append(await post_event(server, token, session_id, len(sent)))
+            sent.append(await post_event(server, sender_token, session_id, len(sent)))
 
     producers = [asyncio.ensure_future(producer(server)) for server in (a, b, a, b)]
     seen: list[int] = []
