@@ -9,7 +9,9 @@ On PostgreSQL and Redis, with two daphne processes A and B (rate bound off, logs
   `--sessions` sessions on A, `--concurrency` at a time; the rate end to end, and A's own
   CPU seconds per event (what bounds one process);
 - the kept window: bytes PostgreSQL holds per kept event of a typical payload, and what
-  10,000 resumable sessions with full windows (WSS_SESSION_EVENTS_KEPT) hold.
+  10,000 resumable sessions with full windows (WSS_SESSION_EVENTS_KEPT) hold; beside it,
+  the same appends to a Redis stream (XADD ... MAXLEN), the alternative store
+  (docs/decisions.md): time per append and bytes per entry.
 
 Loopback only; bounded in counts and time. The bench's database is dropped and re-created.
 
@@ -103,7 +105,12 @@ async def latency(ws, session_id: str, send, samples: int, label: str) -> dict[s
 
 
 async def throughput(port: int, process: psutil.Popen, sessions: int, events: int, concurrency: int) -> dict:
-    from sessions_app.delivery import asend_session_event
+    """Events sent from this process, `concurrency` transactions at once (each on its own thread and connection)."""
+    from asgiref.sync import sync_to_async
+
+    from sessions_app.delivery import event_deliver, event_record
+
+    record = sync_to_async(event_record, thread_sensitive=False)
 
     opened = [await open_session(port) for _ in range(sessions)]
     received = 0
@@ -124,7 +131,9 @@ async def throughput(port: int, process: psutil.Popen, sessions: int, events: in
     async def sender() -> None:
         while not queue.empty():
             n = queue.get_nowait()
-            await asend_session_event(session_id=opened[n % sessions][1], event="bench", data=TYPICAL)
+            session_id = uuid.UUID(opened[n % sessions][1])
+            accepted = await record(session_id=session_id, event="bench", data=TYPICAL)
+            await event_deliver(accepted, session_id=session_id)
             if n and n % 500 == 0:
                 progress(f"throughput: {n} of {events} sent, {received} received")
 
@@ -171,16 +180,18 @@ def window_cost(kept: int) -> dict:
     instance = ServerInstance.objects.create(host="bench", pid=1)
     session = LiveSession.objects.create(workspace_dir="/tmp", instance=instance, channel_name="", resumable=True)
     before = size()
+    started = time.perf_counter()
     for n in range(kept):
         event_record(session_id=session.pk, event="build.finished", data={**TYPICAL, "build": n})
         if n and n % 250 == 0:
             progress(f"window: {n} of {kept} events kept")
+    ms_per_append = (time.perf_counter() - started) / kept * 1000
     per_event = (size() - before) / kept
     payload = len(json.dumps({**TYPICAL, "build": kept}))
     full = per_event * kept * 10_000
     progress(
         f"window: {per_event:.0f} bytes per kept event (data {payload} bytes as JSON); 10,000 sessions x {kept} "
-        f"events = {full / 2**30:.2f} GiB"
+        f"events = {full / 2**30:.2f} GiB; {ms_per_append:.2f} ms per kept append (one transaction each)"
     )
     session.delete()
     instance.delete()
@@ -189,6 +200,31 @@ def window_cost(kept: int) -> dict:
         "payload_json_bytes": payload,
         "kept": kept,
         "gib_for_10000_sessions": full / 2**30,
+        "ms_per_append": ms_per_append,
+    }
+
+
+def redis_stream_cost(url: str, prefix: str, kept: int) -> dict:
+    """The same appends to one Redis stream capped at `kept` entries: time per XADD, bytes per entry."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    key = f"{prefix}:bench-stream:{uuid.uuid4()}"
+    try:
+        started = time.perf_counter()
+        for n in range(kept):
+            fields = {"event": "build.finished", "data": json.dumps({**TYPICAL, "build": n}), "sent_at": time.time()}
+            client.xadd(key, fields, maxlen=kept, approximate=False)
+        took = (time.perf_counter() - started) / kept * 1000
+        per_entry = client.memory_usage(key, samples=0) / kept
+    finally:
+        client.delete(key)
+        client.close()
+    progress(f"redis stream: {took:.2f} ms per XADD, {per_entry:.0f} bytes per entry in memory")
+    return {
+        "ms_per_xadd": took,
+        "bytes_per_entry": per_entry,
+        "gib_for_10000_sessions": per_entry * kept * 10_000 / 2**30,
     }
 
 
@@ -243,6 +279,9 @@ async def main_async(args: argparse.Namespace) -> dict:
         await ws.close()
         results["throughput"] = await throughput(port_a, process_a, args.sessions, args.events, args.concurrency)
         results["window"] = await sync_to_async(window_cost)(args.kept)
+        results["redis_stream_alternative"] = await asyncio.to_thread(
+            redis_stream_cost, args.redis_url, args.redis_prefix, args.kept
+        )
     finally:
         for process in (process_a, process_b):
             process.terminate()
@@ -269,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         REDIS_URL=args.redis_url,
         WSS_REDIS_PREFIX=args.redis_prefix,
         DATABASE_STATEMENT_TIMEOUT="60",
+        WSS_SESSION_EVENT_RATE="0",  # this process sends too: no bound here either
         DJANGO_SETTINGS_MODULE="wssproject.settings",
     )
     import django

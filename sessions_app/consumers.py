@@ -190,12 +190,12 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         self.gap_wait()
 
     async def session_event_gap(self, event: dict[str, Any]) -> None:
-        """Channel-layer event `session.event_gap`: a missing seq did not come in time; send what waits behind it."""
+        """Channel-layer event `session.event_gap`: a missing seq did not come in time; fill or skip it."""
         self.gap_timer = None
         stream = self.event_stream
         if stream is None or self.session is None or str(stream.session_id) != event["session_id"]:
             return
-        for frame in stream.gap_skip():
+        for frame in await stream.gap_close():
             await self.send(text_data=frame)
         self.gap_wait()
 
@@ -203,11 +203,12 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         """Wake this consumer (through its own channel, in turn with its events) if a gap is still open later."""
         if self.gap_timer is not None or self.event_stream is None or not self.event_stream.waiting:
             return
-        self.gap_timer = asyncio.ensure_future(self.gap_wake(str(self.event_stream.session_id)))
+        stream = self.event_stream
+        self.gap_timer = asyncio.ensure_future(self.gap_wake(str(stream.session_id), stream.gap_wait_seconds))
 
-    async def gap_wake(self, session_id: str) -> None:
-        """After GAP_WAIT_SECONDS, queue a `session.event_gap` for this consumer; a failed send is logged."""
-        await asyncio.sleep(delivery.GAP_WAIT_SECONDS)
+    async def gap_wake(self, session_id: str, after: float) -> None:
+        """After `after` seconds, queue a `session.event_gap` for this consumer; a failed send is logged."""
+        await asyncio.sleep(after)
         try:
             await self.channel_layer.send(self.channel_name, {"type": "session.event_gap", "session_id": session_id})
         except Exception:

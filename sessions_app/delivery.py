@@ -12,9 +12,10 @@ the consumer that holds the session, if one does. A refusal is raised as an `Eve
 which each sending path (the API, the command, the admin) maps to its own answer.
 
 The consumer side (`EventStream`) delivers each seq once, in order: a seq already delivered
-is dropped; a gap (two senders' messages crossing in the layer) is filled from the window
-at once for a resumable session, and for any other waited for `GAP_WAIT_SECONDS`, then
-skipped (a non-resumable session keeps nothing to fill it from).
+is dropped; a gap (two senders' messages crossing in the layer, or a message the layer
+never took) is waited for briefly, then filled from the window for a resumable session
+(`GAP_FILL_SECONDS`), or skipped for any other (`GAP_WAIT_SECONDS`: a non-resumable
+session keeps nothing to fill it from).
 """
 
 import asyncio
@@ -44,7 +45,9 @@ logger = logging.getLogger(__name__)
 # How long the layer may take a delivery before the sender gives up on it (the event is
 # committed either way, and a resumable session gets it on its next event or resume).
 SEND_TIMEOUT_SECONDS = 5.0
-# How long a non-resumable session's consumer waits for a missing seq before skipping it.
+# How long a consumer waits for a missing seq (two senders' messages crossed in the layer)
+# before it reads it from the window (resumable session) or skips it (any other).
+GAP_FILL_SECONDS = 0.1
 GAP_WAIT_SECONDS = 1.0
 # Out-of-order events a consumer holds while it waits; past this it skips the gap at once.
 MAX_PENDING = 1000
@@ -165,17 +168,29 @@ def _tokens_spend(tokens: float, tokens_at: datetime | None, now: datetime) -> f
 
 
 async def event_deliver(accepted: Accepted, *, session_id: uuid.UUID) -> bool:
-    """Hand a committed event to the consumer that holds its session; whether the layer took it."""
+    """Hand a committed event to the consumer that holds its session; whether the layer took it.
+
+    A full channel (the holding process is behind) or a failing layer is tried again with
+    backoff for up to SEND_TIMEOUT_SECONDS: the event is committed whatever happens, and a
+    resumable session's consumer fills a seq it never got from the window.
+    """
     if not accepted.channel_name:
         return False  # detached: kept (if resumable) for its resume
     message = {"type": "session.event", "session_id": str(session_id), "seq": accepted.seq, "frame": accepted.frame}
-    try:
-        async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
-            await get_channel_layer().send(accepted.channel_name, message)
-    except (*LAYER_FAILURES, TimeoutError, ChannelFull) as error:
-        logger.warning("event %d for session %s not delivered now (%r)", accepted.seq, session_id, error)
-        return False
-    return True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SEND_TIMEOUT_SECONDS
+    delay = 0.02
+    while True:
+        try:
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                await get_channel_layer().send(accepted.channel_name, message)
+            return True
+        except (*LAYER_FAILURES, TimeoutError, ChannelFull) as error:
+            if loop.time() + delay >= deadline:
+                logger.warning("event %d for session %s not delivered now (%r)", accepted.seq, session_id, error)
+                return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def send_session_event(*, session_id: uuid.UUID | str, event: str, data: Any = MISSING) -> int:
@@ -256,31 +271,38 @@ class EventStream:
         self.session_id = session_id
         self.delivered = delivered  # the highest seq this connection has sent
         self.pending: dict[int, str] = {}  # arrived ahead of a gap
-        self.resumable = resumable  # a gap is filled from the window at once
+        self.resumable = resumable  # a gap is filled from the window
 
     @property
     def waiting(self) -> bool:
         """Whether events wait behind a gap."""
         return bool(self.pending)
 
+    @property
+    def gap_wait_seconds(self) -> float:
+        """How long a gap may stay open before `gap_close`: the missing message is usually milliseconds behind."""
+        return GAP_FILL_SECONDS if self.resumable else GAP_WAIT_SECONDS
+
     async def arrived(self, seq: int, frame: str) -> list[str]:
         """A live event arrived: the frames to send now, in order (none if it was a repeat or is early)."""
         if seq <= self.delivered or seq in self.pending:
             return []
         self.pending[seq] = frame
-        if seq > self.delivered + 1 and self.resumable and app_settings.WSS_SESSION_EVENTS_KEPT > 0:
-            # Committed in seq order under the row lock, so everything below `seq` is in the window now.
-            for kept_seq, kept_frame in await events_fill(self.session_id, self.delivered, seq - 1):
-                self.pending.setdefault(kept_seq, kept_frame)
-            self.delivered = max(self.delivered, min(self.pending) - 1)  # trimmed past the window: skipped
-        elif len(self.pending) > MAX_PENDING:
-            return self.gap_skip()
+        if len(self.pending) > MAX_PENDING:
+            return await self.gap_close()
         return self._drain()
 
-    def gap_skip(self) -> list[str]:
-        """Give up on the missing seqs: send what waits behind them."""
-        if self.pending:
-            self.delivered = min(self.pending) - 1
+    async def gap_close(self) -> list[str]:
+        """Stop waiting for the missing seqs: fill them from the window (resumable), else skip them."""
+        if not self.pending:
+            return []
+        first_waiting = min(self.pending)
+        if self.resumable and app_settings.WSS_SESSION_EVENTS_KEPT > 0:
+            # Committed in seq order under the row lock, so every seq below one that arrived is in the window.
+            for kept_seq, kept_frame in await events_fill(self.session_id, self.delivered, first_waiting - 1):
+                self.pending.setdefault(kept_seq, kept_frame)
+        # What is still missing (trimmed past the window, or never kept) is skipped.
+        self.delivered = max(self.delivered, min(self.pending) - 1)
         return self._drain()
 
     def _drain(self) -> list[str]:

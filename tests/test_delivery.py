@@ -301,8 +301,8 @@ async def test_events_pushed_during_a_resume_are_neither_lost_nor_doubled(worksp
 # --- Ordering at the consumer ----------------------------------------------------------------------
 
 
-async def crossed(comm: WebsocketCommunicator, session_id: str, seqs: list[int]) -> None:
-    """Record events with the registry, then hand their messages to the layer in the order `seqs` says."""
+async def crossed(session_id: str, seqs: list[int]) -> dict[int, delivery.Accepted]:
+    """Record events with the registry, then hand the layer only the messages `seqs` names, in that order."""
     accepted = {}
     for _ in range(max(seqs)):
         one = await sync_to_async(delivery.event_record)(session_id=uuid.UUID(session_id), event="x", data=None)
@@ -311,27 +311,32 @@ async def crossed(comm: WebsocketCommunicator, session_id: str, seqs: list[int])
     for seq in seqs:
         message = {"type": "session.event", "session_id": session_id, "seq": seq, "frame": accepted[seq].frame}
         await get_channel_layer().send(row.channel_name, message)
+    return accepted
 
 
-async def test_a_resumable_sessions_gap_is_filled_from_the_window_and_late_repeats_are_dropped(workspace):
+async def test_crossed_messages_are_delivered_in_seq_order(workspace):
+    for fields in ({}, RESUMABLE):
+        comm, created = await open_session(workspace, fields=fields)
+        await crossed(created["session_id"], [2, 3, 1])
+        assert [f["seq"] for f in await events_of(comm, 3)] == [1, 2, 3]
+        await comm.disconnect()
+
+
+async def test_a_resumable_sessions_lost_message_is_filled_from_the_window_and_a_late_copy_dropped(workspace):
     comm, created = await open_session(workspace, fields=RESUMABLE)
-    await crossed(comm, created["session_id"], [3, 1, 2])
+    accepted = await crossed(created["session_id"], [2, 3])  # seq 1's message never comes
     assert [f["seq"] for f in await events_of(comm, 3)] == [1, 2, 3]
-    assert await comm.receive_nothing(timeout=0.2)
+    channel = (await LiveSession.objects.aget(pk=created["session_id"])).channel_name
+    late = {"type": "session.event", "session_id": created["session_id"], "seq": 1, "frame": accepted[1].frame}
+    await get_channel_layer().send(channel, late)
+    assert await comm.receive_nothing(timeout=0.3)
     await comm.disconnect()
 
 
-async def test_a_v1_sessions_gap_waits_for_the_missing_seq(workspace):
-    comm, created = await open_session(workspace)
-    await crossed(comm, created["session_id"], [2, 3, 1])
-    assert [f["seq"] for f in await events_of(comm, 3)] == [1, 2, 3]
-    await comm.disconnect()
-
-
-async def test_a_v1_sessions_gap_is_skipped_after_the_wait(workspace, monkeypatch):
+async def test_a_v1_sessions_lost_message_is_skipped_after_the_wait(workspace, monkeypatch):
     monkeypatch.setattr(delivery, "GAP_WAIT_SECONDS", 0.2)
     comm, created = await open_session(workspace)
-    await crossed(comm, created["session_id"], [2, 3])  # seq 1's message never comes
+    await crossed(created["session_id"], [2, 3])  # seq 1's message never comes; nothing keeps it
     assert await comm.receive_nothing(timeout=0.1)
     assert [f["seq"] for f in await events_of(comm, 2)] == [2, 3]
     await comm.disconnect()
@@ -348,4 +353,4 @@ def test_the_stream_drops_repeats_and_holds_early_events_until_the_gap_closes():
     assert arrived(6) == []
     assert arrived(5) == ["f5", "f6"] and not stream.waiting
     assert arrived(8) == []
-    assert stream.gap_skip() == ["f8"] and stream.delivered == 8
+    assert asyncio.run(stream.gap_close()) == ["f8"] and stream.delivered == 8
