@@ -35,42 +35,37 @@ def operator_name() -> str:
         return "operator:unknown"
 
 
-def _actor(user) -> str:
-    return user.get_username() if user is not None and user.is_authenticated else operator_name()
+def history_recorded(*, session_id: uuid.UUID | str, user, action_flag: int, message: str) -> str:
+    """An admin history entry for a user's act on a session (none for an operator's); the actor's name."""
+    if user is None or not user.is_authenticated:
+        return operator_name()
+    LogEntry.objects.create(
+        user_id=user.pk,
+        content_type=ContentType.objects.get_for_model(LiveSession),
+        object_id=str(session_id),
+        object_repr=str(session_id),
+        action_flag=action_flag,
+        change_message=message,
+    )
+    return user.get_username()
 
 
 def session_event_audited(session_id: uuid.UUID | str, *, event: str, data: Any, via: str, user=None) -> int:
     """Send one event (delivery.send_session_event, whose EventErrors pass through) and record it; its seq."""
     seq = send_session_event(session_id=session_id, event=event, data=data)
-    if user is not None and user.is_authenticated:
-        LogEntry.objects.create(
-            user_id=user.pk,
-            content_type=ContentType.objects.get_for_model(LiveSession),
-            object_id=str(session_id),
-            object_repr=str(session_id),
-            action_flag=CHANGE,
-            change_message=f"Sent event {event} (seq {seq}) through the {via}.",
-        )
-    events.session_event_sent(session_id=session_id, actor=_actor(user), via=via, event=event, seq=seq)
+    message = f"Sent event {event} (seq {seq}) through the {via}."
+    actor = history_recorded(session_id=session_id, user=user, action_flag=CHANGE, message=message)
+    events.session_event_sent(session_id=session_id, actor=actor, via=via, event=event, seq=seq)
     return seq
 
 
 def terminate_recorded(*, session_id: uuid.UUID | str, result: TerminateResult, via: str, user=None) -> None:
     """Record one terminate: the event line always (with its result), a LogEntry when a user ended a session."""
-    ended = result in ENDED
-    if user is not None and user.is_authenticated:
-        if ended:
-            LogEntry.objects.create(
-                user_id=user.pk,
-                content_type=ContentType.objects.get_for_model(LiveSession),
-                object_id=str(session_id),
-                object_repr=str(session_id),
-                action_flag=DELETION,
-                change_message=f"Terminated through the {via}.",
-            )
-        actor = user.get_username()
+    if result in ENDED:
+        message = f"Terminated through the {via}."
+        actor = history_recorded(session_id=session_id, user=user, action_flag=DELETION, message=message)
     else:
-        actor = operator_name()
+        actor = user.get_username() if user is not None and user.is_authenticated else operator_name()
     events.session_terminate_requested(session_id=session_id, actor=actor, via=via, result=result)
 
 
