@@ -44,8 +44,9 @@ async def detached(session_id: str) -> bool:
     return row is not None and row.detached_at is not None
 
 
-async def test_events_sent_during_a_drop_are_replayed_on_resume(servers, workspace, sender_token):
-    server = servers()
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn-fast"])
+async def test_events_sent_during_a_drop_are_replayed_on_resume(servers, workspace, sender_token, server_name):
+    server = servers(server=server_name)
     ws, created = await open_resumable(server.url, workspace)
     assert await post_event(server, sender_token, created["session_id"], "first") == 1
     assert [f["seq"] for f in await next_frames(ws, 1)] == [1]
