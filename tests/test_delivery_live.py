@@ -105,7 +105,9 @@ async def _gone(session_id: str) -> bool:
     return not await LiveSession.objects.filter(pk=session_id).aexists()
 
 
-async def test_bad_inputs_on_a_real_server_get_their_status(servers, workspace, sender_token):
+async def test_bad_inputs_on_a_real_server_get_their_status_and_a_bad_last_seq_keeps_the_connection(
+    servers, workspace, sender_token
+):
     server = servers(WSS_MAX_MESSAGE_BYTES="400", WSS_SESSION_EVENT_RATE="2")
     ws, created = await open_resumable(server.url, workspace)
     session_id = created["session_id"]
@@ -123,9 +125,20 @@ async def test_bad_inputs_on_a_real_server_get_their_status(servers, workspace, 
     )
     assert status == 429 and headers["Retry-After"] == "1"
     assert [f["seq"] for f in await next_frames(ws, 2)] == [1, 2]
-    await ws.send(json.dumps({"type": "end_session", "request_id": 1}))
-    assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "session_ended"
-    await ws.close()
+    ws.transport.abort()
+    await wait_until(lambda: detached(session_id), 10, what="the row detached")
+    again = await websockets.connect(server.url, open_timeout=30)
+    for bad in ("2", -1, 1.5, None, True):
+        frame = {"type": "resume_session", "session_id": session_id, "resume_token": created["resume_token"]}
+        await again.send(json.dumps({**frame, "last_seq": bad, "request_id": "r"}))
+        [reply] = await next_frames(again, 1)
+        assert (reply["type"], reply["code"], reply["request_id"]) == ("error", "invalid_request", "r"), bad
+    await again.send(json.dumps({**frame, "last_seq": 1}))  # the connection stayed, the token is unspent
+    resumed, replayed = await next_frames(again, 2)
+    assert (resumed["type"], resumed["replayed"], replayed["seq"]) == ("session_resumed", 1, 2)
+    await again.send(json.dumps({"type": "end_session", "request_id": 1}))
+    assert json.loads(await asyncio.wait_for(again.recv(), 10))["type"] == "session_ended"
+    await again.close()
 
 
 # --- Across processes on PostgreSQL + Redis --------------------------------------------------------
