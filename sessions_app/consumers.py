@@ -193,7 +193,9 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         """Channel-layer event `session.event_gap`: a missing seq did not come in time; fill or skip it."""
         self.gap_timer = None
         stream = self.event_stream
-        if stream is None or self.session is None or str(stream.session_id) != event["session_id"]:
+        if stream is None or self.session is None or self.closing_error is not None:
+            return
+        if str(stream.session_id) != event["session_id"]:
             return
         for frame in await stream.gap_close():
             await self.send(text_data=frame)

@@ -332,8 +332,8 @@ def _session_move(operation: "SessionResume") -> tuple[SessionRecord, str, deliv
     record = SessionRecord(
         session_id=row.id, workspace_dir=row.workspace_dir, created_at=row.created_at, resumable=True
     )
-    # Under the row's lock: events up to last_seq were sent to the previous channel (and kept),
-    # every later one will be sent to this one. No event falls between the two.
+    # Under the row's lock: every event up to the row's last_seq went to the previous channel
+    # (and is kept), every later one goes to this one. No event falls between the two.
     replay = delivery.replay_read(session_id=row.id, base_seq=row.last_seq, last_seq=operation.last_seq)
     return record, previous_channel, replay
 
