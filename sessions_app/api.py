@@ -7,7 +7,8 @@
                                       when the channel layer did not take it (nothing done)
     POST   /api/sessions/<id>/events  {"event": name, "data": any JSON}: 202 {"seq": n}; 404 unknown
                                       or ended, 400 bad name or no data, 413 frame over
-                                      WSS_MAX_MESSAGE_BYTES, 429 + Retry-After over WSS_SESSION_EVENT_RATE
+                                      WSS_MAX_MESSAGE_BYTES, 429 + Retry-After over WSS_SESSION_EVENT_RATE,
+                                      503 + Retry-After when the registry did not take it (nothing done)
 
 Who may call it is settings.REST_FRAMEWORK's business: Django's model permissions on live
 sessions, as in the admin (sessions_app/permissions.py); errors are
@@ -25,7 +26,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .audit import session_event_audited, session_terminate_audited
-from .delivery import MISSING, EventInvalid, EventRateLimited, EventSessionNotFound, EventTooLarge
+from .delivery import (
+    MISSING,
+    EventInvalid,
+    EventRateLimited,
+    EventSessionNotFound,
+    EventTooLarge,
+    EventUnavailable,
+)
 from .models import LiveSession, ServerInstance
 from .permissions import SendEventsPermission
 from .services import TerminateResult
@@ -37,6 +45,14 @@ class NotDelivered(APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "not_delivered"
     wait = 5  # DRF sends it as Retry-After
+
+
+class RegistryUnavailable(APIException):
+    """503: the registry did not take the event; nothing was done."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "registry_unavailable"
+    wait = EventUnavailable.retry_after  # DRF sends it as Retry-After
 
 
 class FrameTooLarge(APIException):
@@ -149,6 +165,8 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             raise FrameTooLarge(str(error)) from None
         except EventRateLimited as error:
             raise Throttled(wait=error.retry_after, detail=str(error)) from None
+        except EventUnavailable as error:
+            raise RegistryUnavailable(str(error)) from None
         return Response({"seq": seq}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -31,7 +31,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
-from django.db import models, transaction
+from django.db import DatabaseError, models, transaction
 from django.db.models import Value
 from django.utils import timezone
 
@@ -83,6 +83,12 @@ class EventRateLimited(EventError):
         self.retry_after = retry_after
 
 
+class EventUnavailable(EventError):
+    """The registry did not take the event (down, or a lock wait timed out): nothing was done (HTTP 503)."""
+
+    retry_after = 5
+
+
 MISSING: Any = object()  # `data` not given at all (None is JSON null, a valid value)
 
 
@@ -120,7 +126,14 @@ def event_validate(*, session_id: uuid.UUID, event: Any, data: Any) -> None:
 
 def event_record(*, session_id: uuid.UUID, event: str, data: Any) -> Accepted:
     """Lock the session's row, spend a token, take the next seq, keep the event; one transaction."""
-    now = timezone.now()
+    try:
+        return _event_record(session_id=session_id, event=event, data=data)
+    except DatabaseError as error:
+        logger.warning("event for session %s not recorded: %s", session_id, error)
+        raise EventUnavailable("The session registry is unavailable right now; try again shortly.") from None
+
+
+def _event_record(*, session_id: uuid.UUID, event: str, data: Any) -> Accepted:
     with transaction.atomic():
         row = (
             LiveSession.objects.select_for_update()
@@ -128,6 +141,8 @@ def event_record(*, session_id: uuid.UUID, event: str, data: Any) -> Accepted:
             .values("last_seq", "resumable", "channel_name", "detached_at", "event_tokens", "event_tokens_at")
             .first()
         )
+        # Read under the lock, so sent_at and the bucket's clock advance with seq.
+        now = timezone.now()
         if row is None or _expired(row["detached_at"], now):
             raise EventSessionNotFound(f"No live session {session_id}.")
         tokens = _tokens_spend(row["event_tokens"], row["event_tokens_at"], now)

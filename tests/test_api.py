@@ -270,3 +270,20 @@ def test_post_event_needs_the_send_permission_not_view_or_delete(client, django_
     client.force_login(sender)
     assert post_event(client, sessions[0].pk, {"event": "x", "data": 1}).status_code == 202
     assert Permission.objects.get(codename="send_events_livesession").name == "Can send events to live session"
+
+
+@pytest.mark.production
+@pytest.mark.usefixtures("production_services")
+@pytest.mark.django_db(transaction=True)
+def test_post_event_while_the_registry_cannot_take_it_is_503_and_nothing_is_done(admin_client, sessions):
+    """Another connection holds the session's row past DATABASE_LOCK_TIMEOUT: PostgreSQL gives up the wait."""
+    import psycopg
+
+    from .servers import test_database_url
+
+    with psycopg.connect(test_database_url()) as other:
+        other.execute("SELECT 1 FROM sessions_app_livesession WHERE id = %s FOR UPDATE", [sessions[0].pk])
+        response = post_event(admin_client, sessions[0].pk, {"event": "x", "data": 1})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5" and "unavailable" in response.json()["detail"]
+    assert LiveSession.objects.get(pk=sessions[0].pk).last_seq == 0

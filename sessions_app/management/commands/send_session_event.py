@@ -8,9 +8,17 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sessions_app.audit import session_event_audited
-from sessions_app.delivery import EventInvalid, EventRateLimited, EventSessionNotFound, EventTooLarge, data_parse
+from sessions_app.delivery import (
+    EventInvalid,
+    EventRateLimited,
+    EventSessionNotFound,
+    EventTooLarge,
+    EventUnavailable,
+    data_parse,
+)
 
-# sysexits.h: EX_DATAERR for input refused, EX_NOINPUT for no such session, EX_TEMPFAIL for the rate.
+# sysexits.h: EX_DATAERR for input refused, EX_NOINPUT for no such session, EX_TEMPFAIL for the rate
+# or an unavailable registry.
 EXIT_INVALID, EXIT_NOT_FOUND, EXIT_RATE_LIMITED = 65, 66, 75
 
 
@@ -19,7 +27,8 @@ class Command(BaseCommand):
         "Send a live session an event: its client gets a `session_event` frame (a resumable session "
         "that is detached gets it when it resumes). Prints the event's seq. `json` is the event's data "
         f"(default null). Exits {EXIT_INVALID} on a bad name, data or size, {EXIT_NOT_FOUND} when there "
-        f"is no such live session, {EXIT_RATE_LIMITED} over WSS_SESSION_EVENT_RATE (try again)."
+        f"is no such live session, {EXIT_RATE_LIMITED} over WSS_SESSION_EVENT_RATE or when the registry is "
+        "unavailable (nothing was done: try again)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -43,6 +52,6 @@ class Command(BaseCommand):
             raise CommandError(str(error), returncode=EXIT_NOT_FOUND) from None
         except (EventInvalid, EventTooLarge) as error:
             raise CommandError(str(error), returncode=EXIT_INVALID) from None
-        except EventRateLimited as error:
+        except (EventRateLimited, EventUnavailable) as error:
             raise CommandError(str(error), returncode=EXIT_RATE_LIMITED) from None
         self.stdout.write(str(seq))
