@@ -12,7 +12,7 @@ from django.utils.timesince import timesince
 from .audit import session_event_audited, sessions_terminate_audited
 from .delivery import EventError
 from .models import ApiToken, LiveSession, ServerInstance
-from .services import TerminateResult
+from .terminate import TerminateResult
 from .tokens import token_issue, token_revoke
 
 

@@ -36,7 +36,7 @@ from .delivery import (
 )
 from .models import LiveSession, ServerInstance
 from .permissions import SendEventsPermission
-from .services import TerminateResult
+from .terminate import TerminateResult
 
 
 class NotDelivered(APIException):

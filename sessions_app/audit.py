@@ -21,7 +21,7 @@ from django.contrib.contenttypes.models import ContentType
 from . import events
 from .delivery import send_session_event
 from .models import LiveSession
-from .services import TerminateResult, session_terminate
+from .terminate import TerminateResult, session_terminate
 
 # The results that ended a session; the others did nothing.
 ENDED = (TerminateResult.DELIVERED, TerminateResult.REMOVED)

@@ -359,19 +359,22 @@ def test_the_stream_drops_repeats_and_holds_early_events_until_the_gap_closes():
 # --- What a session that never has an event pays ----------------------------------------------------
 
 
-def test_a_session_without_events_never_queries_the_window_to_open_resume_or_end(fresh_instance):
+def test_a_session_without_events_never_queries_the_window_to_open_resume_or_end(monkeypatch):
     """Opening, resuming (without last_seq), detaching, ending and reaping: no query touches the window table."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from sessions_app import services
+    from sessions_app import instances, process, sessions
+    from sessions_app.process import process_state
+
+    monkeypatch.setattr(process, "_state", process.ProcessState())  # a fresh instance of its own
     from sessions_app.tokens import token_hash
 
     def session(resumable: bool) -> uuid.UUID:
         session_id = uuid.uuid4()
         token = token_hash("token") if resumable else ""
-        insert = services.SessionInsert(
+        insert = sessions.SessionInsert(
             session_id=session_id,
             workspace_dir="/tmp",
             created_at=timezone.now(),
@@ -380,13 +383,13 @@ def test_a_session_without_events_never_queries_the_window_to_open_resume_or_end
             user_id=None,
             resume_token_hash=token,
         )
-        services.registry_apply_sync([insert])
+        sessions.registry_apply_sync([insert])
         return session_id
 
     with CaptureQueriesContext(connection) as queries:
         v1, resumable, reaped = session(False), session(True), session(True)
-        services.session_detach_sync(session_id=resumable, channel_name=f"c-{resumable}")
-        move = services.SessionResume(
+        sessions.session_detach_sync(session_id=resumable, channel_name=f"c-{resumable}")
+        move = sessions.SessionResume(
             session_id=resumable,
             presented_hash=token_hash("token"),
             new_hash=token_hash("next"),
@@ -395,11 +398,11 @@ def test_a_session_without_events_never_queries_the_window_to_open_resume_or_end
             user_id=None,
             grace_seconds=30,
         )
-        assert services.session_resume_sync(move) is not None
-        services.registry_apply_sync([services.SessionDelete(session_id=v1)])
-        services.registry_apply_sync([services.SessionDelete(session_id=resumable, channel_name="c-new")])
-        services.instances_delete_sync([services.process_identity().boot_id], reason="test")
-        services.sessions_expire_sync(grace=0)
+        assert sessions.session_resume_sync(move) is not None
+        sessions.registry_apply_sync([sessions.SessionDelete(session_id=v1)])
+        sessions.registry_apply_sync([sessions.SessionDelete(session_id=resumable, channel_name="c-new")])
+        instances.instances_delete_sync([process_state().identity.boot_id], reason="test")
+        instances.sessions_expire_sync(grace=0)
     assert not LiveSession.objects.filter(pk__in=[v1, resumable, reaped]).exists()
     touching = [query["sql"] for query in queries.captured_queries if "sessionevent" in query["sql"].lower()]
     assert touching == []
