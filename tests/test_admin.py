@@ -244,3 +244,21 @@ def test_send_notice_needs_the_send_permission(client, django_user_model, sessio
     assert "send_notice" in client.get("/admin/sessions_app/livesession/").content.decode()
     notice(client, [sessions[0].pk], text="yes", apply="yes")
     assert LiveSession.objects.get(pk=sessions[0].pk).last_seq == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_notice_from_the_admin_reaches_the_sessions_client(admin_client, workspace):
+    from asgiref.sync import sync_to_async
+
+    from .communicators import open_session
+
+    comm, reply = await open_session(workspace, ok=True)
+    await sync_to_async(notice)(admin_client, [reply["session_id"]], text="Restart at 10:00", apply="yes")
+    frame = await comm.receive_json_from(timeout=5)
+    assert (frame["type"], frame["seq"], frame["event"], frame["data"]) == (
+        "session_event",
+        1,
+        "notice",
+        {"text": "Restart at 10:00"},
+    )
+    await comm.disconnect()

@@ -406,3 +406,21 @@ def test_a_session_without_events_never_queries_the_window_to_open_resume_or_end
     assert not LiveSession.objects.filter(pk__in=[v1, resumable, reaped]).exists()
     touching = [query["sql"] for query in queries.captured_queries if "sessionevent" in query["sql"].lower()]
     assert touching == []
+
+
+def test_the_stream_delivers_any_arrival_order_with_repeats_exactly_once_in_order():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(min_value=1, max_value=40).flatmap(lambda n: st.permutations(list(range(1, n + 1)) * 2)))
+    def check(arrivals: list[int]) -> None:
+        stream = EventStream(session_id=uuid.uuid4(), delivered=0, resumable=False)
+
+        async def deliver() -> list[str]:
+            return [frame for seq in arrivals for frame in await stream.arrived(seq, f"f{seq}")]
+
+        assert asyncio.run(deliver()) == [f"f{seq}" for seq in range(1, max(arrivals) + 1)]
+        assert not stream.waiting
+
+    check()
