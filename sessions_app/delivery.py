@@ -212,8 +212,11 @@ def send_session_event(*, session_id: uuid.UUID | str, event: str, data: Any = M
     """Send an event to a live session from synchronous code; its seq. Raises an EventError subclass.
 
     Returns once the event is committed (and kept, for a resumable session) and handed to
-    the channel layer for the connection that holds the session, if one does.
+    the channel layer for the connection that holds the session, if one does. From a thread
+    that runs an event loop, use `asend_session_event`: this one refuses before it records.
     """
+    if _loop_running():
+        raise RuntimeError("send_session_event() is for synchronous code: await asend_session_event() instead.")
     session_id = _session_uuid(session_id)
     event_validate(session_id=session_id, event=event, data=data)
     accepted = event_record(session_id=session_id, event=event, data=data)
@@ -228,6 +231,14 @@ async def asend_session_event(*, session_id: uuid.UUID | str, event: str, data: 
     accepted = await database_sync_to_async(event_record)(session_id=session_id, event=event, data=data)
     await event_deliver(accepted, session_id=session_id)
     return accepted.seq
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _session_uuid(value: uuid.UUID | str) -> uuid.UUID:

@@ -424,3 +424,16 @@ def test_the_stream_delivers_any_arrival_order_with_repeats_exactly_once_in_orde
         assert not stream.waiting
 
     check()
+
+
+async def test_the_sync_function_refuses_to_run_on_an_event_loop_before_recording_anything(workspace):
+    comm, created = await open_session(workspace, ok=True)
+    with pytest.raises(RuntimeError, match="asend_session_event"):
+        delivery.send_session_event(session_id=created["session_id"], event="x", data=1)
+    assert (await LiveSession.objects.aget(pk=created["session_id"])).last_seq == 0
+    await comm.disconnect()
+
+
+def test_the_sync_function_sends_from_plain_synchronous_code(instance_with_sessions):
+    _, [row] = instance_with_sessions(sessions=1)
+    assert [delivery.send_session_event(session_id=row.pk, event="x", data=n) for n in range(2)] == [1, 2]
