@@ -179,14 +179,18 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     async def session_event(self, event: dict[str, Any]) -> None:
         """Channel-layer event `session.event`: deliver the session's events once each, in seq order."""
         session = self.session
-        if session is None or self.closing_error is not None or str(session.session_id) != event["session_id"]:
+        if session is None or self.closing_error is not None or str(session.session_id) != event.get("session_id"):
             return
+        seq, frame = event.get("seq"), event.get("frame")
+        if not isinstance(seq, int) or not isinstance(frame, str):
+            logger.warning("dropped a malformed session.event for session %s", session.session_id)
+            return  # a message no sender of ours made: never let it end the connection
         if self.event_stream is None:
             self.event_stream = delivery.EventStream(
                 session_id=session.session_id, delivered=self.delivered_seq, resumable=session.resumable
             )
-        for frame in await self.event_stream.arrived(event["seq"], event["frame"]):
-            await self.send(text_data=frame)
+        for ready in await self.event_stream.arrived(seq, frame):
+            await self.send(text_data=ready)
         self.gap_wait()
 
     async def session_event_gap(self, event: dict[str, Any]) -> None:
@@ -195,7 +199,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         stream = self.event_stream
         if stream is None or self.session is None or self.closing_error is not None:
             return
-        if str(stream.session_id) != event["session_id"]:
+        if str(stream.session_id) != event.get("session_id"):
             return
         for frame in await stream.gap_close():
             await self.send(text_data=frame)

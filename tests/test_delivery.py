@@ -437,3 +437,17 @@ async def test_the_sync_function_refuses_to_run_on_an_event_loop_before_recordin
 def test_the_sync_function_sends_from_plain_synchronous_code(instance_with_sessions):
     _, [row] = instance_with_sessions(sessions=1)
     assert [delivery.send_session_event(session_id=row.pk, event="x", data=n) for n in range(2)] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [{}, {"seq": "1", "frame": "{}"}, {"seq": 1}, {"seq": 1, "frame": None}, {"frame": "{}"}],
+)
+async def test_a_malformed_layer_message_is_dropped_and_the_connection_goes_on(workspace, message):
+    comm, created = await open_session(workspace, ok=True)
+    channel = (await LiveSession.objects.aget(pk=created["session_id"])).channel_name
+    await get_channel_layer().send(channel, {"type": "session.event", "session_id": created["session_id"], **message})
+    await asend_session_event(session_id=created["session_id"], event="after", data=1)
+    [frame] = await events_of(comm, 1)
+    assert (frame["seq"], frame["event"]) == (1, "after")
+    await comm.disconnect()
