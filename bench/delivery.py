@@ -150,7 +150,7 @@ async def throughput(port: int, process: psutil.Popen, sessions: int, events: in
             n = queue.get_nowait()
             session_id = uuid.UUID(opened[n % sessions][1])
             accepted = await record(session_id=session_id, event="bench", data=TYPICAL)
-            await event_deliver(accepted, session_id=session_id)
+            await event_deliver(accepted)
             if n and n % 500 == 0:
                 progress(f"throughput: {n} of {events} sent, {received} received")
 

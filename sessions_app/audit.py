@@ -17,9 +17,10 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.contrib.admin.models import CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
 
 from . import events
-from .delivery import send_session_event
+from .delivery import event_accept, event_deliver
 from .models import LiveSession
 from .terminate import TerminateResult, session_terminate
 
@@ -51,12 +52,17 @@ def history_recorded(*, session_id: uuid.UUID | str, user, action_flag: int, mes
 
 
 def session_event_audited(session_id: uuid.UUID | str, *, event: str, data: Any, via: str, user=None) -> int:
-    """Send one event (delivery.send_session_event, whose EventErrors pass through) and record it; its seq."""
-    seq = send_session_event(session_id=session_id, event=event, data=data)
-    message = f"Sent event {event} (seq {seq}) through the {via}."
-    actor = history_recorded(session_id=session_id, user=user, action_flag=CHANGE, message=message)
-    events.session_event_sent(session_id=session_id, actor=actor, via=via, event=event, seq=seq)
-    return seq
+    """Send one event and record it, the event and its history entry in one transaction; its seq.
+
+    The delivery's EventErrors pass through (nothing is recorded then).
+    """
+    with transaction.atomic():
+        accepted = event_accept(session_id=session_id, event=event, data=data)
+        message = f"Sent event {event} (seq {accepted.seq}) through the {via}."
+        actor = history_recorded(session_id=session_id, user=user, action_flag=CHANGE, message=message)
+    async_to_sync(event_deliver)(accepted)
+    events.session_event_sent(session_id=session_id, actor=actor, via=via, event=event, seq=accepted.seq)
+    return accepted.seq
 
 
 def terminate_recorded(*, session_id: uuid.UUID | str, result: TerminateResult, via: str, user=None) -> None:

@@ -96,6 +96,7 @@ MISSING: Any = object()  # `data` not given at all (None is JSON null, a valid v
 class Accepted:
     """A committed event: its seq, and where (if anywhere) to deliver its encoded frame."""
 
+    session_id: uuid.UUID
     seq: int
     channel_name: str
     frame: str
@@ -156,7 +157,7 @@ def _event_record(*, session_id: uuid.UUID, event: str, data: Any) -> Accepted:
             if seq > kept:
                 SessionEvent.objects.filter(session_id=session_id, seq__lte=seq - kept).delete()
     frame = protocol.session_event_reply(session_id=session_id, seq=seq, event=event, data=data, sent_at=now)
-    return Accepted(seq=seq, channel_name=row["channel_name"], frame=protocol.encode(frame))
+    return Accepted(session_id=session_id, seq=seq, channel_name=row["channel_name"], frame=protocol.encode(frame))
 
 
 def _expired(detached_at: datetime | None, now: datetime) -> bool:
@@ -182,7 +183,7 @@ def _tokens_spend(tokens: float, tokens_at: datetime | None, now: datetime) -> f
     return available - 1.0
 
 
-async def event_deliver(accepted: Accepted, *, session_id: uuid.UUID) -> bool:
+async def event_deliver(accepted: Accepted) -> bool:
     """Hand a committed event to the consumer that holds its session; whether the layer took it.
 
     A full channel (the holding process is behind) or a failing layer is tried again with
@@ -191,6 +192,7 @@ async def event_deliver(accepted: Accepted, *, session_id: uuid.UUID) -> bool:
     """
     if not accepted.channel_name:
         return False  # detached: kept (if resumable) for its resume
+    session_id = accepted.session_id
     message = {"type": "session.event", "session_id": str(session_id), "seq": accepted.seq, "frame": accepted.frame}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SEND_TIMEOUT_SECONDS
@@ -217,20 +219,26 @@ def send_session_event(*, session_id: uuid.UUID | str, event: str, data: Any = M
     """
     if _loop_running():
         raise RuntimeError("send_session_event() is for synchronous code: await asend_session_event() instead.")
-    session_id = _session_uuid(session_id)
-    event_validate(session_id=session_id, event=event, data=data)
-    accepted = event_record(session_id=session_id, event=event, data=data)
-    async_to_sync(event_deliver)(accepted, session_id=session_id)
+    accepted = event_accept(session_id=session_id, event=event, data=data)
+    async_to_sync(event_deliver)(accepted)
     return accepted.seq
 
 
 async def asend_session_event(*, session_id: uuid.UUID | str, event: str, data: Any = MISSING) -> int:
     """Send an event to a live session from async code; its seq. Raises an EventError subclass."""
+    accepted = await database_sync_to_async(event_accept)(session_id=session_id, event=event, data=data)
+    await event_deliver(accepted)
+    return accepted.seq
+
+
+def event_accept(*, session_id: uuid.UUID | str, event: Any, data: Any) -> Accepted:
+    """Check and record an event (not yet delivered: `event_deliver` does that after the commit).
+
+    Inside a caller's transaction, the event commits with the caller's own writes (the audit's).
+    """
     session_id = _session_uuid(session_id)
     event_validate(session_id=session_id, event=event, data=data)
-    accepted = await database_sync_to_async(event_record)(session_id=session_id, event=event, data=data)
-    await event_deliver(accepted, session_id=session_id)
-    return accepted.seq
+    return event_record(session_id=session_id, event=event, data=data)
 
 
 def _loop_running() -> bool:
