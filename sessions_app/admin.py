@@ -9,7 +9,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from .audit import session_event_audited, sessions_terminate_audited
+from .audit import ACTED, session_event_audited, sessions_terminate_audited, terminate_summary
 from .delivery import EventError
 from .models import ApiToken, LiveSession, ServerInstance
 from .terminate import TerminateResult
@@ -61,9 +61,8 @@ class LiveSessionAdmin(ReadOnlyAdmin):
         results = sessions_terminate_audited(
             list(queryset.values_list("pk", flat=True)), via="admin", user=request.user
         )
-        ended = results[TerminateResult.DELIVERED] + results[TerminateResult.REMOVED]
-        if ended or not results[TerminateResult.NOT_DELIVERED]:
-            self.message_user(request, f"Terminated {ended} session{'' if ended == 1 else 's'}.", messages.SUCCESS)
+        if any(results[result] for result in ACTED) or not results[TerminateResult.NOT_DELIVERED]:
+            self.message_user(request, terminate_summary(results), messages.SUCCESS)
         if failed := results[TerminateResult.NOT_DELIVERED]:
             self.message_user(
                 request,

@@ -3,8 +3,8 @@
 DRF's `DjangoModelPermissions` lets any authenticated user read; here reading needs the
 model's view permission too, so the API grants exactly what the admin does: view to list
 and read sessions, delete to terminate them, and the model's own "Can send events to live
-session" (send_events_livesession) to send them events. Kept apart from api.py for the reason given
-in authentication.py (REST_FRAMEWORK names it).
+session" (send_events_livesession) to send them events. Kept apart from api.py for the
+reason given in authentication.py (REST_FRAMEWORK names it).
 """
 
 from rest_framework.permissions import DjangoModelPermissions
@@ -17,10 +17,18 @@ class ModelPermissions(DjangoModelPermissions):
 
     perms_map = {**DjangoModelPermissions.perms_map, "GET": VIEW, "HEAD": VIEW, "OPTIONS": VIEW}
 
-    def _queryset(self, view):
-        # The view's `queryset` names the model without running get_queryset(), which reads
-        # (and may reject) the query string: a caller without permission learns nothing from it.
-        return view.queryset if getattr(view, "queryset", None) is not None else super()._queryset(view)
+    def has_permission(self, request, view) -> bool:
+        """The method's permissions on the model that the view's `queryset` attribute names.
+
+        Not get_queryset(), which reads (and may reject) the query string: a caller without
+        permission learns nothing from it.
+        """
+        queryset = getattr(view, "queryset", None)
+        if queryset is None:
+            return super().has_permission(request, view)
+        user = request.user
+        perms = self.get_required_permissions(request.method, queryset.model)
+        return bool(user and user.is_authenticated and user.has_perms(perms))
 
 
 class SendEventsPermission(ModelPermissions):

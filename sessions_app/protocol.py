@@ -22,7 +22,6 @@ from .errors import (
     UnsupportedFrame,
 )
 
-PROTOCOL_VERSION = 1
 # An event name as senders give it (v1.2): lower case, digits and `_.-`, up to 64 characters.
 EVENT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 # Optional WebSocket subprotocol name; selected when the client offers it (browsers that
@@ -127,12 +126,13 @@ def subprotocol_choose(offered: list[str]) -> str | None:
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-def decode(text_data: str | None, bytes_data: bytes | None, *, limit: int) -> Message:
-    """Turn one WebSocket frame into a message, or raise the ProtocolError that answers it."""
+def decode(text_data: str | None, bytes_data: bytes | None) -> Message:
+    """Turn one WebSocket frame into a message, or raise the ProtocolError that answers it.
+
+    Its size was checked as it arrived (frame_size_check, called by inbox.py).
+    """
     if text_data is None:
         raise UnsupportedFrame("Binary frames are not supported: send JSON in a text frame.")
-    if utf8_length_exceeds(text_data, limit):
-        raise MessageTooLarge(f"The frame is larger than the limit of {limit} bytes.")
     obj = _load_object(text_data)
     request_id = _echoable_request_id(obj.get("request_id"))
     try:
@@ -315,6 +315,12 @@ def error_reply(error: ProtocolError) -> dict[str, Any]:
 def format_timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with a Z and millisecond precision."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def frame_size_check(text: str, limit: int) -> None:
+    """Raise MessageTooLarge for a text frame longer than `limit` bytes in UTF-8."""
+    if utf8_length_exceeds(text, limit):
+        raise MessageTooLarge(f"The frame is larger than the limit of {limit} bytes.")
 
 
 def utf8_length_exceeds(text: str, limit: int) -> bool:

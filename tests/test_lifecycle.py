@@ -13,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 from django.utils import timezone
 
-from sessions_app import heartbeat, instances, reconcile, sessions
+from sessions_app import heartbeat, instances, lease, reconcile, sessions
 from sessions_app.models import LiveSession, ServerInstance
 from sessions_app.process import process_state
 from wssproject.asgi import application
@@ -206,6 +206,19 @@ async def test_a_process_that_cannot_heartbeat_closes_its_sessions_before_peers_
     await wait_until(accepted_again, 10, what="sessions accepted after the heartbeat recovered")
 
 
+async def test_a_lease_timer_that_fires_early_still_fences_once_the_lease_has_run_out(settings, workspace, monkeypatch):
+    """uvloop reads its clock once per loop iteration: a timer set late in one fires early."""
+    held, _ = await open_session(workspace, ok=True)
+    loop = asyncio.get_running_loop()
+    lease_seconds = settings.WSS_INSTANCE_TIMEOUT_SECONDS - settings.WSS_HEARTBEAT_SECONDS
+    with monkeypatch.context() as patched:
+        patched.setattr(loop, "time", lambda: time.monotonic() - 0.3)  # the loop's clock, read 0.3 s ago
+        lease.lease_renew(time.monotonic() - lease_seconds + 0.5)  # the lease ends in 0.5 s
+    ends = process_state().lease_until
+    arrived = await expect_session_lost(held, timeout=3)
+    assert ends <= arrived < ends + 1
+
+
 async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
     received: list[dict] = []
     inbox: asyncio.Queue = asyncio.Queue()
@@ -230,10 +243,10 @@ async def test_stop_detaches_resumable_sessions_and_still_removes_v1_ones(worksp
     from .communicators import open_session as open_with
 
     resumable, resumable_reply = await open_with(workspace, fields={"resumable": True})
-    v1, v1_reply = await open_with(workspace)
-    assert await heartbeat.stop() == 1  # the v1 row; the resumable one is detached, not removed
+    plain, plain_reply = await open_with(workspace)
+    assert await heartbeat.stop() == 1  # the non-resumable row; the resumable one is detached, not removed
     messages = []
-    for comm in (resumable, v1):
+    for comm in (resumable, plain):
         reply = await comm.receive_json_from(timeout=5)
         assert reply["code"] == "server_shutting_down"
         messages.append(reply["message"])
@@ -241,10 +254,10 @@ async def test_stop_detaches_resumable_sessions_and_still_removes_v1_ones(worksp
     assert "resume" in messages[0] and "resume" not in messages[1]
     kept = await LiveSession.objects.aget(pk=resumable_reply["session_id"])
     assert kept.detached_at is not None and kept.instance_id is None
-    assert not await LiveSession.objects.filter(pk=v1_reply["session_id"]).aexists()
+    assert not await LiveSession.objects.filter(pk=plain_reply["session_id"]).aexists()
     # The consumers' own ends (daphne cancels them) do not undo the detach.
     await resumable.disconnect(code=4503)
-    await v1.disconnect(code=4503)
+    await plain.disconnect(code=4503)
     assert (await LiveSession.objects.aget(pk=resumable_reply["session_id"])).detached_at is not None
 
 
