@@ -7,7 +7,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run migrate test test-embedded test-production lint format check migrations-check asyncapi clean bench bench-quick bench-scale
+.PHONY: help install run migrate test test-embedded test-production lint format check migrations-check asyncapi clean bench bench-quick bench-scale bench-delivery
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -71,6 +71,10 @@ bench-quick: $(STAMP)  ## The same scenarios with tiny counts, in seconds
 BENCH_SCALE_ARGS ?=
 bench-scale: $(STAMP)  ## 50,000 live sessions over 3 servers (PostgreSQL, Redis), then a mass drop
 	$(BIN)/python -m bench.scale --postgres-url $(BENCH_DATABASE_URL) --redis-url $(BENCH_REDIS_URL) $(BENCH_SCALE_ARGS)
+
+BENCH_DELIVERY_ARGS ?=
+bench-delivery: $(STAMP)  ## Session events: push-to-receive latency, delivery throughput, the window's bytes
+	$(BIN)/python -m bench.delivery --postgres-url $(BENCH_DATABASE_URL) --redis-url $(BENCH_REDIS_URL) $(BENCH_DELIVERY_ARGS)
 
 clean:  ## Remove the virtualenv and local state
 	rm -rf $(VENV) db.sqlite3* staticfiles .pytest_cache

@@ -1,13 +1,16 @@
 """The operators' view: live sessions and server instances, read-only; API tokens."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
+from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from .audit import ACTED, sessions_terminate_audited, terminate_summary
+from .audit import ACTED, session_event_audited, sessions_terminate_audited, terminate_summary
+from .delivery import EventError
 from .models import ApiToken, LiveSession, ServerInstance
 from .terminate import TerminateResult
 from .tokens import token_issue, token_revoke
@@ -21,6 +24,12 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+class NoticeForm(forms.Form):
+    """The text of a notice the admin sends to sessions."""
+
+    text = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 80}), max_length=2000)
 
 
 @admin.register(LiveSession)
@@ -41,7 +50,7 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     list_filter = [("detached_at", admin.EmptyFieldListFilter), "resumable", ("created_at", admin.DateFieldListFilter)]
     exclude = ["resume_token_hash"]
     date_hierarchy = "created_at"
-    actions = ["terminate_sessions"]
+    actions = ["terminate_sessions", "send_notice"]
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # Deleting a row would leave its socket open: terminating is the way to end a session.
@@ -69,6 +78,27 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     def has_terminate_permission(self, request) -> bool:
         # Terminating is the delete of this model: "Can delete live session" grants it.
         return request.user.has_perm("sessions_app.delete_livesession")
+
+    @admin.action(description="Send a notice to the selected sessions", permissions=["send_events"])
+    def send_notice(self, request, queryset) -> TemplateResponse | None:
+        form = NoticeForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form}
+            context["sessions"] = list(queryset)
+            return TemplateResponse(request, "admin/sessions_app/livesession/send_notice.html", context)
+        for session_id in queryset.values_list("pk", flat=True):
+            try:
+                seq = session_event_audited(
+                    session_id, event="notice", data={"text": form.cleaned_data["text"]}, via="admin", user=request.user
+                )
+            except EventError as error:
+                self.message_user(request, f"Session {session_id}: not sent: {error}", messages.ERROR)
+            else:
+                self.message_user(request, f"Session {session_id}: notice sent as event {seq}.", messages.SUCCESS)
+        return None
+
+    def has_send_events_permission(self, request) -> bool:
+        return request.user.has_perm("sessions_app.send_events_livesession")
 
     @admin.display(description="age")
     def age(self, session: LiveSession) -> str:

@@ -5,6 +5,10 @@
     GET    /api/sessions/<id>
     DELETE /api/sessions/<id>         terminate through the channel layer: 204, 404, or 503
                                       when the channel layer did not take it (nothing done)
+    POST   /api/sessions/<id>/events  {"event": name, "data": any JSON}: 202 {"seq": n}; 404 unknown
+                                      or ended, 400 bad name or no data, 413 frame over
+                                      WSS_MAX_MESSAGE_BYTES, 429 + Retry-After over WSS_SESSION_EVENT_RATE,
+                                      503 + Retry-After when the registry did not take it (nothing done)
 
 Who may call it is settings.REST_FRAMEWORK's business: Django's model permissions on live
 sessions, as in the admin (sessions_app/permissions.py); errors are
@@ -15,13 +19,23 @@ import uuid
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, NotFound, Throttled, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from .audit import session_terminate_audited
+from .audit import session_event_audited, session_terminate_audited
+from .delivery import (
+    MISSING,
+    EventInvalid,
+    EventRateLimited,
+    EventSessionNotFound,
+    EventTooLarge,
+    EventUnavailable,
+)
 from .models import LiveSession, ServerInstance
+from .permissions import SendEventsPermission
 from .terminate import TerminateResult
 
 
@@ -31,6 +45,21 @@ class NotDelivered(APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "not_delivered"
     wait = 5  # DRF sends it as Retry-After
+
+
+class RegistryUnavailable(APIException):
+    """503: the registry did not take the event; nothing was done."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "registry_unavailable"
+    wait = EventUnavailable.retry_after  # DRF sends it as Retry-After
+
+
+class FrameTooLarge(APIException):
+    """413: the event's frame would not fit WSS_MAX_MESSAGE_BYTES."""
+
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "frame_too_large"
 
 
 class SessionPagination(PageNumberPagination):
@@ -112,6 +141,33 @@ class SessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 "try again shortly."
             )
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @action(detail=True, methods=["post"], url_path="events", permission_classes=[SendEventsPermission])
+    def events(self, request: Request, pk: str) -> Response:
+        """Send the session an event: its client gets a `session_event` frame with the seq returned."""
+        session_id = _uuid(pk, "session id", not_found=True)
+        body = request.data
+        if not isinstance(body, dict):
+            raise ValidationError({"detail": 'The body must be a JSON object: {"event": ..., "data": ...}.'})
+        try:
+            seq = session_event_audited(
+                session_id,
+                event=body.get("event"),
+                data=body.get("data", MISSING),
+                via="sessions API",
+                user=request.user,
+            )
+        except EventSessionNotFound:
+            raise NotFound(f"No live session {pk}.") from None
+        except EventInvalid as error:
+            raise ValidationError({error.field: str(error)}) from None
+        except EventTooLarge as error:
+            raise FrameTooLarge(str(error)) from None
+        except EventRateLimited as error:
+            raise Throttled(wait=error.retry_after, detail=str(error)) from None
+        except EventUnavailable as error:
+            raise RegistryUnavailable(str(error)) from None
+        return Response({"seq": seq}, status=status.HTTP_202_ACCEPTED)
 
 
 def _uuid(value: str, what: str, *, not_found: bool = False) -> uuid.UUID:

@@ -1,8 +1,18 @@
-"""An asyncio client for protocol v1.1, and a command line that opens and holds a session.
+"""An asyncio client for protocol v1.2, and a command line that opens and holds a session.
 
     async with connect("ws://127.0.0.1:8000/ws") as client:
         session = await client.new_session("/srv/ws/project")   # a Session
         await client.hold()                                      # until the server ends it
+
+Events sent to the session (v1.2) come from `events()`, an async iterator that holds the
+session as hold() does (hold() itself drops them):
+
+    async for event in client.events():     # SessionEvent(seq, event, data, sent_at)
+        print(event.seq, event.event, event.data)
+
+The client tracks `last_seq`, the highest seq it has seen, sends it on every resume so the
+server replays what was sent meanwhile, drops any seq it has already seen, and reports a
+replay that could not be complete as `session.missed` (`missed_resumes` counts them).
 
 A resumable session survives its connection: `hold()` then reconnects with backoff (to the
 same URL, or in turn to each of `fallback_urls`) and resumes it, for as long as the
@@ -19,8 +29,9 @@ frame first.
 
     python -m sessions_app.client ws://127.0.0.1:8000/ws /some/dir [--resumable] [--fallback-url URL]
 
-prints the session as JSON and holds it until Ctrl-C (exit 0), resuming it across drops and
-server restarts with --resumable; a protocol error is printed as JSON on stderr with exit 1,
+prints the session as JSON, then each event as a JSON line as it comes, and holds it until
+Ctrl-C (exit 0), resuming it across drops and server restarts with --resumable; a protocol
+error is printed as JSON on stderr with exit 1,
 a failed connection with exit 2. Needs only `websockets`: no Django settings.
 """
 
@@ -32,7 +43,8 @@ import json
 import random
 import signal
 import sys
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -66,6 +78,9 @@ class Session:
     # v1.1: set when the session is resumable; the token changes at every resume.
     resume_token: str | None = None
     resume_grace_seconds: float | None = None
+    # v1.2: set by a `session_resumed` that answered a `last_seq`.
+    replayed: int | None = None
+    missed: bool | None = None
 
     @classmethod
     def from_frame(cls, frame: dict[str, Any]) -> "Session":
@@ -73,10 +88,12 @@ class Session:
         return cls(
             session_id=UUID(frame["session_id"]),
             workspace_dir=frame["workspace_dir"],
-            created_at=datetime.fromisoformat(frame["created_at"].replace("Z", "+00:00")),
+            created_at=_timestamp(frame["created_at"]),
             request_id=frame.get("request_id"),
             resume_token=frame.get("resume_token"),
             resume_grace_seconds=frame.get("resume_grace_seconds"),
+            replayed=frame.get("replayed"),
+            missed=frame.get("missed"),
         )
 
     @property
@@ -96,6 +113,42 @@ class Session:
         if self.request_id is not None:
             reply["request_id"] = self.request_id
         return reply
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """An event sent to the session (v1.2): a `session_event` frame."""
+
+    session_id: UUID
+    seq: int
+    event: str
+    data: Any
+    sent_at: datetime
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> "SessionEvent":
+        """Build from a `session_event` frame."""
+        return cls(
+            session_id=UUID(frame["session_id"]),
+            seq=frame["seq"],
+            event=frame["event"],
+            data=frame["data"],
+            sent_at=_timestamp(frame["sent_at"]),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The fields as the wire spells them."""
+        return {
+            "session_id": str(self.session_id),
+            "seq": self.seq,
+            "event": self.event,
+            "data": self.data,
+            "sent_at": self.sent_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+
+
+def _timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class ClientError(Exception):
@@ -154,6 +207,9 @@ class SessionClient:
         self.urls = urls or []
         self.connect_kwargs = connect_kwargs or {}
         self.resumes = 0  # how many times hold() resumed the session on a new connection
+        self.last_seq = 0  # the highest event seq seen for this session: sent on every resume
+        self.missed_resumes = 0  # resumes whose replay could not be complete (`missed`)
+        self._events: deque[SessionEvent] = deque()  # arrived while a reply was awaited
 
     async def new_session(
         self,
@@ -167,14 +223,31 @@ class SessionClient:
         frame: dict[str, Any] = {"type": "new_session", "workspace_dir": workspace_dir}
         if resumable:
             frame["resumable"] = True
-        return await self._request(frame, request_id, timeout)
+        session = await self._request(frame, request_id, timeout)
+        self.last_seq, self._events = 0, deque()
+        return session
 
     async def resume_session(
-        self, session_id: UUID | str, resume_token: str, request_id: RequestId | None = None, *, timeout: float = 10.0
+        self,
+        session_id: UUID | str,
+        resume_token: str,
+        request_id: RequestId | None = None,
+        *,
+        last_seq: int | None = None,
+        timeout: float = 10.0,
     ) -> Session:
-        """Reattach a resumable session to this connection; SessionNotFound when it is gone."""
-        frame = {"type": "resume_session", "session_id": str(session_id), "resume_token": resume_token}
-        return await self._request(frame, request_id, timeout)
+        """Reattach a resumable session to this connection; SessionNotFound when it is gone.
+
+        With `last_seq`, the server replays the kept events after it; they come from `events()`.
+        """
+        frame: dict[str, Any] = {"type": "resume_session", "session_id": str(session_id), "resume_token": resume_token}
+        if last_seq is not None:
+            frame["last_seq"] = last_seq
+            self.last_seq = last_seq
+        session = await self._request(frame, request_id, timeout)
+        if session.missed:
+            self.missed_resumes += 1
+        return session
 
     async def end_session(self, request_id: RequestId | None = None, *, timeout: float = 10.0) -> UUID:
         """End this connection's session now (NoSession when there is none); the connection stays open."""
@@ -191,25 +264,60 @@ class SessionClient:
         if request_id is not None:
             frame["request_id"] = request_id
         await self.websocket.send(json.dumps(frame))
-        reply = await self._receive(timeout)
+        reply = await self._reply(timeout)
         if reply.get("type") == "error":
             raise error_from_frame(reply)
         return reply
+
+    async def _reply(self, timeout: float) -> dict[str, Any]:
+        """The next frame that is not an event; events met on the way wait for `events()`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self._receive(max(0.0, deadline - loop.time()))
+            if frame.get("type") != "session_event":
+                return frame
+            self._event_accept(frame, keep=True)
+
+    def _event_accept(self, frame: dict[str, Any], *, keep: bool = False) -> SessionEvent | None:
+        """An event frame: the SessionEvent, or None for a seq already seen (kept for later if `keep`)."""
+        if frame["seq"] <= self.last_seq:
+            return None
+        self.last_seq = frame["seq"]
+        event = SessionEvent.from_frame(frame)
+        if keep:
+            self._events.append(event)
+        return event
 
     async def hold(self) -> None:
         """Keep the session until the server ends it; raise what ended it (SessionTerminated, ConnectionClosed...).
 
         A resumable session is resumed on a new connection when this one drops or its server
         stops; then this raises only when the session is really gone (SessionNotFound once
-        the grace has run out, SessionTerminated, SessionTakenOver...).
+        the grace has run out, SessionTerminated, SessionTakenOver...). Events are dropped:
+        iterate `events()` instead to receive them.
+        """
+        async for _ in self.events():
+            pass
+
+    async def events(self) -> AsyncIterator[SessionEvent]:
+        """The session's events, each seq once and in order, holding the session as hold() does.
+
+        Ends by raising what ended the session, as hold() does.
         """
         while True:
+            while self._events:
+                yield self._events.popleft()
             try:
                 frame = await self._receive(None)
             except ConnectionClosed:
                 if self.session is None or not self.session.resumable:
                     raise
                 await self._resume_elsewhere()
+                continue
+            if frame.get("type") == "session_event":
+                if (event := self._event_accept(frame)) is not None:
+                    yield event
                 continue
             if frame.get("type") != "error":
                 continue
@@ -246,7 +354,9 @@ class SessionClient:
             else:
                 self.websocket = websocket
                 try:
-                    await self.resume_session(session.session_id, session.resume_token, timeout=min(remaining, 10))
+                    await self.resume_session(
+                        session.session_id, session.resume_token, last_seq=self.last_seq, timeout=min(remaining, 10)
+                    )
                     self.resumes += 1
                     return
                 except SessionNotFound:
@@ -351,7 +461,7 @@ async def _hold_until_interrupted(
                 print("holding the session (resumed after drops and restarts); Ctrl-C ends it", file=sys.stderr)
             else:
                 print("holding the session; Ctrl-C closes it", file=sys.stderr, flush=True)
-            holding = asyncio.ensure_future(client.hold())
+            holding = asyncio.ensure_future(_print_events(client))
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait([holding, stopping], return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
@@ -370,8 +480,18 @@ async def _hold_until_interrupted(
         return 2
 
 
+async def _print_events(client: SessionClient) -> None:
+    """Print each event as a JSON line as it comes; say on stderr when a resume missed some."""
+    missed = client.missed_resumes
+    async for event in client.events():
+        if client.missed_resumes != missed:
+            missed = client.missed_resumes
+            print("some events were no longer kept when the session resumed: reload", file=sys.stderr, flush=True)
+        print(json.dumps(event.as_json()), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: open a session, print it as JSON, hold it until Ctrl-C."""
+    """Command line: open a session, print it and then each event as JSON, hold it until Ctrl-C."""
     parser = argparse.ArgumentParser(prog="python -m sessions_app.client", description=main.__doc__)
     parser.add_argument("url", help="the WebSocket endpoint, e.g. ws://127.0.0.1:8000/ws")
     parser.add_argument("workspace_dir", help="absolute path of the workspace directory")

@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
     "WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS": 2.0,
     "WSS_WORKSPACE_RESOLVE_THREADS": 4,
     "WSS_MAX_QUEUED_FRAMES": 40,
+    # Session events (protocol v1.2, delivery.py): the window kept per resumable session for
+    # its replay (0: none), and the events per second a session may be sent (0: no bound).
+    "WSS_SESSION_EVENTS_KEPT": 1000,
+    "WSS_SESSION_EVENT_RATE": 100.0,
 }
 
 

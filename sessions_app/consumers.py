@@ -1,12 +1,13 @@
 """The WebSocket consumer: glue only. Decode, dispatch to one handler per type, reply or close."""
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from . import connections, events, message_types, protocol
+from . import connections, delivery, events, message_types, protocol
 from .compat import WithoutConnectionHop
 from .conf import app_settings
 from .errors import (
@@ -41,6 +42,9 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
 
     session: SessionRecord | None = None
     closing_error: str | None = None  # the error code the server closed with, if it did
+    delivered_seq = 0  # the session's last event seq when this connection took it
+    event_stream: delivery.EventStream | None = None  # made at the first event: a quiet session pays nothing
+    gap_timer: asyncio.Task | None = None  # the wake-up after an event gap, while one is open
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Run the connection; however it ends, even by a channel-layer failure, its row goes too."""
@@ -124,6 +128,7 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
             user_id=self.user_id,
             resumable=message.resumable,
         )
+        self.events_reset(0)
         grant = protocol.ResumeGrant(self.session.resume_token, resume_grace_seconds()) if message.resumable else None
         await self.send_json(
             protocol.new_session_reply(
@@ -151,11 +156,13 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
             channel_name=self.channel_name,
             client_addr=client_address(self.scope),
             user_id=self.user_id,
+            last_seq=message.last_seq,
         )
         if resumed is None:
             # One message for every cause, so the reply tells a guesser nothing.
             raise SessionNotFound("There is no resumable session with this id and token.")
         self.session = resumed.record
+        self.events_reset(resumed.replay.base_seq)
         await self.send_json(
             protocol.session_resumed_reply(
                 session_id=self.session.session_id,
@@ -163,8 +170,12 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
                 created_at=self.session.created_at,
                 resume=protocol.ResumeGrant(self.session.resume_token, resume_grace_seconds()),
                 request_id=message.request_id,
+                replay=resumed.replay.count,
             )
         )
+        # Before any live event: channel-layer messages wait until this handler returns.
+        for frame in resumed.replay.frames:
+            await self.send(text_data=frame)
         events.session_resumed(self.scope, self.session, taken_over=bool(resumed.previous_channel))
         if resumed.previous_channel:
             await self.tell(resumed.previous_channel, "session.taken_over", self.session)
@@ -179,6 +190,57 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
         await session_close(session_id=session.session_id, channel_name=held_channel(session, self.channel_name))
         await self.send_json(protocol.session_ended_reply(session_id=session.session_id, request_id=message.request_id))
         events.session_ended(self.scope, session, reason="client_close")
+
+    async def session_event(self, event: dict[str, Any]) -> None:
+        """Channel-layer event `session.event`: deliver the session's events once each, in seq order."""
+        session = self.session
+        if session is None or self.closing_error is not None or str(session.session_id) != event.get("session_id"):
+            return
+        seq, frame = event.get("seq"), event.get("frame")
+        if not isinstance(seq, int) or not isinstance(frame, str):
+            logger.warning("dropped a malformed session.event for session %s", session.session_id)
+            return  # a message no sender of ours made: never let it end the connection
+        if self.event_stream is None:
+            self.event_stream = delivery.EventStream(
+                session_id=session.session_id, delivered=self.delivered_seq, resumable=session.resumable
+            )
+        for ready in await self.event_stream.arrived(seq, frame):
+            await self.send(text_data=ready)
+        self.gap_wait()
+
+    async def session_event_gap(self, event: dict[str, Any]) -> None:
+        """Channel-layer event `session.event_gap`: a missing seq did not come in time; fill or skip it."""
+        self.gap_timer = None
+        stream = self.event_stream
+        if stream is None or self.session is None or self.closing_error is not None:
+            return
+        if str(stream.session_id) != event.get("session_id"):
+            return
+        for frame in await stream.gap_close():
+            await self.send(text_data=frame)
+        self.gap_wait()
+
+    def gap_wait(self) -> None:
+        """Wake this consumer (through its own channel, in turn with its events) if a gap is still open later."""
+        if self.gap_timer is not None or self.event_stream is None or not self.event_stream.waiting:
+            return
+        stream = self.event_stream
+        self.gap_timer = asyncio.ensure_future(self.gap_wake(str(stream.session_id), stream.gap_wait_seconds))
+
+    async def gap_wake(self, session_id: str, after: float) -> None:
+        """After `after` seconds, queue a `session.event_gap` for this consumer; a failed send is logged."""
+        await asyncio.sleep(after)
+        try:
+            await self.channel_layer.send(self.channel_name, {"type": "session.event_gap", "session_id": session_id})
+        except Exception:
+            logger.warning("could not wake the consumer of session %s after an event gap", session_id)
+
+    def events_reset(self, delivered_seq: int) -> None:
+        """A session taken on this connection: its events continue after `delivered_seq`."""
+        self.delivered_seq, self.event_stream = delivered_seq, None
+        if self.gap_timer is not None:
+            self.gap_timer.cancel()
+            self.gap_timer = None
 
     async def session_terminate(self, event: dict[str, Any]) -> None:
         """Channel-layer event `session.terminate`: an operator ended this session."""
@@ -203,6 +265,8 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         """End or detach the session, if any (release.session_release decides). Idempotent; never raises."""
         connections.connection_closed(self)
+        if self.gap_timer is not None:
+            self.gap_timer.cancel()
         session, self.session = self.session, None
         if session is None:
             return

@@ -71,6 +71,11 @@ def session_terminate_requested(*, session_id: Any, actor: str, via: str, result
     _emit("session_terminate", session_id=session_id, actor=actor, via=via, result=str(result))
 
 
+def session_event_sent(*, session_id: Any, actor: str, via: str, event: str, seq: int) -> None:
+    """Someone sent a session an event (the audit line), through `via`; `seq` is the one it got."""
+    _emit("session_event_sent", session_id=session_id, actor=actor, via=via, event_name=event, seq=seq)
+
+
 def session_detached(scope: dict[str, Any], session: SessionRecord, *, reason: str, close_code: int | None) -> None:
     """A resumable session's connection ended without ending it: it waits for a resume."""
     metrics.session_detached(reason)

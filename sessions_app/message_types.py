@@ -249,7 +249,7 @@ class MessageContext:
 
     async def send_event(self, event: str, data: Any) -> int:
         """Push a `session_event` to this session (sessions_app/delivery.py); returns its seq."""
-        from .delivery import asend_session_event  # type: ignore[import-not-found]  # lands with session events
+        from .delivery import asend_session_event  # delivery imports the models: not loaded before the apps
 
         if self.session is None:
             raise RuntimeError("send_event needs a session: declare the type with needs_session=True")

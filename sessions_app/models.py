@@ -63,10 +63,16 @@ class LiveSession(models.Model):
     detached_at = models.DateTimeField(
         null=True, blank=True, db_index=True, help_text="When its connection ended; empty while attached."
     )
+    # Session events (protocol v1.2, sessions_app/delivery.py): the sequence and the sender's
+    # token bucket live on the row, so one row lock orders and bounds every sender of every process.
+    last_seq = models.BigIntegerField(default=0, editable=False, help_text="The seq of the last event sent to it.")
+    event_tokens = models.FloatField(default=0, editable=False)
+    event_tokens_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "live session"
+        permissions = [("send_events_livesession", "Can send events to live session")]
         constraints = [
             # Attached rows have an instance; detached rows have none: one or the other, always.
             models.CheckConstraint(
@@ -83,6 +89,26 @@ class LiveSession(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
+
+
+class SessionEvent(models.Model):
+    """One event kept for a resumable session's replay: the last WSS_SESSION_EVENTS_KEPT of them."""
+
+    id = models.BigAutoField(primary_key=True)
+    # ON DELETE CASCADE in the database (migration 0004), not in Django: the window goes with its
+    # session, and deleting a session that never had an event costs no extra query.
+    session = models.ForeignKey(LiveSession, on_delete=models.DO_NOTHING, related_name="events")
+    seq = models.BigIntegerField()
+    event = models.CharField(max_length=64)
+    data = models.JSONField()
+    sent_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [models.UniqueConstraint(fields=["session", "seq"], name="sessionevent_session_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} #{self.seq} {self.event}"
 
 
 class ApiToken(models.Model):

@@ -2,8 +2,9 @@
 
 DRF's `DjangoModelPermissions` lets any authenticated user read; here reading needs the
 model's view permission too, so the API grants exactly what the admin does: view to list
-and read sessions, delete to terminate them. Kept apart from api.py for the reason given
-in authentication.py (REST_FRAMEWORK names it).
+and read sessions, delete to terminate them, and the model's own "Can send events to live
+session" (send_events_livesession) to send them events. Kept apart from api.py for the
+reason given in authentication.py (REST_FRAMEWORK names it).
 """
 
 from rest_framework.permissions import DjangoModelPermissions
@@ -28,3 +29,9 @@ class ModelPermissions(DjangoModelPermissions):
         user = request.user
         perms = self.get_required_permissions(request.method, queryset.model)
         return bool(user and user.is_authenticated and user.has_perms(perms))
+
+
+class SendEventsPermission(ModelPermissions):
+    """POST needs "Can send events to live session"; the rest as ModelPermissions."""
+
+    perms_map = {**ModelPermissions.perms_map, "POST": ["%(app_label)s.send_events_%(model_name)s"]}

@@ -1,10 +1,11 @@
-"""Wire protocol v1.1, pure: decode a frame into a message, build every reply.
+"""Wire protocol v1.2, pure: decode a frame into a message, build every reply.
 
 Imports neither Channels nor the ORM, so it is tested without a database or event loop.
 See docs/protocol.md for the prose and docs/asyncapi.yaml for the schema.
 """
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from .errors import (
     UnsupportedFrame,
 )
 
+# An event name as senders give it (v1.2): lower case, digits and `_.-`, up to 64 characters.
+EVENT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 # Optional WebSocket subprotocol name; selected when the client offers it (browsers that
 # offer subprotocols, e.g. to carry a token, fail the handshake unless one is selected).
 SUBPROTOCOL = "wss-sessions.v1"
@@ -80,6 +83,8 @@ class ResumeSession(Message):
     session_id: UUID
     resume_token: str
     request_id: RequestId | None = None
+    # v1.2: the highest event seq the client has seen; None replays nothing (v1.1).
+    last_seq: int | None = None
 
     @classmethod
     def parse(cls, fields: Mapping[str, Any], request_id: RequestId | None) -> "ResumeSession":
@@ -88,6 +93,7 @@ class ResumeSession(Message):
             session_id=parse_session_id(fields.get("session_id")),
             resume_token=parse_resume_token(fields.get("resume_token")),
             request_id=request_id,
+            last_seq=parse_last_seq(fields["last_seq"]) if "last_seq" in fields else None,
         )
 
 
@@ -195,6 +201,13 @@ def parse_resume_token(value: Any) -> str:
     return value
 
 
+def parse_last_seq(value: Any) -> int:
+    """A `last_seq`, when given: an integer from 0 to 2**53 - 1 (not null, a boolean or a float)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SAFE_INTEGER:
+        raise InvalidRequest(f'"last_seq" must be an integer from 0 to {MAX_SAFE_INTEGER}: the highest seq seen.')
+    return value
+
+
 def new_session_reply(
     *,
     session_id: UUID,
@@ -234,9 +247,15 @@ class ResumeGrant:
 
 
 def session_resumed_reply(
-    *, session_id: UUID, workspace_dir: str, created_at: datetime, resume: ResumeGrant, request_id: RequestId | None
+    *,
+    session_id: UUID,
+    workspace_dir: str,
+    created_at: datetime,
+    resume: ResumeGrant,
+    request_id: RequestId | None,
+    replay: "ReplayCount | None" = None,
 ) -> dict[str, Any]:
-    """The success reply to `resume_session`: the same session, a new token."""
+    """The success reply to `resume_session`: the same session, a new token; with `last_seq`, the replay's count."""
     reply: dict[str, Any] = {
         "type": "session_resumed",
         "session_id": str(session_id),
@@ -244,9 +263,31 @@ def session_resumed_reply(
         "created_at": format_timestamp(created_at),
         **resume.fields(),
     }
+    if replay is not None:
+        reply["replayed"], reply["missed"] = replay.replayed, replay.missed
     if request_id is not None:
         reply["request_id"] = request_id
     return reply
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayCount:
+    """What `session_resumed` says of the replay: how many events follow, and whether some were lost."""
+
+    replayed: int
+    missed: bool
+
+
+def session_event_reply(*, session_id: UUID, seq: int, event: str, data: Any, sent_at: datetime) -> dict[str, Any]:
+    """A `session_event` frame (v1.2): an event an application sent to the session."""
+    return {
+        "type": "session_event",
+        "session_id": str(session_id),
+        "seq": seq,
+        "event": event,
+        "data": data,
+        "sent_at": format_timestamp(sent_at),
+    }
 
 
 def session_ended_reply(*, session_id: UUID, request_id: RequestId | None) -> dict[str, Any]:
@@ -351,5 +392,5 @@ def _json_kind(value: Any) -> str:
 
 
 def encode(reply: Mapping[str, Any]) -> str:
-    """Serialize a reply; ensure_ascii keeps lone surrogates from breaking the UTF-8 frame."""
-    return json.dumps(reply, separators=(",", ":"))
+    """Serialize a reply; ensure_ascii keeps lone surrogates from breaking the UTF-8 frame, and NaN is no JSON."""
+    return json.dumps(reply, separators=(",", ":"), allow_nan=False)

@@ -44,6 +44,16 @@ RESUME_SESSION = {
             "maxLength": protocol.MAX_RESUME_TOKEN_CHARS,
             "description": "The token from the last `new_session` or `session_resumed` reply for this session.",
         },
+        "last_seq": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": protocol.MAX_SAFE_INTEGER,
+            "description": (
+                "v1.2. The highest event seq the client has seen (0: none yet). The kept events after it are"
+                " replayed after `session_resumed`. Anything but such an integer is invalid_request (the"
+                " connection stays). Without it nothing is replayed (v1.1)."
+            ),
+        },
     },
 }
 
@@ -78,6 +88,7 @@ async def new_session(context: MessageContext, message: protocol.NewSession) -> 
             "type": "resume_session",
             "session_id": "0b4c7f7e-4d4b-4c55-9e0c-5a0c1f6ad2a1",
             "resume_token": "hT0qz3b1o4mYl5vX8a2kQ9wR7eN6cU1pS3dF0gJ5hK2",
+                "last_seq": 6,
             "request_id": "r2",
         }
     ],

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
+from . import delivery
 from .database import registry_timeout
 from .errors import Unavailable
 from .instances import instance_registered_run, resume_grace_seconds
@@ -146,10 +147,17 @@ class Resumed:
 
     record: SessionRecord
     previous_channel: str
+    replay: delivery.Replay  # the events the resume owes its client, read under the row's lock
 
 
 async def session_resume(
-    *, session_id: uuid.UUID, resume_token: str, channel_name: str, client_addr: str, user_id: int | None
+    *,
+    session_id: uuid.UUID,
+    resume_token: str,
+    channel_name: str,
+    client_addr: str,
+    user_id: int | None,
+    last_seq: int | None = None,
 ) -> Resumed | None:
     """Reattach a resumable session to this connection, spending its token; None when there is none.
 
@@ -172,6 +180,7 @@ async def session_resume(
         client_addr=client_addr[:CLIENT_ADDR_MAX],
         user_id=user_id,
         grace_seconds=resume_grace_seconds(),
+        last_seq=last_seq,
     )
     try:
         with process_state().inserts_in_flight.writing(session_id):
@@ -183,20 +192,20 @@ async def session_resume(
         raise Unavailable("The session registry is unavailable right now; try again shortly.") from None
     if result is None:
         return None
-    record, previous_channel = result
-    return Resumed(record=replace(record, resume_token=token), previous_channel=previous_channel)
+    record, previous_channel, replay = result
+    return Resumed(record=replace(record, resume_token=token), previous_channel=previous_channel, replay=replay)
 
 
-def session_resume_sync(operation: "SessionResume") -> tuple[SessionRecord, str] | None:
+def session_resume_sync(operation: "SessionResume") -> tuple[SessionRecord, str, delivery.Replay] | None:
     """Apply a resume: lock the row, check token, owner and grace, move it here.
 
-    Returns the session and the channel that held it (empty if detached), or None.
+    Returns the session, the channel that held it (empty if detached) and its replay, or None.
     """
     return instance_registered_run(lambda: _session_move(operation))
 
 
 @transaction.atomic
-def _session_move(operation: "SessionResume") -> tuple[SessionRecord, str] | None:
+def _session_move(operation: "SessionResume") -> tuple[SessionRecord, str, delivery.Replay] | None:
     now = timezone.now()
     row = (
         LiveSession.objects.select_for_update()
@@ -218,7 +227,10 @@ def _session_move(operation: "SessionResume") -> tuple[SessionRecord, str] | Non
     record = SessionRecord(
         session_id=row.id, workspace_dir=row.workspace_dir, created_at=row.created_at, resumable=True
     )
-    return record, previous_channel
+    # Under the row's lock: every event up to the row's last_seq went to the previous channel
+    # (and is kept), every later one goes to this one. No event falls between the two.
+    replay = delivery.replay_read(session_id=row.id, base_seq=row.last_seq, last_seq=operation.last_seq)
+    return record, previous_channel, replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +265,7 @@ class SessionResume:
     client_addr: str
     user_id: int | None
     grace_seconds: float
+    last_seq: int | None = None  # v1.2: replay the kept events after it
 
 
 def _session_row(operation: SessionInsert) -> LiveSession:

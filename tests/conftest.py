@@ -144,6 +144,18 @@ def servers(server_factory) -> Callable[..., ServerProcess]:
 
 
 @pytest.fixture
+def sender_token(django_user_model) -> str:
+    """An API token of a user who may send sessions events (and nothing else)."""
+    from django.contrib.auth.models import Permission
+
+    from sessions_app.tokens import token_create
+
+    user = django_user_model.objects.create_user("sender", password="pw")
+    user.user_permissions.add(Permission.objects.get(codename="send_events_livesession"))
+    return token_create(user=user, name="tests")[1]
+
+
+@pytest.fixture
 async def database_proxy(production_services) -> AsyncIterator:
     """A TcpProxy in front of the test's PostgreSQL (servers.database_url_via gives its URL)."""
     from django.db import connection

@@ -4,6 +4,7 @@ WSS_TEST_SERVER=uvicorn-sansio (or another name below) starts every server proce
 run under that server instead, to try a candidate on the whole live suite.
 """
 
+import asyncio
 import http.client
 import json
 import os
@@ -12,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -253,3 +256,27 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+def post_event_sync(server: ServerProcess, token: str, session_id: str, body: dict) -> tuple[int, dict, dict]:
+    """POST /api/sessions/<id>/events on a real server with a bearer token: status, JSON body, headers."""
+    request = urllib.request.Request(
+        f"{server.http_url}/api/sessions/{session_id}/events",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}"), dict(error.headers)
+
+
+async def post_event(server: ServerProcess, token: str, session_id: str, data, event: str = "tick") -> int:
+    """Send one event through a real server's API, off the event loop; its seq (the answer must be 202)."""
+    status, body, _ = await asyncio.to_thread(
+        post_event_sync, server, token, session_id, {"event": event, "data": data}
+    )
+    assert status == 202, (status, body)
+    return body["seq"]

@@ -86,3 +86,18 @@ def test_only_superusers_mint_tokens_for_other_users(client, staff_user, admin_u
     client.force_login(admin_user)
     client.post("/admin/sessions_app/apitoken/add/", {"user": minter.pk, "name": "from the superuser"})
     assert ApiToken.objects.filter(user=minter, name="from the superuser").exists()
+
+
+def test_the_send_events_permission_grants_the_same_in_the_admin_and_the_api(client, staff_user, dead_sessions):
+    """Without it, neither the API's POST nor the admin's notice action sends; with it, both do."""
+    target = dead_sessions[0].pk
+    body = {"event": "notice", "data": {"text": "hi"}}
+    action = {"action": "send_notice", "_selected_action": [str(target)], "text": "hi", "apply": "yes"}
+    client.force_login(staff_user("viewer", "view_livesession", "delete_livesession"))
+    assert client.post(f"/api/sessions/{target}/events", body, content_type="application/json").status_code == 403
+    client.post("/admin/sessions_app/livesession/", action)
+    assert LiveSession.objects.get(pk=target).last_seq == 0
+    client.force_login(staff_user("sender", "view_livesession", "send_events_livesession"))
+    assert client.post(f"/api/sessions/{target}/events", body, content_type="application/json").status_code == 202
+    client.post("/admin/sessions_app/livesession/", action)
+    assert LiveSession.objects.get(pk=target).last_seq == 2

@@ -190,3 +190,69 @@ def test_terminate_action_says_so_at_error_level_when_the_channel_layer_fails(
     assert '<li class="error">1 session was not terminated: the channel layer (Redis) is unavailable.' in page
     assert "Terminated" not in page
     assert LiveSession.objects.count() == 3
+
+
+def notice(client, ids, **fields):
+    data = {"action": "send_notice", "_selected_action": [str(pk) for pk in ids], **fields}
+    return client.post("/admin/sessions_app/livesession/", data, follow=True)
+
+
+def test_send_notice_asks_for_the_text_then_sends_it_to_each_selected_session(admin_client, sessions):
+    from django.contrib.admin.models import CHANGE, LogEntry
+
+    form = notice(admin_client, [sessions[0].pk, sessions[1].pk])
+    page = form.content.decode()
+    assert 'name="text"' in page and str(sessions[1].pk) in page
+    assert LiveSession.objects.get(pk=sessions[0].pk).last_seq == 0  # nothing sent before the text
+    done = notice(admin_client, [sessions[0].pk, sessions[1].pk], text="Maintenance at 10:00", apply="yes")
+    messages = [str(m) for m in done.context["messages"]]
+    assert f"Session {sessions[0].pk}: notice sent as event 1." in messages
+    assert f"Session {sessions[1].pk}: notice sent as event 1." in messages
+    assert LiveSession.objects.get(pk=sessions[2].pk).last_seq == 0
+    entry = LogEntry.objects.get(object_id=str(sessions[0].pk))
+    assert (entry.action_flag, entry.change_message) == (CHANGE, "Sent event notice (seq 1) through the admin.")
+
+
+def test_send_notice_reports_each_refused_session(admin_client, sessions, settings):
+    settings.WSS_SESSION_EVENT_RATE = 1
+    notice(admin_client, [sessions[0].pk], text="one", apply="yes")
+    done = notice(admin_client, [sessions[0].pk, sessions[1].pk], text="two", apply="yes")
+    messages = [(m.level_tag, str(m)) for m in done.context["messages"]]
+    assert (
+        "error",
+        f"Session {sessions[0].pk}: not sent: This session may be sent 1 events per second; try again in 1 s.",
+    ) in messages
+    assert ("success", f"Session {sessions[1].pk}: notice sent as event 1.") in messages
+
+
+def test_send_notice_needs_the_send_permission(client, django_user_model, sessions):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
+    client.force_login(viewer)
+    assert "send_notice" not in client.get("/admin/sessions_app/livesession/").content.decode()
+    notice(client, [sessions[0].pk], text="no", apply="yes")
+    assert LiveSession.objects.get(pk=sessions[0].pk).last_seq == 0
+    viewer.user_permissions.add(Permission.objects.get(codename="send_events_livesession"))
+    assert "send_notice" in client.get("/admin/sessions_app/livesession/").content.decode()
+    notice(client, [sessions[0].pk], text="yes", apply="yes")
+    assert LiveSession.objects.get(pk=sessions[0].pk).last_seq == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_notice_from_the_admin_reaches_the_sessions_client(admin_client, workspace):
+    from asgiref.sync import sync_to_async
+
+    from .communicators import open_session
+
+    comm, reply = await open_session(workspace, ok=True)
+    await sync_to_async(notice)(admin_client, [reply["session_id"]], text="Restart at 10:00", apply="yes")
+    frame = await comm.receive_json_from(timeout=5)
+    assert (frame["type"], frame["seq"], frame["event"], frame["data"]) == (
+        "session_event",
+        1,
+        "notice",
+        {"text": "Restart at 10:00"},
+    )
+    await comm.disconnect()

@@ -182,3 +182,109 @@ def test_deleting_a_detached_session_terminates_it(admin_client, sessions):
     LiveSession.objects.filter(pk=detached.pk).update(instance=None, channel_name="", detached_at=timezone.now())
     assert admin_client.delete(f"/api/sessions/{detached.pk}").status_code == 204
     assert not LiveSession.objects.filter(pk=detached.pk).exists()
+
+
+# --- POST /api/sessions/<id>/events ----------------------------------------------------------------
+
+
+def post_event(client, session_id, body, **extra):
+    return client.post(f"/api/sessions/{session_id}/events", body, content_type="application/json", **extra)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_post_event_is_202_with_the_seq_and_the_session_gets_it_and_it_is_audited(admin_client, workspace):
+    from django.contrib.admin.models import CHANGE, LogEntry
+
+    comm, reply = await open_session(workspace)
+    session_id = reply["session_id"]
+    for n in (1, 2):
+        response = await sync_to_async(post_event)(admin_client, session_id, {"event": "build.finished", "data": n})
+        assert (response.status_code, response.json()) == (202, {"seq": n})
+    frames = [await comm.receive_json_from(timeout=5) for _ in range(2)]
+    assert [(f["type"], f["seq"], f["event"], f["data"]) for f in frames] == [
+        ("session_event", 1, "build.finished", 1),
+        ("session_event", 2, "build.finished", 2),
+    ]
+    entries = [entry async for entry in LogEntry.objects.filter(object_id=session_id).order_by("pk")]
+    assert [(e.action_flag, e.change_message) for e in entries] == [
+        (CHANGE, "Sent event build.finished (seq 1) through the sessions API."),
+        (CHANGE, "Sent event build.finished (seq 2) through the sessions API."),
+    ]
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"data": 1}, "event"),
+        ({"event": "Bad Name", "data": 1}, "event"),
+        ({"event": 7, "data": 1}, "event"),
+        ({"event": "ok"}, "data"),
+        ([1, 2], "detail"),
+    ],
+)
+def test_post_event_with_a_bad_or_missing_name_or_no_data_is_400(admin_client, sessions, body, field):
+    response = post_event(admin_client, sessions[0].pk, body)
+    assert response.status_code == 400
+    assert field in response.json()
+    assert LiveSession.objects.get(pk=sessions[0].pk).last_seq == 0
+
+
+def test_post_event_with_null_data_is_accepted(admin_client, sessions):
+    assert post_event(admin_client, sessions[0].pk, {"event": "ping", "data": None}).status_code == 202
+
+
+def test_post_event_to_an_unknown_or_malformed_session_is_404(admin_client, sessions):
+    for missing in (uuid.uuid4(), "not-a-uuid"):
+        assert post_event(admin_client, missing, {"event": "x", "data": 1}).status_code == 404
+
+
+def test_post_event_over_the_frame_limit_is_413(admin_client, sessions, settings):
+    settings.WSS_MAX_MESSAGE_BYTES = 500
+    response = post_event(admin_client, sessions[0].pk, {"event": "x", "data": "y" * 500})
+    assert response.status_code == 413
+    assert "500" in response.json()["detail"]
+
+
+def test_post_event_over_the_rate_is_429_with_retry_after(admin_client, sessions, settings):
+    settings.WSS_SESSION_EVENT_RATE = 2
+    assert [post_event(admin_client, sessions[0].pk, {"event": "x", "data": 1}).status_code for _ in range(2)] == [
+        202,
+        202,
+    ]
+    limited = post_event(admin_client, sessions[0].pk, {"event": "x", "data": 1})
+    assert limited.status_code == 429
+    assert limited["Retry-After"] == "1"
+
+
+def test_post_event_needs_the_send_permission_not_view_or_delete(client, django_user_model, sessions):
+    from django.contrib.auth.models import Permission
+
+    anonymous = post_event(client, sessions[0].pk, {"event": "x", "data": 1})
+    assert anonymous.status_code == 401
+    ops = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
+    ops.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
+    client.force_login(ops)
+    assert post_event(client, sessions[0].pk, {"event": "x", "data": 1}).status_code == 403
+    sender = django_user_model.objects.create_user("sender", password="pw")
+    sender.user_permissions.add(Permission.objects.get(codename="send_events_livesession"))
+    client.force_login(sender)
+    assert post_event(client, sessions[0].pk, {"event": "x", "data": 1}).status_code == 202
+    assert Permission.objects.get(codename="send_events_livesession").name == "Can send events to live session"
+
+
+@pytest.mark.production
+@pytest.mark.usefixtures("production_services")
+@pytest.mark.django_db(transaction=True)
+def test_post_event_while_the_registry_cannot_take_it_is_503_and_nothing_is_done(admin_client, sessions):
+    """Another connection holds the session's row past DATABASE_LOCK_TIMEOUT: PostgreSQL gives up the wait."""
+    import psycopg
+
+    from .servers import test_database_url
+
+    with psycopg.connect(test_database_url()) as other:
+        other.execute("SELECT 1 FROM sessions_app_livesession WHERE id = %s FOR UPDATE", [sessions[0].pk])
+        response = post_event(admin_client, sessions[0].pk, {"event": "x", "data": 1})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5" and "unavailable" in response.json()["detail"]
+    assert LiveSession.objects.get(pk=sessions[0].pk).last_seq == 0

@@ -98,6 +98,9 @@ def test_documented_examples_validate():
     check_client_frame(messages["NewSessionRequest"]["examples"][0]["payload"])
     check_server_frame(messages["NewSessionReply"]["examples"][0]["payload"])
     check_server_frame(messages["Error"]["examples"][0]["payload"])
+    check_client_frame(messages["ResumeSessionRequest"]["examples"][0]["payload"])
+    check_server_frame(messages["SessionResumedReply"]["examples"][0]["payload"])
+    check_server_frame(messages["SessionEvent"]["examples"][0]["payload"])
 
 
 def test_reply_builders_produce_valid_frames():
@@ -107,6 +110,10 @@ def test_reply_builders_produce_valid_frames():
         session_id=uuid.uuid4(), workspace_dir="/srv/ws", created_at=datetime.now(UTC), request_id=7
     )
     check_server_frame(protocol.encode(reply))
+    event = protocol.session_event_reply(
+        session_id=uuid.uuid4(), seq=1, event="a.b", data={"x": [1, None]}, sent_at=datetime.now(UTC)
+    )
+    check_server_frame(protocol.encode(event))
     for cls in all_error_classes():
         check_server_frame(protocol.encode(protocol.error_reply(cls("message", request_id="r"))))
 

@@ -66,3 +66,26 @@ def test_smallest_scale_run_holds_every_session_once_and_drains_to_zero(tmp_path
     figures = json.loads(output.read_text())
     assert (figures["sessions"], figures["registry_while_held"], figures["registry_after"]) == (90, 90, 0)
     assert figures["instances"] == 3 and not figures["errors"]
+
+
+@pytest.mark.production
+def test_smallest_delivery_run_measures_every_path(production_services, settings):
+    from .servers import test_database_url
+
+    run = run_bench(
+        "bench.delivery",
+        "--samples=3",
+        "--events=20",
+        "--sessions=2",
+        "--kept=20",
+        f"--postgres-url={test_database_url()}_delivery",  # a database of its own: the run drops it
+        f"--redis-url={settings.REDIS_URL}",
+        f"--redis-prefix={settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}-bench-delivery",
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    figures = json.loads(run.stdout)
+    for path in ("latency_http_same_process", "latency_http_across_processes", "latency_python_other_process"):
+        assert 0 < figures[path]["accepted_to_received_p50_ms"] <= figures[path]["p99_ms"], figures[path]
+    assert figures["throughput"]["events"] == 20 and figures["throughput"]["events_per_second_end_to_end"] > 0
+    assert figures["window"]["bytes_per_event"] > figures["window"]["payload_json_bytes"]
+    assert figures["redis_stream_alternative"]["bytes_per_entry"] > 0

@@ -163,3 +163,27 @@ def test_a_resumable_session_closed_from_the_console_ends(daphne_server, workspa
         expect(console.locator("#close-code")).to_have_text("1000")
         expect(console.locator("#state")).to_have_text("closed")
         assert not LiveSession.objects.filter(pk=session_id).exists()
+
+
+def test_the_console_lists_events_with_their_seq_and_resumes_with_last_seq(
+    daphne_server, workspace, browser: Browser, request, sender_token
+):
+    from .servers import post_event_sync
+
+    with browser_tabs(browser, daphne_server, request.node.name) as context:
+        console, session_id = open_resumable_session(context, workspace)
+        for text in ("first", "second"):
+            assert post_event_sync(daphne_server, sender_token, session_id, {"event": "notice", "data": text})[0] == 202
+        expect(console.locator("#events li")).to_have_count(2)
+        expect(console.locator("#events li").nth(1)).to_contain_text('#2 notice "second"')
+        expect(console.locator("#last-seq")).to_have_text("2")
+
+        console.reload()  # detached; the new page resumes from sessionStorage with the seq it kept
+        expect(console.locator("#log")).to_contain_text('"type":"session_resumed"')
+        expect(console.locator("#log")).to_contain_text('"last_seq":2')
+        expect(console.locator("#log")).to_contain_text('"replayed":0,"missed":false')
+        assert post_event_sync(daphne_server, sender_token, session_id, {"event": "notice", "data": "third"})[0] == 202
+        expect(console.locator("#events li")).to_have_count(1)  # a reloaded page starts its list afresh
+        expect(console.locator("#events li").first).to_contain_text('#3 notice "third"')
+        expect(console.locator("#last-seq")).to_have_text("3")
+        screenshot(console, "8-console-events-after-a-reload")

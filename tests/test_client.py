@@ -206,3 +206,73 @@ async def test_hold_raises_session_taken_over_when_another_client_resumes_it(dap
             await asyncio.wait_for(holding, 10)
         assert taken.value.close_code == 4409
         assert (await LiveSession.objects.aget(pk=session.session_id)).detached_at is None  # held by `second`
+
+
+# --- Events (protocol v1.2) ---------------------------------------------------------------------
+
+
+def test_a_session_event_round_trips_its_wire_fields():
+    from sessions_app.client import SessionEvent
+
+    frame = {
+        "session_id": str(uuid.uuid4()),
+        "seq": 3,
+        "event": "a.b",
+        "data": [1],
+        "sent_at": "2026-12-03T08:00:00.123Z",
+    }
+    assert SessionEvent.from_frame({"type": "session_event", **frame}).as_json() == frame
+
+
+@pytest.mark.usefixtures("transactional_db")
+@pytest.mark.live
+async def test_events_come_in_order_across_drops_resumed_with_last_seq_and_a_missed_replay_is_reported(
+    servers, workspace, sender_token
+):
+    from .servers import post_event
+
+    server = servers(WSS_SESSION_EVENTS_KEPT="3")
+    async with connect(server.url) as client:
+        session = await client.new_session(str(workspace), resumable=True)
+        events = client.events()
+        await post_event(server, sender_token, str(session.session_id), "one")
+        first = await asyncio.wait_for(anext(events), 10)
+        assert (first.seq, first.data, client.last_seq) == (1, "one", 1)
+        client.websocket.transport.abort()  # a drop: the next read resumes with last_seq=1
+        await wait_until(
+            lambda: LiveSession.objects.filter(pk=session.session_id, detached_at__isnull=False).aexists(), 10
+        )
+        for n in range(2):
+            await post_event(server, sender_token, str(session.session_id), n)
+        replayed = [await asyncio.wait_for(anext(events), 15) for _ in range(2)]
+        assert [(e.seq, e.data) for e in replayed] == [(2, 0), (3, 1)]
+        assert (client.resumes, client.session.replayed, client.session.missed) == (1, 2, False)
+        client.websocket.transport.abort()
+        await wait_until(
+            lambda: LiveSession.objects.filter(pk=session.session_id, detached_at__isnull=False).aexists(), 10
+        )
+        for n in range(5):  # more than the window of 3 while away
+            await post_event(server, sender_token, str(session.session_id), n)
+        after = [await asyncio.wait_for(anext(events), 15) for _ in range(3)]
+        assert [e.seq for e in after] == [6, 7, 8]
+        assert (client.session.missed, client.missed_resumes, client.last_seq) == (True, 1, 8)
+
+
+@pytest.mark.usefixtures("transactional_db")
+@pytest.mark.live
+def test_the_cli_prints_each_event_as_a_json_line(daphne_server, workspace, sender_token):
+    from .servers import post_event_sync
+
+    cli = run_cli(daphne_server.url, str(workspace), "--resumable")
+    try:
+        printed = json.loads(cli.stdout.readline())
+        status, body, _ = post_event_sync(
+            daphne_server, sender_token, printed["session_id"], {"event": "build.finished", "data": {"ok": True}}
+        )
+        assert (status, body) == (202, {"seq": 1})
+        event = json.loads(cli.stdout.readline())
+        assert (event["seq"], event["event"], event["data"]) == (1, "build.finished", {"ok": True})
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(timeout=20) == 0
+    finally:
+        cli.kill()

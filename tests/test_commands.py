@@ -80,3 +80,55 @@ def test_terminate_sessions_exits_75_when_the_channel_layer_fails(unreachable_ch
         run("terminate_sessions", session_id)
     assert failed.value.returncode == 75
     assert LiveSession.objects.filter(pk=session_id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_send_session_event_prints_the_seq_and_the_session_gets_the_event(workspace):
+    from asgiref.sync import sync_to_async
+
+    from .communicators import open_session
+
+    comm, reply = await open_session(workspace, ok=True)
+    printed = await sync_to_async(run)("send_session_event", reply["session_id"], "notice", '{"text": "hi"}')
+    assert printed == "1\n"
+    frame = await comm.receive_json_from(timeout=5)
+    assert (frame["type"], frame["seq"], frame["event"], frame["data"]) == (
+        "session_event",
+        1,
+        "notice",
+        {"text": "hi"},
+    )
+    assert await sync_to_async(run)("send_session_event", reply["session_id"], "bare") == "2\n"
+    assert (await comm.receive_json_from(timeout=5))["data"] is None
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("args", "returncode"),
+    [
+        (["Bad Name", "1"], 65),
+        (["ok", "{not json"], 65),
+        (["ok", "NaN"], 65),
+        (["ok", '"' + "x" * 70000 + '"'], 65),
+    ],
+)
+def test_send_session_event_refusals_exit_with_their_code(instance_with_sessions, args, returncode):
+    _, [row] = instance_with_sessions(sessions=1)
+    with pytest.raises(CommandError) as refused:
+        run("send_session_event", str(row.pk), *args)
+    assert refused.value.returncode == returncode
+    assert LiveSession.objects.get(pk=row.pk).last_seq == 0
+
+
+def test_send_session_event_to_no_such_session_exits_66_and_over_the_rate_75(instance_with_sessions, settings):
+    import uuid
+
+    with pytest.raises(CommandError) as missing:
+        run("send_session_event", str(uuid.uuid4()), "x")
+    assert missing.value.returncode == 66
+    settings.WSS_SESSION_EVENT_RATE = 1
+    _, [row] = instance_with_sessions(sessions=1)
+    assert run("send_session_event", str(row.pk), "x") == "1\n"
+    with pytest.raises(CommandError) as limited:
+        run("send_session_event", str(row.pk), "x")
+    assert limited.value.returncode == 75

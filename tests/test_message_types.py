@@ -153,7 +153,7 @@ def test_a_huge_bad_value_is_quoted_short():
 def test_unknown_type_lists_the_declared_types():
     with pytest.raises(UnknownType) as refused:
         parse({"type": "teleport"})
-    assert refused.value.message.endswith("msgapp_crash, msgapp_echo, msgapp_hold, msgapp_refuse, msgapp_who.")
+    assert refused.value.message.endswith("msgapp_crash, msgapp_echo, msgapp_hold, msgapp_notify, msgapp_refuse, msgapp_who.")
 
 
 # --- the test app installed, through the real ASGI application ------------------------------
@@ -182,6 +182,22 @@ async def test_a_declared_type_replies_with_the_sessions_context_and_echoes_the_
         "boot_id": str(process_state().identity.boot_id),
         "request_id": 4,
     }
+    await comm.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_handler_sends_an_event_to_its_session_which_arrives_after_the_reply(msgapp, workspace):
+    comm, created = await open_session(workspace, ok=True)
+    await comm.send_json_to({"type": "msgapp_notify", "text": "hi", "request_id": "n1"})
+    assert await comm.receive_json_from(timeout=5) == {"type": "msgapp_notify", "seq": 1, "request_id": "n1"}
+    event = await comm.receive_json_from(timeout=5)
+    assert (event["type"], event["session_id"], event["seq"], event["event"], event["data"]) == (
+        "session_event",
+        created["session_id"],
+        1,
+        "msgapp.note",
+        {"text": "hi"},
+    )
     await comm.disconnect()
 
 

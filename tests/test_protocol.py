@@ -175,3 +175,72 @@ def test_path_limits_are_utf8_bytes_at_exactly_4096_and_255(workspace_dir, accep
     else:
         with pytest.raises(InvalidRequest):
             decode(frame)
+
+
+# --- v1.2: last_seq, the replay count, session_event ------------------------------------------------
+
+RESUME = {"type": "resume_session", "session_id": str(uuid.UUID(int=1, version=4)), "resume_token": "t"}
+
+
+@pytest.mark.parametrize("last_seq", [0, 1, 2**53 - 1])
+def test_resume_session_keeps_a_valid_last_seq(last_seq):
+    message = protocol.decode(json.dumps({**RESUME, "last_seq": last_seq}), None)
+    assert message.last_seq == last_seq
+
+
+def test_resume_session_without_last_seq_has_none():
+    assert protocol.decode(json.dumps(RESUME), None).last_seq is None
+
+
+@pytest.mark.parametrize("last_seq", [-1, 2**53, 1.0, 1.5, "1", True, False, None, [], {}])
+def test_a_bad_last_seq_is_an_invalid_request(last_seq):
+    with pytest.raises(InvalidRequest, match="last_seq"):
+        protocol.decode(json.dumps({**RESUME, "last_seq": last_seq, "request_id": 4}), None)
+
+
+def test_session_resumed_carries_the_replay_count_only_when_asked():
+    fields = {
+        "session_id": uuid.uuid4(),
+        "workspace_dir": "/srv",
+        "created_at": datetime.now(UTC),
+        "resume": protocol.ResumeGrant("tok", 30),
+        "request_id": None,
+    }
+    assert "replayed" not in protocol.session_resumed_reply(**fields)
+    reply = protocol.session_resumed_reply(**fields, replay=protocol.ReplayCount(replayed=3, missed=True))
+    assert (reply["replayed"], reply["missed"]) == (3, True)
+
+
+def test_session_event_frame_fields():
+    session_id = uuid.uuid4()
+    sent_at = datetime(2026, 12, 3, 8, 0, 0, 123456, tzinfo=UTC)
+    frame = protocol.session_event_reply(
+        session_id=session_id, seq=7, event="build.finished", data=None, sent_at=sent_at
+    )
+    assert frame == {
+        "type": "session_event",
+        "session_id": str(session_id),
+        "seq": 7,
+        "event": "build.finished",
+        "data": None,
+        "sent_at": "2026-12-03T08:00:00.123Z",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("a", True),
+        ("build.finished", True),
+        ("x_1-2.y", True),
+        ("a" * 64, True),
+        ("a" * 65, False),
+        ("", False),
+        ("Build", False),
+        (".a", False),
+        ("a b", False),
+        ("a\n", False),
+    ],
+)
+def test_event_names(name, valid):
+    assert (protocol.EVENT_NAME.fullmatch(name) is not None) is valid

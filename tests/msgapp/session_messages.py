@@ -89,3 +89,17 @@ async def hold(context: MessageContext, message: ClientMessage) -> None:
     assert entered is not None and gate is not None
     entered.set()
     await gate.wait()
+
+
+NOTIFIED = {
+    "type": "object",
+    "required": ["seq"],
+    "additionalProperties": False,
+    "properties": {"seq": {"type": "integer"}},
+}
+
+
+@register.message_type("msgapp_notify", schema=ECHO, reply_schema=NOTIFIED)
+async def notify(context: MessageContext, message: ClientMessage) -> dict[str, Any]:
+    """Send the text back to the session as a `msgapp.note` event; reply with its seq."""
+    return {"seq": await context.send_event("msgapp.note", {"text": message.fields["text"]})}

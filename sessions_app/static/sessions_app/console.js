@@ -1,6 +1,8 @@
-// The console speaks protocol v1.1 as any browser client would: one WebSocket, JSON text frames.
+// The console speaks protocol v1.2 as any browser client would: one WebSocket, JSON text frames.
 // A resumable session is resumed after a drop (and after a reload of this tab: the token is
 // kept in sessionStorage, which dies with the tab), with backoff, within the server's grace.
+// Events sent to the session are listed with their seq; the highest seq seen is kept with the
+// token and sent as `last_seq` on resume, so the server replays what came meanwhile.
 "use strict";
 
 const endpoint = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
@@ -15,6 +17,7 @@ let reconnectTimer = null;
 let attempts = 0;
 let resumes = 0;
 let giveUpAt = 0;
+let lastSeq = 0;  // the highest event seq seen for the current session
 
 $("endpoint").textContent = endpoint;
 
@@ -32,7 +35,7 @@ function setState(state) {
   $("end").disabled = state !== "open";
 }
 
-// { session_id, resume_token, resume_grace_seconds } of the session to resume, or null.
+// { session_id, resume_token, resume_grace_seconds, last_seq } of the session to resume, or null.
 function resumeState() {
   try { return JSON.parse(sessionStorage.getItem(STORAGE_KEY)); } catch { return null; }
 }
@@ -41,11 +44,28 @@ function saveResume(reply) {
   if (reply.resume_token) {
     sessionStorage.setItem(STORAGE_KEY, JSON.stringify({
       session_id: reply.session_id, resume_token: reply.resume_token, resume_grace_seconds: reply.resume_grace_seconds,
+      last_seq: lastSeq,
     }));
     $("resumable-state").textContent = `yes (grace ${reply.resume_grace_seconds} s)`;
   } else {
     forgetResume();
   }
+}
+
+function setLastSeq(seq) {
+  lastSeq = seq;
+  $("last-seq").textContent = String(seq);
+  const pending = resumeState();
+  if (pending) sessionStorage.setItem(STORAGE_KEY, JSON.stringify({ ...pending, last_seq: seq }));
+}
+
+function showEvent(frame) {
+  if (frame.seq <= lastSeq) return;  // seen already: the protocol never sends one twice, but be sure
+  setLastSeq(frame.seq);
+  const item = document.createElement("li");
+  item.className = "event";
+  item.textContent = `#${frame.seq} ${frame.event} ${JSON.stringify(frame.data)} (sent ${frame.sent_at})`;
+  $("events").append(item);
 }
 
 function forgetResume() {
@@ -69,9 +89,16 @@ function connect(firstFrame) {
     let reply;
     try { reply = JSON.parse(event.data); } catch { log("error", `not JSON: ${event.data}`); return; }
     const shown = reply.resume_token ? event.data.replace(reply.resume_token, "…") : event.data;
-    if (reply.type === "new_session" || reply.type === "session_resumed") {
+    if (reply.type === "session_event") {
+      showEvent(reply);
+      log("received", shown);
+    } else if (reply.type === "new_session" || reply.type === "session_resumed") {
       $("session-id").textContent = reply.session_id;
-      if (reply.type === "session_resumed") $("resumes").textContent = String(++resumes);
+      if (reply.type === "new_session") { $("events").replaceChildren(); setLastSeq(0); }
+      if (reply.type === "session_resumed") {
+        $("resumes").textContent = String(++resumes);
+        if (reply.missed) log("error", "some events were no longer kept while away: reload their state");
+      }
       saveResume(reply);
       log("received", shown);
     } else if (reply.type === "session_ended") {
@@ -118,7 +145,7 @@ function scheduleResume(pending) {
   reconnectTimer = setTimeout(() => {
     reconnectTimer = null;
     connect(() => ({ type: "resume_session", session_id: pending.session_id, resume_token: pending.resume_token,
-                     request_id: ++requestCounter }));
+                     last_seq: lastSeq, request_id: ++requestCounter }));
   }, delay);
 }
 
@@ -155,6 +182,7 @@ $("end").addEventListener("click", () => {
 const left = resumeState();
 if (left) {
   $("session-id").textContent = left.session_id;
+  setLastSeq(left.last_seq || 0);
   $("resumable-state").textContent = `yes (grace ${left.resume_grace_seconds} s)`;
   scheduleResume(left);
 }
