@@ -38,7 +38,7 @@ from typing import Any, Protocol, TypeVar
 
 from django.db import DatabaseError, close_old_connections, connections
 
-from . import events, services
+from . import activity, events, services
 from .conf import app_settings
 from .errors import ProtocolError, ServerShuttingDown, SessionLost
 
@@ -235,6 +235,19 @@ async def heartbeat() -> None:
         logger.warning(
             "reconciliation failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS
         )
+    try:
+        await activity_write()
+    except Exception as error:
+        logger.warning(
+            "history write failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS
+        )
+
+
+async def activity_write(*, stopped: bool = False) -> None:
+    """Upsert this instance's sessions opened and ended per minute (activity.py): one statement."""
+    snapshot = activity.counts_snapshot()
+    await registry_call(lambda: activity.minutes_write_sync(snapshot, stopped=stopped))
+    activity.counts_written(snapshot)
 
 
 def _describe(error: BaseException) -> str:
@@ -367,6 +380,8 @@ async def stop() -> int:
     except Exception:
         logger.exception("could not remove this instance's sessions; peers will reap them")
     await closes_wait(CLOSE_HANDSHAKE_SECONDS)
+    with contextlib.suppress(Exception):  # after the closes, so their ends count; it says "stopped", not reaped
+        await activity_write(stopped=True)
     await executor_close()
     logger.info("stopped: closed %d connection(s), removed %d session row(s)", len(connections), removed)
     return removed

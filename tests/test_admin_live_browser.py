@@ -1,0 +1,145 @@
+"""The live admin in a real browser, at 1280 x 800 and 1024 x 768: it fits, and it follows the registry.
+
+Debian's Chromium through Playwright against a real daphne. Sessions are opened and
+closed by a real client (websockets) while the page stays loaded; a screenshot of each
+step at each size goes to test-artifacts/screenshots/.
+"""
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
+
+from .servers import ROOT
+from .test_browser import PASSWORD, browser, browser_tabs, orm_beside_playwright  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.live
+
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+SIZES = {"1280x800": (1280, 800), "1024x768": (1024, 768)}
+CHANGELIST = "/admin/sessions_app/livesession/"
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+
+
+class Client:
+    """A real protocol client on the server: one connection holding one session."""
+
+    def __init__(self, url: str, workspace, *, resumable: bool = False) -> None:
+        self.ws: ClientConnection = ws_connect(url, open_timeout=15)
+        self.ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "resumable": resumable}))
+        reply = json.loads(self.ws.recv(timeout=15))
+        assert reply["type"] == "new_session", reply
+        self.session_id: str = reply["session_id"]
+
+    def close(self, code: int = 1000) -> None:
+        self.ws.close(code=code)
+
+
+@pytest.fixture
+def clients(servers) -> Iterator[list[Client]]:
+    """Clients opened by a test; closed at its end."""
+    opened: list[Client] = []
+    yield opened
+    for client in opened:
+        client.close()
+
+
+def log_in(page: Page, next_path: str) -> None:
+    page.goto(f"/admin/login/?next={next_path}")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+
+
+def row(page: Page, session_id: str):
+    return page.locator(f'#result_list tbody tr[data-pk="{session_id}"]')
+
+
+def assert_no_horizontal_overflow(page: Page) -> None:
+    """Neither the page nor the results table is wider than the window."""
+    widths = page.evaluate(
+        """() => {
+            const table = document.getElementById('result_list');
+            return {
+                page: document.documentElement.scrollWidth,
+                window: document.documentElement.clientWidth,
+                tableRight: table ? table.getBoundingClientRect().right : 0,
+                tableScroll: table ? table.parentElement.scrollWidth - table.parentElement.clientWidth : 0,
+            };
+        }"""
+    )
+    assert widths["page"] <= widths["window"], widths
+    assert widths["tableRight"] <= widths["window"], widths
+    assert widths["tableScroll"] <= 0, widths
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_changelist_and_the_index_follow_the_registry_and_fit(
+    size, servers, workspace, clients, django_user_model, browser: Browser, request
+):
+    server = servers()
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    # A long workspace path, as real ones are: it must not widen the table.
+    deep = workspace / "projects" / "a-rather-long-customer-name" / "repositories" / "service-with-a-long-name"
+    deep.mkdir(parents=True)
+    first = Client(server.url, deep)
+    resumable = Client(server.url, workspace, resumable=True)
+    clients.extend([first, resumable])
+    width, height = SIZES[size]
+
+    with browser_tabs(browser, server, request.node.name) as context:
+        page = context.new_page()
+        page.set_viewport_size({"width": width, "height": height})
+        log_in(page, CHANGELIST)
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+        expect(row(page, first.session_id)).to_be_visible()
+        expect(row(page, first.session_id).locator(".field-short_id")).to_have_text(first.session_id[:8])
+        expect(row(page, first.session_id).locator(".field-short_id span")).to_have_attribute(
+            "title", first.session_id
+        )
+        expect(row(page, first.session_id).locator(".live-badge")).to_have_text("attached")
+        assert_no_horizontal_overflow(page)
+
+        page.evaluate("window.loadedOnce = true")  # a reload would forget it
+        page.check(f'input.action-select[value="{first.session_id}"]')
+        opened = Client(server.url, workspace)
+        clients.append(opened)
+        expect(row(page, opened.session_id)).to_be_visible(timeout=2_000)
+        expect(page.locator(f'input.action-select[value="{first.session_id}"]')).to_be_checked()
+        expect(page.locator("span.action-counter")).to_have_text("1 of 3 selected")
+        assert page.evaluate("window.loadedOnce") is True
+        assert_no_horizontal_overflow(page)
+        screenshot(page, f"{size}-1-changelist-a-session-appeared")
+
+        opened.close()
+        expect(row(page, opened.session_id)).to_have_count(0, timeout=2_000)
+        resumable.close(code=4000)  # not 1000: the server detaches it, awaiting a resume
+        expect(row(page, resumable.session_id).locator(".live-badge")).to_contain_text("detached", timeout=2_000)
+        expect(row(page, resumable.session_id).locator(".live-badge")).to_contain_text("left")
+        expect(page.locator(f'input.action-select[value="{first.session_id}"]')).to_be_checked()
+        assert page.evaluate("window.loadedOnce") is True
+        assert_no_horizontal_overflow(page)
+        screenshot(page, f"{size}-2-changelist-one-left-one-detached")
+
+        page.goto("/admin/")
+        expect(page.locator("#live-title")).to_contain_text("2 live sessions (1 detached)")
+        assert_no_horizontal_overflow(page)
+        screenshot(page, f"{size}-3-index")
+        another = Client(server.url, workspace)
+        clients.append(another)
+        expect(page.locator("#live-title")).to_contain_text("3 live sessions (1 detached)", timeout=2_000)
+        another.close()
+        expect(page.locator("#live-title")).to_contain_text("2 live sessions (1 detached)", timeout=2_000)
+
+        page.goto("/admin/sessions_app/serverinstance/")
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+        expect(page.locator("#result_list .live-badge-alive")).to_have_count(1)
+        assert_no_horizontal_overflow(page)
+        screenshot(page, f"{size}-4-instances")
