@@ -14,7 +14,11 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from .servers import ROOT
-from .test_browser import PASSWORD, browser, browser_tabs, orm_beside_playwright  # noqa: F401 (fixtures)
+from .test_browser import PASSWORD, browser_tabs
+
+# Fixtures: a Chromium for this module, and the ORM usable beside Playwright's loop.
+from .test_browser import browser as browser
+from .test_browser import orm_beside_playwright as orm_beside_playwright
 
 pytestmark = pytest.mark.live
 
@@ -101,9 +105,7 @@ def test_the_changelist_and_the_index_follow_the_registry_and_fit(
         expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
         expect(row(page, first.session_id)).to_be_visible()
         expect(row(page, first.session_id).locator(".field-short_id")).to_have_text(first.session_id[:8])
-        expect(row(page, first.session_id).locator(".field-short_id span")).to_have_attribute(
-            "title", first.session_id
-        )
+        expect(row(page, first.session_id).locator(".field-short_id span")).to_have_attribute("title", first.session_id)
         expect(row(page, first.session_id).locator(".live-badge")).to_have_text("attached")
         assert_no_horizontal_overflow(page)
 
