@@ -8,8 +8,8 @@ the watchers' own refresh every WSS_HEARTBEAT_SECONDS.
 """
 
 import asyncio
-import contextlib
 import logging
+import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -19,10 +19,13 @@ logger = logging.getLogger(__name__)
 REGISTRY_GROUP = "wss-registry-watchers"
 NUDGE_SECONDS = 0.5
 SEND_TIMEOUT_SECONDS = 2.0
+SYNC_TIMEOUT_SECONDS = 0.5
+SYNC_BACKOFF_SECONDS = 10.0
 
 # The loop whose timer will send the pending nudge (None: nothing pending).
 _pending_on: asyncio.AbstractEventLoop | None = None
 _sending: set[asyncio.Task] = set()
+_sync_failed_at: float | None = None  # time.monotonic() of the last synchronous failure
 nudges_sent = 0  # for the bench and tests: how many messages this process published
 
 
@@ -51,18 +54,31 @@ def _send_soon(loop: asyncio.AbstractEventLoop) -> None:
 
 async def nudge() -> None:
     """Publish one `registry.changed` to the watchers' group; a failure is logged, never raised."""
-    global nudges_sent
-    layer = get_channel_layer()
-    if layer is None:
-        return
     try:
-        await asyncio.wait_for(layer.group_send(REGISTRY_GROUP, {"type": "registry.changed"}), SEND_TIMEOUT_SECONDS)
-        nudges_sent += 1
+        await _nudge_or_raise(SEND_TIMEOUT_SECONDS)
     except Exception as error:
         logger.debug("could not nudge the admin watchers: %s", error)
 
 
+async def _nudge_or_raise(timeout: float) -> None:
+    global nudges_sent
+    layer = get_channel_layer()
+    if layer is not None:
+        await asyncio.wait_for(layer.group_send(REGISTRY_GROUP, {"type": "registry.changed"}), timeout)
+        nudges_sent += 1
+
+
 def nudge_now() -> None:
-    """Publish a nudge from synchronous code. Never raises."""
-    with contextlib.suppress(Exception):
-        async_to_sync(nudge)()
+    """Publish a nudge from synchronous code (an operator's terminate), waiting at most SYNC_TIMEOUT_SECONDS.
+
+    After a failure, synchronous callers skip the nudge for SYNC_BACKOFF_SECONDS: an operator's
+    request must not wait on a channel layer that is down (the watchers' own refresh covers it).
+    """
+    global _sync_failed_at
+    if _sync_failed_at is not None and time.monotonic() - _sync_failed_at < SYNC_BACKOFF_SECONDS:
+        return
+    try:
+        async_to_sync(_nudge_or_raise)(SYNC_TIMEOUT_SECONDS)
+    except Exception as error:
+        _sync_failed_at = time.monotonic()
+        logger.debug("could not nudge the admin watchers: %s", error)
