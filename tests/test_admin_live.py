@@ -193,7 +193,10 @@ async def test_the_frame_is_json_the_page_can_use(viewer_cookie, workspace):
 
 
 async def test_a_closed_channel_leaves_the_watchers(viewer_cookie):
-    watchers = get_channel_layer().groups.setdefault(REGISTRY_GROUP, {})
+    layer = get_channel_layer()
+    if not hasattr(layer, "groups"):
+        pytest.skip("reads the in-memory layer's groups; the consumer's code is the same on Redis")
+    watchers = layer.groups.setdefault(REGISTRY_GROUP, {})
     before = set(watchers)
     accepted, admin = await admin_live_connect(viewer_cookie)
     assert accepted
