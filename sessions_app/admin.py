@@ -46,7 +46,7 @@ def session_state(session: LiveSession) -> tuple[str, str]:
 
 def created_ago(session: LiveSession) -> str:
     """How long the session has lived, e.g. "3 min"."""
-    return short_span(timezone.now() - session.created_at)
+    return short_span(timezone.now() - session.created_at, seconds=False)
 
 
 def instance_label(instance: ServerInstance) -> str:

@@ -165,8 +165,13 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
                 self.sent["index"] = parts
                 await self.send_json({"type": "index", **parts})
             return
-        user = self.scope["user"]
-        view = await database_sync_to_async(admin_pages.changelist_render_sync)(user, watch.model, watch.query)
+        view = await database_sync_to_async(admin_pages.changelist_render_sync)(
+            self.scope["user"],
+            watch.model,
+            watch.query,
+            known=self.sent.get("keys", {}),
+            table=not self.sent.get("order"),  # the page has no rows (or none from us yet): the whole table
+        )
         if watch is not self.watch:
             return  # the page asked for something else meanwhile
         frame = changelist_frame(view, self.sent)
@@ -187,5 +192,6 @@ def changelist_frame(view: admin_pages.ChangelistView, sent: dict[str, Any]) -> 
         frame["rows"] = changed
     if view.paginator != sent.get("paginator"):
         frame["paginator"] = view.paginator
-    sent.update(rows=view.rows, order=view.order, paginator=view.paginator)
+    kept = {pk: html for pk, html in rows.items() if pk in view.keys}
+    sent.update(rows={**kept, **view.rows}, keys=view.keys, order=view.order, paginator=view.paginator)
     return frame

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.templatetags.admin_list import pagination, result_list
+from django.contrib.admin.templatetags.admin_list import items_for_result, pagination, result_list
 from django.core.exceptions import PermissionDenied, SuspiciousOperation, ValidationError
 from django.db.models import Count, Q
 from django.http import HttpRequest, QueryDict
@@ -41,11 +41,12 @@ class PageRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ChangelistView:
-    """One rendering of a changelist's results: the rows by primary key, in order."""
+    """One rendering of a changelist's results: the rows that needed rendering, by primary key, and the order."""
 
-    rows: dict[str, str]
+    rows: dict[str, str]  # only rows whose key differs from what the page has (all of them for a table)
+    keys: dict[str, tuple]  # every row's key: what it shows, before rendering
     order: list[str]
-    table: str  # the whole results block, as Django renders it (headers and all)
+    table: str  # the whole results block as Django renders it (headers and all), when asked for
     paginator: str
     total: int  # rows on this page, for the action counter
 
@@ -75,8 +76,25 @@ def page_request(user: Any, path: str, query: str) -> HttpRequest:
     return request
 
 
-def changelist_render_sync(user: Any, model_name: str, query: str) -> ChangelistView:
-    """The results of the `model_name` changelist for `user` with this query string (filters, search, sort, page)."""
+def row_key(model_admin: admin.ModelAdmin, obj: Any, list_display: list[str]) -> tuple:
+    """What a row shows, as cheap values: the row is rendered again only when this changes."""
+    values = []
+    for name in list_display:
+        if name == "action_checkbox":
+            continue  # the same for every refresh of a row
+        attribute = getattr(model_admin, name, None)
+        values.append(str(attribute(obj) if callable(attribute) else getattr(obj, name, None)))
+    return tuple(values)
+
+
+def changelist_render_sync(
+    user: Any, model_name: str, query: str, *, known: dict[str, tuple] | None = None, table: bool = False
+) -> ChangelistView:
+    """The results of the `model_name` changelist for `user` with this query string (filters, search, sort, page).
+
+    Rows whose key is in `known` unchanged are not rendered; with `table`, every row is, into
+    Django's whole results block.
+    """
     model_admin = model_admin_for(model_name)
     opts = model_admin.model._meta
     path = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
@@ -88,16 +106,26 @@ def changelist_render_sync(user: Any, model_name: str, query: str) -> Changelist
     except (IncorrectLookupParameters, SuspiciousOperation, ValidationError, ValueError, PermissionDenied):
         raise PageRefused("invalid_query", "The page's filters are not valid; reload it.") from None
     changelist.formset = None
-    context = result_list(changelist)
+    keys = {str(obj.pk): row_key(model_admin, obj, changelist.list_display) for obj in changelist.result_list}
     rows: dict[str, str] = {}
-    for obj, cells in zip(changelist.result_list, context["results"], strict=True):
-        rows[str(obj.pk)] = f"<tr>{''.join(cells)}</tr>"
+    rendered_table = ""
+    if table and keys:
+        context = result_list(changelist)
+        for obj, cells in zip(changelist.result_list, context["results"], strict=True):
+            rows[str(obj.pk)] = f"<tr>{''.join(cells)}</tr>"
+        rendered_table = render_to_string("admin/change_list_results.html", context)
+    else:
+        for obj in changelist.result_list:
+            pk = str(obj.pk)
+            if (known or {}).get(pk) != keys[pk]:
+                rows[pk] = f"<tr>{''.join(items_for_result(changelist, obj, None))}</tr>"
     return ChangelistView(
         rows=rows,
-        order=list(rows),
-        table=render_to_string("admin/change_list_results.html", context) if rows else "",
+        keys=keys,
+        order=list(keys),
+        table=rendered_table,
         paginator=render_to_string("admin/pagination.html", pagination(changelist)),
-        total=len(rows),
+        total=len(keys),
     )
 
 

@@ -12,12 +12,16 @@ def short_id(value: object) -> str:
     return str(value)[:SHORT_ID_LENGTH]
 
 
-def short_span(span: timedelta) -> str:
-    """A duration as an operator reads it at a glance: "42 s", "3 min", "2 h 5 min", "3 d 4 h"."""
-    seconds = max(0, int(span.total_seconds()))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = seconds // 60
+def short_span(span: timedelta, *, seconds: bool = True) -> str:
+    """A duration as an operator reads it at a glance: "42 s", "3 min", "2 h 5 min", "3 d 4 h".
+
+    Without `seconds`, anything under a minute is "<1 min": a list of ages then changes once a
+    minute, not at every refresh.
+    """
+    total = max(0, int(span.total_seconds()))
+    if total < 60:
+        return f"{total} s" if seconds else "<1 min"
+    minutes = total // 60
     if minutes < 60:
         return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
