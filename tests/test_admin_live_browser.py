@@ -5,6 +5,7 @@ closed by a real client (websockets) while the page stays loaded; a screenshot o
 step at each size goes to test-artifacts/screenshots/.
 """
 
+import contextlib
 import json
 from collections.abc import Iterator
 
@@ -35,8 +36,8 @@ def screenshot(page: Page, name: str) -> None:
 class Client:
     """A real protocol client on the server: one connection holding one session."""
 
-    def __init__(self, url: str, workspace, *, resumable: bool = False) -> None:
-        self.ws: ClientConnection = ws_connect(url, open_timeout=15)
+    def __init__(self, ws: ClientConnection, workspace, *, resumable: bool = False) -> None:
+        self.ws = ws
         self.ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace), "resumable": resumable}))
         reply = json.loads(self.ws.recv(timeout=15))
         assert reply["type"] == "new_session", reply
@@ -47,12 +48,14 @@ class Client:
 
 
 @pytest.fixture
-def clients(servers) -> Iterator[list[Client]]:
-    """Clients opened by a test; closed at its end."""
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        client.close()
+def open_client(servers) -> Iterator:
+    """Open a session on a server as a client would: open_client(url, workspace, resumable=False); closed at the end."""
+    with contextlib.ExitStack() as stack:
+
+        def open_one(url: str, workspace, *, resumable: bool = False) -> Client:
+            return Client(stack.enter_context(ws_connect(url, open_timeout=15)), workspace, resumable=resumable)
+
+        yield open_one
 
 
 def log_in(page: Page, next_path: str) -> None:
@@ -86,16 +89,15 @@ def assert_no_horizontal_overflow(page: Page) -> None:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_the_changelist_and_the_index_follow_the_registry_and_fit(
-    size, servers, workspace, clients, django_user_model, browser: Browser, request
+    size, servers, workspace, open_client, django_user_model, browser: Browser, request
 ):
     server = servers()
     django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
     # A long workspace path, as real ones are: it must not widen the table.
     deep = workspace / "projects" / "a-rather-long-customer-name" / "repositories" / "service-with-a-long-name"
     deep.mkdir(parents=True)
-    first = Client(server.url, deep)
-    resumable = Client(server.url, workspace, resumable=True)
-    clients.extend([first, resumable])
+    first = open_client(server.url, deep)
+    resumable = open_client(server.url, workspace, resumable=True)
     width, height = SIZES[size]
 
     with browser_tabs(browser, server, request.node.name) as context:
@@ -111,8 +113,7 @@ def test_the_changelist_and_the_index_follow_the_registry_and_fit(
 
         page.evaluate("window.loadedOnce = true")  # a reload would forget it
         page.check(f'input.action-select[value="{first.session_id}"]')
-        opened = Client(server.url, workspace)
-        clients.append(opened)
+        opened = open_client(server.url, workspace)
         expect(row(page, opened.session_id)).to_be_visible(timeout=2_000)
         expect(page.locator(f'input.action-select[value="{first.session_id}"]')).to_be_checked()
         expect(page.locator("span.action-counter")).to_have_text("1 of 3 selected")
@@ -134,8 +135,7 @@ def test_the_changelist_and_the_index_follow_the_registry_and_fit(
         expect(page.locator("#live-title")).to_contain_text("2 live sessions (1 detached)")
         assert_no_horizontal_overflow(page)
         screenshot(page, f"{size}-3-index")
-        another = Client(server.url, workspace)
-        clients.append(another)
+        another = open_client(server.url, workspace)
         expect(page.locator("#live-title")).to_contain_text("3 live sessions (1 detached)", timeout=2_000)
         another.close()
         expect(page.locator("#live-title")).to_contain_text("2 live sessions (1 detached)", timeout=2_000)

@@ -25,6 +25,12 @@ def test_short_span_reads_at_a_glance(seconds, text):
     assert short_span(timedelta(seconds=seconds)) == text
 
 
+def test_an_age_under_a_minute_is_one_value_so_a_list_of_ages_changes_once_a_minute():
+    assert short_span(timedelta(seconds=5), seconds=False) == short_span(timedelta(seconds=59), seconds=False)
+    assert short_span(timedelta(seconds=59), seconds=False) == "<1 min"
+    assert short_span(timedelta(minutes=3, seconds=10), seconds=False) == "3 min"
+
+
 def test_short_id_is_the_first_eight_characters():
     assert short_id("0b4c7f7e-4d4b-4c55-9e0c-5a0c1f6ad2a1") == "0b4c7f7e"
 
