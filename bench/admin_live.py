@@ -182,11 +182,13 @@ async def sessions_hold(target: Target, workspace: str, count: int) -> list[Clie
 
 async def churn_pair(target: Target, cookie: str, workspace: str, *, sessions: int, concurrency: int, rounds: int):
     rates: dict[str, list[float]] = {"none": [], "one page": []}
+    cpu_us: dict[str, list[float]] = {"none": [], "one page": []}  # server CPU per churned session
     pushes: list[tuple[int, int, float]] = []
     for round_number in range(rounds):
         for mode in ("none", "one page"):
             page = await page_open(target, cookie) if mode == "one page" else None
             frames_before = page.frames if page else 0
+            cpu_before = target.cpu_seconds()
             figures = await loadgen.churn(
                 target.url,
                 workspace=workspace,
@@ -196,12 +198,16 @@ async def churn_pair(target: Target, cookie: str, workspace: str, *, sessions: i
                 desc=f"churn round {round_number + 1}/{rounds}, admin page: {mode}",
             )
             rates[mode].append(figures.rate)
-            say(f"  round {round_number + 1} {mode}: {figures.rate:.0f} sessions/s, errors {dict(figures.errors)}")
+            cpu_us[mode].append(1e6 * (target.cpu_seconds() - cpu_before) / max(figures.count, 1))
+            say(
+                f"  round {round_number + 1} {mode}: {figures.rate:.0f} sessions/s, "
+                f"{cpu_us[mode][-1]:.0f} us server CPU per session, errors {dict(figures.errors)}"
+            )
             if page is not None:
                 await asyncio.sleep(1.5)  # the last push after the churn
                 pushes.append((page.frames - frames_before, page.bytes, figures.elapsed))
                 await page.close()
-    return rates, pushes
+    return rates, cpu_us, pushes
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -219,7 +225,7 @@ async def main(args: argparse.Namespace) -> None:
             relay = await relay_cost(target, cookie, workspace, pages=args.pages, changes=args.changes)
             for ws in held:
                 await ws.close()
-            rates, pushes = await churn_pair(
+            rates, cpu_us, pushes = await churn_pair(
                 target, cookie, workspace, sessions=args.sessions, concurrency=args.concurrency, rounds=args.rounds
             )
     finally:
@@ -241,7 +247,12 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(f"churn, no admin page: {', '.join(f'{r:.0f}' for r in rates['none'])} sessions/s (median {none:.0f})")
     print(f"churn, one admin page: {', '.join(f'{r:.0f}' for r in rates['one page'])} sessions/s (median {one:.0f})")
-    print(f"  -> with the page: {100 * (one - none) / none:+.1f} %")
+    print(f"  -> with the page: {100 * (one - none) / none:+.1f} % sessions/s")
+    cpu_none, cpu_one = statistics.median(cpu_us["none"]), statistics.median(cpu_us["one page"])
+    print(
+        f"server CPU per churned session: {cpu_none:.0f} us without a page, {cpu_one:.0f} us with one "
+        f"({100 * (cpu_one - cpu_none) / cpu_none:+.1f} %)"
+    )
     print(
         "  the watching page received "
         + ", ".join(f"{f} frames in {e:.1f} s" for f, _, e in pushes)
