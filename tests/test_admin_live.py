@@ -164,9 +164,13 @@ async def test_churn_reaches_a_watching_page_coalesced(viewer_cookie, workspace)
     await admin_watch(admin)
     loop = asyncio.get_running_loop()
     started = loop.time()
+    layer = get_channel_layer()
     for _ in range(100):  # sessions open and end as fast as this process can; the last one stays
         comm, reply = await open_session(workspace, ok=True)
+        # As if many processes churned: each of them nudges the watchers on its own.
+        await layer.group_send(REGISTRY_GROUP, {"type": "registry.changed"})
         await comm.disconnect()
+        await layer.group_send(REGISTRY_GROUP, {"type": "registry.changed"})
     kept, reply = await open_session(workspace, ok=True)
     churn_seconds = loop.time() - started
     frames = []
