@@ -123,10 +123,14 @@ def test_the_changelist_and_the_index_follow_the_registry_and_fit(
 
         opened.close()
         expect(row(page, opened.session_id)).to_have_count(0, timeout=2_000)
+        page.check(f'input.action-select[value="{resumable.session_id}"]')
         resumable.close(code=4000)  # not 1000: the server detaches it, awaiting a resume
         expect(row(page, resumable.session_id).locator(".live-badge")).to_contain_text("detached", timeout=2_000)
         expect(row(page, resumable.session_id).locator(".live-badge")).to_contain_text("left")
+        # The row was replaced in place: its tick came with it, and the other one stayed.
+        expect(page.locator(f'input.action-select[value="{resumable.session_id}"]')).to_be_checked()
         expect(page.locator(f'input.action-select[value="{first.session_id}"]')).to_be_checked()
+        expect(page.locator("span.action-counter")).to_have_text("2 of 2 selected")
         assert page.evaluate("window.loadedOnce") is True
         assert_no_horizontal_overflow(page)
         screenshot(page, f"{size}-2-changelist-one-left-one-detached")
