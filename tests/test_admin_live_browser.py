@@ -91,7 +91,8 @@ def assert_no_horizontal_overflow(page: Page) -> None:
 def test_the_changelist_and_the_index_follow_the_registry_and_fit(
     size, servers, workspace, open_client, django_user_model, browser: Browser, request
 ):
-    server = servers()
+    # The default heartbeat (5 s): what moves the page within 2 s is the registry's nudge, not its own refresh.
+    server = servers(WSS_HEARTBEAT_SECONDS="5", WSS_INSTANCE_TIMEOUT_SECONDS="25")
     django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
     # A long workspace path, as real ones are: it must not widen the table.
     deep = workspace / "projects" / "a-rather-long-customer-name" / "repositories" / "service-with-a-long-name"

@@ -57,7 +57,9 @@ async def frame_until(ws: websockets.ClientConnection, predicate, timeout: float
 async def test_a_session_opened_on_one_process_appears_on_an_admin_page_of_another(
     servers, workspace, django_user_model
 ):
-    a, b = servers(), servers()
+    # The default heartbeat (5 s): the page's own refresh cannot be what brings the session within 2 s.
+    slow = {"WSS_HEARTBEAT_SECONDS": "5", "WSS_INSTANCE_TIMEOUT_SECONDS": "25"}
+    a, b = servers(**slow), servers(**slow)
     cookie = await admin_session_cookie(await sync_to_async(viewer)(django_user_model))
     page = await admin_page(b, cookie, page="changelist", model="livesession", query="")
     await frame_until(page, lambda f: f["type"] == "changelist", timeout=10)
