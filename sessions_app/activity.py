@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from django.db.models import Sum
 
 from .models import ActivityMinute, ServerInstance
-from .services import process_identity
+from .process import process_state
 
 HOUR = 60
 # Minutes kept in memory while the registry is down; older ones are dropped, not written.
@@ -63,7 +63,7 @@ def counts_reset() -> None:
 def minutes_write_sync(snapshot: dict[int, tuple[int, int]], *, stopped: bool = False) -> None:
     """Upsert this instance's minutes (absolute counts: only this process writes its rows)."""
     global _pruned_at
-    identity = process_identity()
+    identity = process_state().identity
     rows = [
         ActivityMinute(
             instance_id=identity.boot_id,

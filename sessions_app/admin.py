@@ -13,8 +13,9 @@ from .admin_filters import InstanceFilter, StateFilter
 from .admin_pages import instance_health
 from .audit import sessions_terminate_audited
 from .display import short_id, short_span
+from .instances import resume_grace_seconds
 from .models import ApiToken, LiveSession, ServerInstance
-from .services import TerminateResult, resume_grace_seconds
+from .terminate import TerminateResult
 from .tokens import token_issue, token_revoke
 
 

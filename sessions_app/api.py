@@ -22,7 +22,7 @@ from rest_framework.response import Response
 
 from .audit import session_terminate_audited
 from .models import LiveSession, ServerInstance
-from .services import TerminateResult
+from .terminate import TerminateResult
 
 
 class NotDelivered(APIException):

@@ -18,7 +18,7 @@ from django.contrib.contenttypes.models import ContentType
 
 from . import events
 from .models import LiveSession
-from .services import TerminateResult, session_terminate
+from .terminate import TerminateResult, session_terminate
 
 # The results that ended a session; the others did nothing.
 ENDED = (TerminateResult.DELIVERED, TerminateResult.REMOVED)

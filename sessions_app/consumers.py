@@ -9,7 +9,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
 
-from . import events, lifecycle, protocol
+from . import connections, events, protocol
 from .conf import app_settings
 from .errors import (
     InternalError,
@@ -23,12 +23,12 @@ from .errors import (
 )
 from .events import client_address
 from .inbox import Inbox
+from .instances import resume_grace_seconds
+from .process import process_state
 from .ratelimit import TokenBucket
 from .resolver import workspace_resolve_async
-from .services import (
+from .sessions import (
     SessionRecord,
-    instance_fenced,
-    resume_grace_seconds,
     session_close,
     session_create,
     session_detach,
@@ -67,10 +67,10 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         """Accept every handshake that the middleware let through, unless this process is stopping."""
-        if lifecycle.stopping():
+        if connections.stopping():
             await self.close()
             return
-        lifecycle.connection_opened(self)
+        connections.connection_opened(self)
         await self.accept(subprotocol=protocol.subprotocol_choose(self.scope.get("subprotocols", [])))
         events.connected(self.scope)
 
@@ -151,7 +151,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         events.session_resumed(self.scope, self.session, taken_over=bool(resumed.previous_channel))
         if resumed.previous_channel:
             await self.tell(resumed.previous_channel, "session.taken_over", self.session)
-        if instance_fenced():
+        if process_state().fenced():
             # The lease ran out while the resume was under way: peers may reap this instance
             # any moment. The client has its new token and resumes elsewhere.
             await self.send_error(SessionLost("This server lost the session registry; resume the session elsewhere."))
@@ -192,7 +192,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         it for the grace period. Either write applies only while this connection still holds
         the row, so a session that moved to another connection is left alone.
         """
-        lifecycle.connection_closed(self)
+        connections.connection_closed(self)
         session, self.session = self.session, None
         if session is None:
             return

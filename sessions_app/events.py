@@ -18,7 +18,8 @@ from typing import Any
 from django.utils import timezone
 
 from . import activity, live, metrics
-from .services import SessionRecord, process_identity
+from .process import process_state
+from .sessions import SessionRecord
 
 logger = logging.getLogger("sessions_app.events")
 
@@ -172,7 +173,7 @@ def _emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     for key, value in fields.items():
         if value is not None:
             line[key] = value if isinstance(value, int | float | str) else str(value)
-    line["instance"] = _instance_text()
+    line["instance"] = process_state().identity.boot_text
     logger.handle(EventRecord(level, line))
 
 
@@ -228,18 +229,6 @@ class _Line:
     def __str__(self) -> str:
         pairs = [f"{key}={_plain(value)}" for key, value in self.fields.items() if key != "event"]
         return f"{self.fields['event']} {' '.join(pairs)}"
-
-
-_identity_text: tuple[Any, str] = (None, "")
-
-
-def _instance_text() -> str:
-    """This process's boot id as text, made once per identity."""
-    global _identity_text
-    identity = process_identity()
-    if _identity_text[0] is not identity:
-        _identity_text = (identity, str(identity.boot_id))
-    return _identity_text[1]
 
 
 _NEEDS_QUOTES = re.compile(r'[\s"=]')

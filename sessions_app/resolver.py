@@ -11,32 +11,21 @@ The pool is separate from the default executor and the registry writer, which st
 """
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .conf import app_settings
 from .errors import Unavailable
+from .process import process_state
 from .workspaces import roots_resolve, workspace_resolve
 
 # The one blocking call, named at the module boundary so that a test can stand in a path
 # that never resolves (there is no hung mount to test against).
 blocking_resolve = workspace_resolve
 
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-_pool_lock = threading.Lock()
-
 
 def resolve_pool() -> ThreadPoolExecutor:
     """The bounded pool, made on first use (again if the configured size changed)."""
-    global _pool, _pool_size
-    size = max(int(app_settings.WSS_WORKSPACE_RESOLVE_THREADS), 1)
-    with _pool_lock:
-        if _pool is None or _pool_size != size:
-            if _pool is not None:
-                _pool.shutdown(wait=False, cancel_futures=True)
-            _pool, _pool_size = ThreadPoolExecutor(max_workers=size, thread_name_prefix="wss-resolve"), size
-        return _pool
+    return process_state().resolve_pool(max(int(app_settings.WSS_WORKSPACE_RESOLVE_THREADS), 1))
 
 
 async def workspace_resolve_async(raw_path: str) -> str:

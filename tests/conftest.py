@@ -5,6 +5,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import websockets.asyncio.connection
@@ -12,6 +13,9 @@ from channels.testing import WebsocketCommunicator
 
 from .frames import check_server_frame
 from .servers import FAST_ENV, ServerProcess, start_server
+
+if TYPE_CHECKING:
+    from sessions_app.process import ProcessState
 
 
 @pytest.fixture(autouse=True)
@@ -68,24 +72,15 @@ async def communicator() -> AsyncIterator[WebsocketCommunicator]:
 
 
 @pytest.fixture
-def fresh_instance() -> Iterator[None]:
-    """This process as a fresh server instance: a new boot id, not registered, not retired."""
-    from sessions_app import services
+async def fresh_process(monkeypatch) -> AsyncIterator["ProcessState"]:
+    """A fresh process state: a new boot id, neither registered nor started; whatever a test starts ends with it."""
+    from sessions_app import heartbeat, process
 
-    services.process_reset()
-    yield
-    services.process_reset()
-
-
-@pytest.fixture
-async def fresh_process(monkeypatch) -> AsyncIterator[None]:
-    """A process that has neither started nor stopped; whatever a test starts is stopped after it."""
-    from sessions_app import lifecycle
-
-    await lifecycle.process_reset()
-    monkeypatch.setattr(lifecycle, "CLOSE_HANDSHAKE_SECONDS", 0.2)
-    yield
-    await lifecycle.process_reset()
+    state = process.ProcessState()
+    monkeypatch.setattr(process, "_state", state)
+    monkeypatch.setattr(heartbeat, "CLOSE_HANDSHAKE_SECONDS", 0.2)
+    yield state
+    await state.aclose()
 
 
 @pytest.fixture
@@ -207,7 +202,7 @@ def database_connections_closed_before_teardown(django_db_setup) -> Iterator[Non
     from asgiref.sync import SyncToAsync
     from django.db import connections
 
-    from sessions_app.services import registry_writer
+    from sessions_app.sessions import registry_writer
 
     registry_writer.close_connection()
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

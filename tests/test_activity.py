@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from sessions_app import activity, lifecycle, services
+from sessions_app import activity, heartbeat
 from sessions_app.models import ActivityMinute, LiveSession, ServerInstance
+from sessions_app.process import process_state
 
 from .communicators import detached_session, open_session
 
@@ -22,7 +23,7 @@ def no_counts_yet():
 
 
 def this_instance_rows() -> list[ActivityMinute]:
-    return list(ActivityMinute.objects.filter(instance_id=services.process_identity().boot_id).order_by("minute"))
+    return list(ActivityMinute.objects.filter(instance_id=process_state().identity.boot_id).order_by("minute"))
 
 
 def test_counts_are_written_as_one_row_per_minute_and_rewritten_whole():
@@ -37,7 +38,7 @@ def test_counts_are_written_as_one_row_per_minute_and_rewritten_whole():
     (row,) = this_instance_rows()
     assert (row.opened, row.ended, row.stopped) == (5, 1, False)
     assert row.minute == datetime.fromtimestamp(activity.epoch_minute() * 60, UTC)
-    assert (row.host, row.pid) == (services.process_identity().host, services.process_identity().pid)
+    assert (row.host, row.pid) == (process_state().identity.host, process_state().identity.pid)
 
 
 def test_a_finished_minute_is_forgotten_once_written_and_kept_while_the_registry_is_down(monkeypatch):
@@ -87,21 +88,21 @@ async def test_the_heartbeat_writes_what_this_process_opened_and_ended_and_the_s
     comm, _ = await open_session(workspace, ok=True)
     await comm.disconnect()
     await detached_session(workspace)  # a detach is no end
-    await lifecycle.heartbeat()
-    (row,) = [row async for row in ActivityMinute.objects.filter(instance_id=services.process_identity().boot_id)]
+    await heartbeat.heartbeat()
+    (row,) = [row async for row in ActivityMinute.objects.filter(instance_id=process_state().identity.boot_id)]
     assert (row.opened, row.ended, row.stopped) == (2, 1, False)
-    await lifecycle.stop()
+    await heartbeat.stop()
     row = await ActivityMinute.objects.aget(pk=row.pk)
     assert row.stopped
 
 
 @pytest.mark.usefixtures("fresh_process")
-async def test_expired_and_reaped_sessions_count_as_ended(workspace, monkeypatch):
+async def test_expired_and_reaped_sessions_count_as_ended(workspace):
     reply = await detached_session(workspace)
     await LiveSession.objects.filter(pk=reply["session_id"]).aupdate(detached_at=timezone.now() - timedelta(hours=1))
     dead = await ServerInstance.objects.acreate(host="dead", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1))
     await LiveSession.objects.acreate(workspace_dir="/tmp", channel_name="c", instance=dead)
-    monkeypatch.setattr(lifecycle, "_beats_good_since", float("-inf"))  # its heartbeats have held: it may reap
-    await lifecycle.heartbeat()
-    row = await ActivityMinute.objects.aget(instance_id=services.process_identity().boot_id)
+    process_state().beats_good_since = float("-inf")  # its heartbeats have held for long enough: it may reap
+    await heartbeat.heartbeat()
+    row = await ActivityMinute.objects.aget(instance_id=process_state().identity.boot_id)
     assert (row.opened, row.ended) == (1, 2)  # one expired, one reaped

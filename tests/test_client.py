@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from sessions_app import errors, services
+from sessions_app import errors, terminate
 from sessions_app.client import (
     ConnectionClosed,
     HandshakeRefused,
@@ -86,7 +86,7 @@ async def test_hold_raises_session_terminated_when_an_operator_ends_it(daphne_se
     # Terminating from this process reaches daphne's consumer through Redis.
     async with connect(daphne_server.url) as client:
         session = await client.new_session(str(workspace))
-        assert await services.session_terminate(session_id=session.session_id) == services.TerminateResult.DELIVERED
+        assert await terminate.session_terminate(session_id=session.session_id) == terminate.TerminateResult.DELIVERED
         with pytest.raises(errors.SessionTerminated) as ended:
             await asyncio.wait_for(client.hold(), 10)
     assert ended.value.close_code == 4410

@@ -16,7 +16,7 @@ from channels.testing import WebsocketCommunicator
 from django import db
 from django.db import DatabaseError
 
-from sessions_app import services
+from sessions_app import heartbeat, sessions, terminate
 from sessions_app.models import LiveSession
 
 from .communicators import connect, expect_close, new_session, open_session
@@ -207,7 +207,7 @@ async def test_registry_failure_is_unavailable_and_the_connection_recovers(commu
         raise DatabaseError("database is down")
 
     # Every registry write goes through the group-commit writer's one apply function.
-    monkeypatch.setattr(services.registry_writer, "apply", broken)
+    monkeypatch.setattr(sessions.registry_writer, "apply", broken)
     reply = await new_session(communicator, workspace, request_id=3)
     assert (reply["code"], reply["request_id"]) == ("unavailable", 3)
     assert await LiveSession.objects.acount() == 0
@@ -326,7 +326,7 @@ async def test_a_non_database_failure_of_the_writer_does_not_escape_disconnect(w
     def broken(operations):
         raise RuntimeError("a bug in the writer")
 
-    monkeypatch.setattr(services.registry_writer, "apply", broken)
+    monkeypatch.setattr(sessions.registry_writer, "apply", broken)
     await comm.disconnect()  # re-raises whatever the application raised
     assert "registry delete of session" in caplog.text
 
@@ -358,15 +358,13 @@ async def close_4429(comm, workspace, settings) -> str:
 
 async def close_4410(comm, workspace, settings) -> str:
     session_id = (await new_session(comm, workspace))["session_id"]
-    assert await services.session_terminate(session_id=session_id)
+    assert await terminate.session_terminate(session_id=session_id)
     return "session_terminated"
 
 
 async def close_4503(comm, workspace, settings) -> str:
-    from sessions_app import lifecycle
-
     await new_session(comm, workspace)
-    await lifecycle.stop()
+    await heartbeat.stop()
     return "server_shutting_down"
 
 

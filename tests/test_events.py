@@ -10,7 +10,8 @@ import pytest
 import websockets
 from channels.testing import WebsocketCommunicator
 
-from sessions_app import events, services
+from sessions_app import events, terminate
+from sessions_app.process import process_state
 from wssproject.asgi import application
 
 from .communicators import connect, detached_session, open_session, resume, ws_open_session
@@ -36,7 +37,7 @@ async def test_a_session_logs_connect_created_and_ended_with_reason_and_duration
     await comm.disconnect(code=1000)
     lasted = time.monotonic() - started
 
-    instance = str(services.process_identity().boot_id)
+    instance = str(process_state().identity.boot_id)
     (connect,) = event_records(events_caplog, "connect")
     (created,) = event_records(events_caplog, "session_created")
     (ended,) = event_records(events_caplog, "session_ended")
@@ -55,7 +56,7 @@ async def test_a_session_logs_connect_created_and_ended_with_reason_and_duration
 async def test_terminate_logs_session_ended_as_terminated(events_caplog, workspace):
     comm, reply = await open_session(workspace)
     session_id = reply["session_id"]
-    await services.session_terminate(session_id=session_id)
+    await terminate.session_terminate(session_id=session_id)
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     await comm.disconnect(code=4410)
     (ended,) = event_records(events_caplog, "session_ended")

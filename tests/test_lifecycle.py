@@ -13,8 +13,9 @@ from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 from django.utils import timezone
 
-from sessions_app import lifecycle, services
+from sessions_app import heartbeat, instances, reconcile, sessions
 from sessions_app.models import LiveSession, ServerInstance
+from sessions_app.process import process_state
 from wssproject.asgi import application
 
 from .communicators import connect, detached_session, open_session, resume
@@ -38,7 +39,7 @@ async def expect_session_lost(comm: WebsocketCommunicator, timeout: float = 10) 
 async def test_stop_tells_every_connection_server_shutting_down_then_closes_4503(workspace):
     with_session, _ = await open_session(workspace, ok=True)
     without_session = await connect()
-    await lifecycle.stop()
+    await heartbeat.stop()
     for comm in (with_session, without_session):
         reply = await comm.receive_json_from(timeout=5)
         assert (reply["type"], reply["code"]) == ("error", "server_shutting_down")
@@ -50,7 +51,7 @@ async def test_stop_removes_this_instance_and_every_session_of_it(workspace):
     other = await ServerInstance.objects.acreate(host="elsewhere", pid=1)
     comms = [(await open_session(workspace, ok=True))[0] for _ in range(3)]
     assert await LiveSession.objects.acount() == 3
-    assert await lifecycle.stop() == 3
+    assert await heartbeat.stop() == 3
     assert await LiveSession.objects.acount() == 0
     assert [pk async for pk in ServerInstance.objects.values_list("pk", flat=True)] == [other.pk]
     for comm in comms:
@@ -59,13 +60,13 @@ async def test_stop_removes_this_instance_and_every_session_of_it(workspace):
 
 async def test_a_second_stop_does_nothing(workspace):
     comm, _ = await open_session(workspace, ok=True)
-    assert await lifecycle.stop() == 1
-    assert await lifecycle.stop() == 0
+    assert await heartbeat.stop() == 1
+    assert await heartbeat.stop() == 0
     await comm.disconnect()
 
 
 async def test_a_stopping_process_refuses_new_connections():
-    await lifecycle.stop()
+    await heartbeat.stop()
     comm = WebsocketCommunicator(application, "/ws")
     connected, _ = await comm.connect()
     assert not connected
@@ -77,30 +78,30 @@ async def test_a_stopping_process_refuses_new_connections():
 async def test_start_registers_this_instance_and_reaps_dead_predecessors_at_once():
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    predecessor = await ServerInstance.objects.acreate(host=services.process_identity().host, pid=child.pid)
+    predecessor = await ServerInstance.objects.acreate(host=process_state().identity.host, pid=child.pid)
     await LiveSession.objects.acreate(workspace_dir="/tmp", channel_name="ghost", instance=predecessor)
-    await lifecycle.start()
-    assert await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
+    await heartbeat.start()
+    assert await ServerInstance.objects.filter(pk=process_state().identity.boot_id).aexists()
     assert not await ServerInstance.objects.filter(pk=predecessor.pk).aexists()
     assert await LiveSession.objects.acount() == 0
 
 
 async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catches_up(monkeypatch, settings):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
-    predecessor = await ServerInstance.objects.acreate(host=services.process_identity().host, pid=os.getpid())
-    register = services.instance_register_sync
+    predecessor = await ServerInstance.objects.acreate(host=process_state().identity.host, pid=os.getpid())
+    register = instances.instance_register_sync
 
     def registry_down():
         raise DatabaseError("connection refused")
 
-    monkeypatch.setattr(services, "instance_register_sync", registry_down)
-    await lifecycle.start()
+    monkeypatch.setattr(heartbeat, "instance_register_sync", registry_down)
+    await heartbeat.start()
     assert await ServerInstance.objects.filter(pk=predecessor.pk).aexists()
-    monkeypatch.setattr(services, "instance_register_sync", register)  # the registry is back
+    monkeypatch.setattr(heartbeat, "instance_register_sync", register)  # the registry is back
 
     async def caught_up() -> bool:
         return [pk async for pk in ServerInstance.objects.values_list("pk", flat=True)] == [
-            services.process_identity().boot_id
+            process_state().identity.boot_id
         ]
 
     await wait_until(caught_up, 10, what="the heartbeat registering and reaping the predecessor")
@@ -113,7 +114,7 @@ async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_fo
         host="elsewhere", pid=1, heartbeat_at=timezone.now() - timedelta(minutes=1)
     )
     started = time.monotonic()
-    await lifecycle.start()
+    await heartbeat.start()
 
     async def reaped() -> bool:
         return not await ServerInstance.objects.filter(pk=silent.pk).aexists()
@@ -126,11 +127,11 @@ async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_fo
 
 async def test_reconciliation_removes_rows_of_this_instance_that_no_connection_holds(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
-    await lifecycle.start()
+    await heartbeat.start()
     held, held_reply = await open_session(workspace, ok=True)
     # A row left behind, as by a delete that failed while the database was away.
     orphan = await LiveSession.objects.acreate(
-        workspace_dir=str(workspace), channel_name="gone", instance_id=services.process_identity().boot_id
+        workspace_dir=str(workspace), channel_name="gone", instance_id=process_state().identity.boot_id
     )
     elsewhere = await ServerInstance.objects.acreate(host="elsewhere", pid=1)
     peers = await LiveSession.objects.acreate(workspace_dir=str(workspace), channel_name="peer", instance=elsewhere)
@@ -147,7 +148,7 @@ async def test_reconciliation_removes_rows_of_this_instance_that_no_connection_h
 
 async def test_a_held_session_whose_row_was_deleted_is_closed_with_session_lost_not_recorded_again(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
-    await lifecycle.start()
+    await heartbeat.start()
     lost, lost_reply = await open_session(workspace, ok=True)
     kept, kept_reply = await open_session(workspace, ok=True)
     await LiveSession.objects.filter(pk=lost_reply["session_id"]).adelete()  # an operator or a reaper ended it
@@ -160,20 +161,20 @@ async def test_a_held_session_whose_row_was_deleted_is_closed_with_session_lost_
 
 async def test_sessions_of_an_instance_reaped_while_alive_are_closed_and_new_ones_are_recorded(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
-    await lifecycle.start()
+    await heartbeat.start()
     lost, _ = await open_session(workspace, ok=True)
     await ServerInstance.objects.all().adelete()  # a peer presumed this process dead
     await expect_session_lost(lost)
     fresh, fresh_reply = await open_session(workspace, ok=True)
     assert await fresh.receive_nothing(timeout=0.3)  # several reconciliations: it keeps its row
     row = await LiveSession.objects.select_related("instance").aget(pk=fresh_reply["session_id"])
-    assert row.instance_id == services.process_identity().boot_id
+    assert row.instance_id == process_state().identity.boot_id
     await fresh.disconnect()
 
 
 async def test_sessions_opened_while_reconciliation_runs_keep_their_rows(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.01  # reconcile as often as possible, to meet inserts in flight
-    await lifecycle.start()
+    await heartbeat.start()
     opened = [await open_session(workspace, ok=True) for _ in range(30)]
     await asyncio.sleep(0.2)  # more reconciliations, now that every insert has landed
     for comm, reply in opened:
@@ -186,9 +187,9 @@ async def test_a_process_that_cannot_heartbeat_closes_its_sessions_before_peers_
     settings.WSS_HEARTBEAT_SECONDS = 0.1
     settings.WSS_INSTANCE_TIMEOUT_SECONDS = 1.0  # lease: 0.9 s after the last good heartbeat
     settings.WSS_REGISTRY_TIMEOUT_SECONDS = 0.3
-    await lifecycle.start()
+    await heartbeat.start()
     held, _ = await open_session(workspace, ok=True)
-    async with instance_locked(services.process_identity().boot_id):
+    async with instance_locked(process_state().identity.boot_id):
         blocked_at = time.monotonic()
         fenced_after = await expect_session_lost(held) - blocked_at
         # Until a heartbeat succeeds again, no new session: peers may reap this instance any moment.
@@ -214,11 +215,11 @@ async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
     await inbox.put({"type": "lifespan.startup"})
 
     await wait_until(lambda: received == [{"type": "lifespan.startup.complete"}], 10, what="lifespan startup")
-    assert await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
+    assert await ServerInstance.objects.filter(pk=process_state().identity.boot_id).aexists()
     await inbox.put({"type": "lifespan.shutdown"})
     await asyncio.wait_for(task, timeout=10)
     assert received[-1] == {"type": "lifespan.shutdown.complete"}
-    assert not await ServerInstance.objects.filter(pk=services.process_identity().boot_id).aexists()
+    assert not await ServerInstance.objects.filter(pk=process_state().identity.boot_id).aexists()
 
 
 async def _append(received: list[dict], message: dict) -> None:
@@ -230,7 +231,7 @@ async def test_stop_detaches_resumable_sessions_and_still_removes_v1_ones(worksp
 
     resumable, resumable_reply = await open_with(workspace, fields={"resumable": True})
     v1, v1_reply = await open_with(workspace)
-    assert await lifecycle.stop() == 1  # the v1 row; the resumable one is detached, not removed
+    assert await heartbeat.stop() == 1  # the v1 row; the resumable one is detached, not removed
     messages = []
     for comm in (resumable, v1):
         reply = await comm.receive_json_from(timeout=5)
@@ -253,7 +254,7 @@ async def test_the_heartbeat_expires_a_detached_session_after_its_grace(workspac
     settings.WSS_HEARTBEAT_SECONDS, settings.WSS_RESUME_GRACE_SECONDS = 0.1, 0.5
     comm, reply = await open_with(workspace, fields={"resumable": True})
     await comm.disconnect(code=1006)
-    await lifecycle.start()
+    await heartbeat.start()
     detached_at = (await LiveSession.objects.aget(pk=reply["session_id"])).detached_at
 
     async def expired() -> bool:
@@ -270,7 +271,7 @@ async def test_the_heartbeat_expires_a_detached_session_after_its_grace(workspac
 async def test_sessions_resumed_while_reconciliation_runs_keep_their_rows(settings, workspace):
     settings.WSS_HEARTBEAT_SECONDS = 0.01  # reconcile as often as possible, to meet resumes in flight
     left = [await detached_session(workspace) for _ in range(20)]
-    await lifecycle.start()
+    await heartbeat.start()
     resumed = []
     for reply in left:
         comm = await connect()
@@ -280,13 +281,13 @@ async def test_sessions_resumed_while_reconciliation_runs_keep_their_rows(settin
     for comm, session_id in resumed:
         assert await comm.receive_nothing(timeout=0.01), "a resumed session was closed"
         row = await LiveSession.objects.aget(pk=session_id)
-        assert row.instance_id == services.process_identity().boot_id and row.detached_at is None
+        assert row.instance_id == process_state().identity.boot_id and row.detached_at is None
         await comm.disconnect()
 
 
 async def test_reconciliation_detaches_a_resumable_orphan_removes_a_v1_one_and_leaves_detached_rows(workspace):
     holder, _ = await open_session(workspace, ok=True)  # registers this instance
-    mine = services.process_identity().boot_id
+    mine = process_state().identity.boot_id
     orphan = await LiveSession.objects.acreate(
         workspace_dir="/w", channel_name="ended", instance_id=mine, resumable=True, resume_token_hash="h"
     )
@@ -295,7 +296,7 @@ async def test_reconciliation_detaches_a_resumable_orphan_removes_a_v1_one_and_l
     waiting = await LiveSession.objects.acreate(
         workspace_dir="/w", channel_name="", instance=None, detached_at=waiting_since, resumable=True
     )
-    result = await lifecycle.reconcile()
+    result = await reconcile.reconcile()
     assert (result.removed, result.detached, result.lost, result.moved) == (1, 1, frozenset(), frozenset())
     row = await LiveSession.objects.aget(pk=orphan.pk)
     assert row.detached_at is not None and row.instance_id is None
@@ -309,7 +310,7 @@ async def test_reconciliation_closes_a_session_resumed_elsewhere_whose_notice_wa
     other = await ServerInstance.objects.acreate(host="elsewhere", pid=2)
     # A resume on another process moved the row; its channel-layer notice never arrived.
     await LiveSession.objects.filter(pk=reply["session_id"]).aupdate(instance=other, channel_name="elsewhere!x")
-    result = await lifecycle.reconcile()
+    result = await reconcile.reconcile()
     assert result.moved == {uuid.UUID(reply["session_id"])} and not result.lost
     frame = await comm.receive_json_from(timeout=5)
     assert frame["code"] == "session_taken_over"
@@ -325,11 +326,11 @@ async def test_a_session_resumed_after_this_instance_was_reaped_keeps_its_row(wo
     comm = await connect()
     resumed = await resume(comm, reply["session_id"], reply["resume_token"])
     assert resumed["type"] == "session_resumed"  # registers the instance again
-    result = await lifecycle.reconcile()
+    result = await reconcile.reconcile()
     assert not result.lost and not result.moved and not result.removed
     assert await comm.receive_nothing(timeout=0.1)
     row = await LiveSession.objects.aget(pk=reply["session_id"])
-    assert row.instance_id == services.process_identity().boot_id
+    assert row.instance_id == process_state().identity.boot_id
     await comm.disconnect()
 
 
@@ -341,7 +342,7 @@ async def test_a_lifecycle_call_stuck_in_the_database_does_not_hold_up_the_next_
     settings.WSS_REGISTRY_TIMEOUT_SECONDS = 0.3
     # A dead predecessor whose row another transaction holds: reaping it hangs (up to the 2 s lock timeout).
     predecessor = await ServerInstance.objects.acreate(host="this-host", pid=dead_pid())
-    boot_id = services.process_identity().boot_id
+    boot_id = process_state().identity.boot_id
     beats: set = set()
 
     async def three_beats() -> bool:
@@ -349,7 +350,7 @@ async def test_a_lifecycle_call_stuck_in_the_database_does_not_hold_up_the_next_
         return len(beats - {None}) >= 3
 
     async with instance_locked(predecessor.pk):
-        await lifecycle.start()  # registers, then gets stuck reaping the predecessor
+        await heartbeat.start()  # registers, then gets stuck reaping the predecessor
         # Each heartbeat runs on a fresh thread instead of queueing behind the stuck call.
         await wait_until(three_beats, 1.5, what="heartbeats while a lifecycle call is stuck")
 
@@ -357,8 +358,8 @@ async def test_a_lifecycle_call_stuck_in_the_database_does_not_hold_up_the_next_
 async def test_a_resume_that_outlived_the_lease_is_answered_then_closed_with_session_lost(workspace):
     reply = await detached_session(workspace)
     comm = await connect()
-    services.instance_lease_renew(time.monotonic() + 0.2)  # the lease ends while the writer is busy
-    busy = services.registry_writer.call(lambda: time.sleep(0.5))
+    process_state().lease_renew(time.monotonic() + 0.2)  # the lease ends while the writer is busy
+    busy = sessions.registry_writer.call(lambda: time.sleep(0.5))
     frame = await resume(comm, reply["session_id"], reply["resume_token"])
     await busy
     assert frame["type"] == "session_resumed"  # the client has its new token...

@@ -125,4 +125,46 @@ async def test_a_registry_that_accepts_and_says_nothing_is_unavailable_after_the
         # The writer tries the batch, then the row alone: at most two connect timeouts.
         assert CONNECT_TIMEOUT - 0.5 <= took <= 2 * CONNECT_TIMEOUT + SLACK
         registry_proxy.restore()
-        assert await ws_open_session(ws, workspace)  # the same connection works again
+        # Whether or not the start's registration got through before the stall (failed, it
+        # left the lease lapsed), the same connection works again at once.
+        assert await ws_open_session(ws, workspace, timeout=1 + SLACK)
+
+
+async def test_after_a_stall_longer_than_the_lease_the_next_new_session_is_accepted_at_once(
+    server_factory, registry_proxy, workspace
+):
+    # Heartbeats 4 s apart, each given up after 1 s: at the restore, the next one is seconds away.
+    heartbeat, lease = 4, 4  # lease: the instance timeout (8 s) minus one heartbeat
+    server = proxied_server(
+        server_factory,
+        registry_proxy,
+        WSS_HEARTBEAT_SECONDS=str(heartbeat),
+        WSS_INSTANCE_TIMEOUT_SECONDS=str(heartbeat + lease),
+        WSS_REGISTRY_TIMEOUT_SECONDS="1",
+        DATABASE_CONNECT_TIMEOUT=str(CONNECT_TIMEOUT),
+    )
+    await wait_until(lambda: " started; heartbeat every" in server.log(), 10 + SLACK, what="the instance registered")
+    async with websockets.connect(server.url) as held, websockets.connect(server.url) as same:
+        await ws_open_session(held, workspace)
+        registry_proxy.stall()
+        # The lease runs out: the held session is closed before a peer could reap it.
+        frame = json.loads(await asyncio.wait_for(held.recv(), lease + heartbeat + SLACK))
+        assert frame["code"] == "session_lost"
+        failed = server.log().count("heartbeat failed")
+        await wait_until(
+            lambda: server.log().count("heartbeat failed") > failed, heartbeat + 1 + SLACK, what="a heartbeat failing"
+        )
+        await same.send(new_session_frame(workspace, request_id=1))
+        reply = json.loads(await asyncio.wait_for(same.recv(), 2 + SLACK))
+        assert (reply["code"], reply["request_id"]) == ("unavailable", 1)  # still stalled: refused
+        registry_proxy.restore()
+        restored = time.monotonic()
+        await ws_open_session(same, workspace, timeout=1 + SLACK)
+        on_same = time.monotonic() - restored
+        async with websockets.connect(server.url) as new:
+            started = time.monotonic()
+            await ws_open_session(new, workspace, timeout=1 + SLACK)
+            on_new = time.monotonic() - started
+    print(f"\nafter the restore: accepted on the same connection in {on_same:.2f} s, on a new one in {on_new:.2f} s")
+    assert on_same < 1 and on_new < 1
+    assert "Traceback" not in server.log()

@@ -5,7 +5,7 @@ from channels.testing import WebsocketCommunicator
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from sessions_app import metrics, services
+from sessions_app import instances, metrics, terminate
 from sessions_app.views import address_allowed
 from wssproject.asgi import application
 
@@ -118,7 +118,7 @@ async def test_terminate_counts_as_terminated_once(workspace):
     terminated = Delta("wss_sessions_ended_total", reason="terminated")
     live = Delta("wss_live_sessions")
     comm, reply = await open_session(workspace)
-    assert await services.session_terminate(session_id=reply["session_id"]) == services.TerminateResult.DELIVERED
+    assert await terminate.session_terminate(session_id=reply["session_id"]) == terminate.TerminateResult.DELIVERED
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     await comm.disconnect(code=4410)
     assert (terminated.value, live.value) == (1, 0)
@@ -223,5 +223,5 @@ async def test_detach_resume_take_over_and_expiry_are_counted(workspace):
     await LiveSession.objects.aupdate(detached_at=timezone.now() - timezone.timedelta(hours=1))
     from sessions_app import events
 
-    events.sessions_expired(await sync_to_async(services.sessions_expire_sync)())
+    events.sessions_expired(await sync_to_async(instances.sessions_expire_sync)())
     assert (expired.value, live.value) == (1, 0)

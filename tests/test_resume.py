@@ -9,8 +9,9 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
-from sessions_app import consumers, protocol, services
+from sessions_app import consumers, instances, protocol, sessions, terminate
 from sessions_app.models import LiveSession, ServerInstance
+from sessions_app.process import process_state
 
 from .communicators import connect, detached_session, open_session, resume
 
@@ -81,7 +82,7 @@ async def test_any_end_but_the_clients_1000_detaches_and_resume_restores_the_sam
     assert reply["resume_token"] != created["resume_token"] and reply["resume_grace_seconds"] == 30
     assert reply["request_id"] == "r"
     stored = await row(created["session_id"])
-    assert stored.detached_at is None and stored.instance_id == services.process_identity().boot_id
+    assert stored.detached_at is None and stored.instance_id == process_state().identity.boot_id
     assert stored.channel_name not in ("", old_channel)
     await again.disconnect()
 
@@ -143,7 +144,7 @@ async def test_no_oracle_every_refusal_is_one_and_the_same_frame(workspace, sett
     expired = await refusal(expired_session["session_id"], expired_session["resume_token"])
 
     terminated_session = await detached_session(workspace)
-    assert await services.session_terminate(session_id=terminated_session["session_id"])
+    assert await terminate.session_terminate(session_id=terminated_session["session_id"])
     terminated = await refusal(terminated_session["session_id"], terminated_session["resume_token"])
 
     v1_comm, v1 = await open_session(workspace)
@@ -209,7 +210,7 @@ async def test_a_late_end_of_the_old_connection_cannot_remove_or_detach_the_move
     """The race the channel layer cannot close: the old end is written before its notice arrives."""
     _, created = await open_session(workspace, fields=RESUMABLE)
     old_channel = (await row(created["session_id"])).channel_name
-    moved = await services.session_resume(
+    moved = await sessions.session_resume(
         session_id=uuid.UUID(created["session_id"]),
         resume_token=created["resume_token"],
         channel_name="new-channel",
@@ -217,8 +218,8 @@ async def test_a_late_end_of_the_old_connection_cannot_remove_or_detach_the_move
         user_id=None,
     )
     assert moved.previous_channel == old_channel
-    assert not await services.session_detach(session_id=moved.record.session_id, channel_name=old_channel)
-    await services.session_close(session_id=moved.record.session_id, channel_name=old_channel)
+    assert not await sessions.session_detach(session_id=moved.record.session_id, channel_name=old_channel)
+    await sessions.session_close(session_id=moved.record.session_id, channel_name=old_channel)
     stored = await row(created["session_id"])
     assert (stored.channel_name, stored.detached_at) == ("new-channel", None)
 
@@ -276,7 +277,7 @@ async def test_expiry_removes_detached_rows_past_the_grace_only(workspace):
     old, fresh = await detached_session(workspace), await detached_session(workspace)
     attached_comm, attached = await open_session(workspace, fields=RESUMABLE)
     await LiveSession.objects.filter(pk=old["session_id"]).aupdate(detached_at=timezone.now() - timedelta(seconds=31))
-    assert await sync_to_async(services.sessions_expire_sync)() == 1
+    assert await sync_to_async(instances.sessions_expire_sync)() == 1
     assert await row(old["session_id"]) is None
     assert await row(fresh["session_id"]) is not None and await row(attached["session_id"]) is not None
     await attached_comm.disconnect()
@@ -288,7 +289,7 @@ async def test_a_dead_instances_resumable_sessions_are_detached_by_the_reaper_an
         workspace_dir="/w", channel_name="c1", instance=dead, resumable=True, resume_token_hash="h"
     )
     v1 = await LiveSession.objects.acreate(workspace_dir="/w", channel_name="c2", instance=dead)
-    assert await sync_to_async(services.sessions_reap_sync)() == 1
+    assert await sync_to_async(instances.sessions_reap_sync)() == 1
     assert await row(str(v1.pk)) is None
     stored = await row(str(resumable.pk))
     assert stored.detached_at is not None and stored.instance_id is None
@@ -297,7 +298,7 @@ async def test_a_dead_instances_resumable_sessions_are_detached_by_the_reaper_an
 
 async def test_a_session_of_a_silent_instance_resumes_at_once_without_the_reaper(workspace):
     dead = await ServerInstance.objects.acreate(host="gone", pid=1)  # heartbeat fresh: not reapable yet
-    token, digest = services.resume_token_new()
+    token, digest = sessions.resume_token_new()
     stranded = await LiveSession.objects.acreate(
         workspace_dir=str(workspace),
         channel_name="dead-channel",
@@ -308,19 +309,19 @@ async def test_a_session_of_a_silent_instance_resumes_at_once_without_the_reaper
     comm = await connect()
     reply = await resume(comm, str(stranded.pk), token)
     assert reply["type"] == "session_resumed"
-    assert (await row(str(stranded.pk))).instance_id == services.process_identity().boot_id
+    assert (await row(str(stranded.pk))).instance_id == process_state().identity.boot_id
     await comm.disconnect()
 
 
 async def test_terminating_a_detached_session_removes_it(workspace):
     created = await detached_session(workspace)
-    assert await services.session_terminate(session_id=created["session_id"])
+    assert await terminate.session_terminate(session_id=created["session_id"])
     assert await row(created["session_id"]) is None
 
 
 async def test_terminating_an_attached_resumable_session_ends_it_with_4410(workspace):
     comm, created = await open_session(workspace, fields=RESUMABLE)
-    assert await services.session_terminate(session_id=created["session_id"])
+    assert await terminate.session_terminate(session_id=created["session_id"])
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4410}
     await comm.disconnect(code=4410)

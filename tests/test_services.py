@@ -15,9 +15,10 @@ from asgiref.sync import sync_to_async
 from django.db import DataError, connection
 from django.utils import timezone
 
-from sessions_app import services
+from sessions_app import instances, sessions, terminate
 from sessions_app.errors import Unavailable
 from sessions_app.models import LiveSession, ServerInstance
+from sessions_app.process import process_state
 
 from .communicators import open_session, ws_connect_session
 from .locks import instance_locked
@@ -27,13 +28,13 @@ from .servers import dead_pid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HOST = services.process_identity().host  # this machine: where predecessors are looked for
+HOST = process_state().identity.host  # this machine: where predecessors are looked for
 
 
 async def test_terminate_sends_session_terminated_closes_4410_and_removes_the_row(workspace):
     comm, reply = await open_session(workspace)
     session_id = reply["session_id"]
-    assert await services.session_terminate(session_id=session_id) == services.TerminateResult.DELIVERED
+    assert await terminate.session_terminate(session_id=session_id) == terminate.TerminateResult.DELIVERED
     reply = await comm.receive_json_from(timeout=5)
     assert reply["type"] == "error"
     assert reply["code"] == "session_terminated"
@@ -47,7 +48,7 @@ async def test_terminate_leaves_other_sessions_alone(workspace):
     session_a = reply["session_id"]
     comm_b, reply = await open_session(workspace)
     session_b = reply["session_id"]
-    await services.session_terminate(session_id=session_a)
+    await terminate.session_terminate(session_id=session_a)
     assert (await comm_a.receive_json_from(timeout=5))["code"] == "session_terminated"
     assert await comm_b.receive_nothing(timeout=0.2)
     assert await LiveSession.objects.filter(pk=session_b).aexists()
@@ -56,14 +57,14 @@ async def test_terminate_leaves_other_sessions_alone(workspace):
 
 
 async def test_terminate_of_an_unknown_session_is_not_found():
-    result = await services.session_terminate(session_id="00000000-0000-4000-8000-000000000000")
-    assert result == services.TerminateResult.NOT_FOUND
+    result = await terminate.session_terminate(session_id="00000000-0000-4000-8000-000000000000")
+    assert result == terminate.TerminateResult.NOT_FOUND
 
 
 async def test_terminate_deletes_the_row_of_a_dead_instance(workspace):
     dead = await ServerInstance.objects.acreate(host="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1))
     row = await LiveSession.objects.acreate(workspace_dir=str(workspace), channel_name="nobody", instance=dead)
-    assert await services.session_terminate(session_id=row.pk) == services.TerminateResult.REMOVED
+    assert await terminate.session_terminate(session_id=row.pk) == terminate.TerminateResult.REMOVED
     assert not await LiveSession.objects.filter(pk=row.pk).aexists()
 
 
@@ -81,80 +82,80 @@ async def test_session_create_re_registers_a_lost_instance(workspace):
 # --- Heartbeat, reaping, retirement -------------------------------------------------------
 
 
-def test_reap_removes_silent_instances_and_their_sessions_and_returns_the_count(fresh_instance, instance_with_sessions):
+def test_reap_removes_silent_instances_and_their_sessions_and_returns_the_count(fresh_process, instance_with_sessions):
     silent, _ = instance_with_sessions(sessions=3, age=60)
     fresh, _ = instance_with_sessions(sessions=2, age=0)
-    assert services.sessions_reap_sync(timeout=30) == 3
+    assert instances.sessions_reap_sync(timeout=30) == 3
     assert list(ServerInstance.objects.values_list("pk", flat=True)) == [fresh.pk]
     assert not LiveSession.objects.filter(instance_id=silent.pk).exists()
     assert LiveSession.objects.filter(instance=fresh).count() == 2
 
 
-def test_reap_defaults_to_the_instance_timeout_setting(fresh_instance, settings, instance_with_sessions):
+def test_reap_defaults_to_the_instance_timeout_setting(fresh_process, settings, instance_with_sessions):
     settings.WSS_INSTANCE_TIMEOUT_SECONDS = 100
     instance_with_sessions(sessions=1, age=60)
-    assert services.sessions_reap_sync() == 0
+    assert instances.sessions_reap_sync() == 0
     settings.WSS_INSTANCE_TIMEOUT_SECONDS = 50
-    assert services.sessions_reap_sync() == 1
+    assert instances.sessions_reap_sync() == 1
 
 
-def test_reap_with_nothing_dead_removes_nothing(fresh_instance, instance_with_sessions):
+def test_reap_with_nothing_dead_removes_nothing(fresh_process, instance_with_sessions):
     instance_with_sessions(sessions=2, age=1)
-    assert services.sessions_reap_sync(timeout=30) == 0
+    assert instances.sessions_reap_sync(timeout=30) == 0
     assert LiveSession.objects.count() == 2
 
 
-def test_heartbeat_refreshes_this_instance(fresh_instance):
-    boot_id = services.instance_register_sync()
+def test_heartbeat_refreshes_this_instance(fresh_process):
+    boot_id = instances.instance_register_sync()
     old = timezone.now() - timedelta(minutes=5)
     ServerInstance.objects.filter(pk=boot_id).update(heartbeat_at=old)
-    assert services.instance_heartbeat_sync() is True
+    assert instances.instance_heartbeat_sync() is True
     assert ServerInstance.objects.get(pk=boot_id).heartbeat_at > old
 
 
-def test_heartbeat_registers_again_after_being_reaped(fresh_instance):
-    boot_id = services.instance_register_sync()
+def test_heartbeat_registers_again_after_being_reaped(fresh_process):
+    boot_id = instances.instance_register_sync()
     ServerInstance.objects.all().delete()
-    assert services.instance_heartbeat_sync() is False
+    assert instances.instance_heartbeat_sync() is False
     assert ServerInstance.objects.filter(pk=boot_id).exists()
 
 
-def test_predecessors_on_this_host_whose_pid_is_gone_are_reaped_at_once(fresh_instance, instance_with_sessions):
+def test_predecessors_on_this_host_whose_pid_is_gone_are_reaped_at_once(fresh_process, instance_with_sessions):
     gone, _ = instance_with_sessions(sessions=4, host=HOST, pid=dead_pid())
-    assert services.instance_predecessors_reap_sync() == 4
+    assert instances.instance_predecessors_reap_sync() == 4
     assert not ServerInstance.objects.filter(pk=gone.pk).exists()
 
 
-def test_a_predecessor_holding_this_very_pid_is_reaped(fresh_instance, instance_with_sessions):
+def test_a_predecessor_holding_this_very_pid_is_reaped(fresh_process, instance_with_sessions):
     instance_with_sessions(sessions=1, host=HOST, pid=os.getpid())
-    assert services.instance_predecessors_reap_sync() == 1
+    assert instances.instance_predecessors_reap_sync() == 1
 
 
-def test_predecessor_reap_spares_running_pids_other_hosts_and_itself(fresh_instance, instance_with_sessions):
-    services.instance_register_sync()
+def test_predecessor_reap_spares_running_pids_other_hosts_and_itself(fresh_process, instance_with_sessions):
+    instances.instance_register_sync()
     running, _ = instance_with_sessions(sessions=1, host=HOST, pid=os.getppid())
     other_host, _ = instance_with_sessions(sessions=1, host="elsewhere", pid=dead_pid())
-    assert services.instance_predecessors_reap_sync() == 0
+    assert instances.instance_predecessors_reap_sync() == 0
     assert set(ServerInstance.objects.values_list("pk", flat=True)) == {
-        services.process_identity().boot_id,
+        process_state().identity.boot_id,
         running.pk,
         other_host.pk,
     }
 
 
-def test_retire_removes_this_instance_with_its_sessions_and_leaves_others(fresh_instance, instance_with_sessions):
-    services.instance_register_sync()
-    LiveSession.objects.create(workspace_dir="/tmp", channel_name="x", instance_id=services.process_identity().boot_id)
+def test_retire_removes_this_instance_with_its_sessions_and_leaves_others(fresh_process, instance_with_sessions):
+    instances.instance_register_sync()
+    LiveSession.objects.create(workspace_dir="/tmp", channel_name="x", instance_id=process_state().identity.boot_id)
     other, _ = instance_with_sessions(sessions=1)
-    assert services.instance_retire_sync() == 1
+    assert instances.instance_retire_sync() == 1
     assert list(ServerInstance.objects.values_list("pk", flat=True)) == [other.pk]
 
 
-async def test_after_retire_a_late_session_create_is_unavailable_and_leaves_no_row(fresh_instance, workspace):
-    await sync_to_async(services.instance_register_sync)()
-    await sync_to_async(services.instance_retire_sync)()
+async def test_after_retire_a_late_session_create_is_unavailable_and_leaves_no_row(fresh_process, workspace):
+    await sync_to_async(instances.instance_register_sync)()
+    await sync_to_async(instances.instance_retire_sync)()
     with pytest.raises(Unavailable):
-        await services.session_create(workspace_dir=str(workspace), channel_name="late", client_addr="")
+        await sessions.session_create(workspace_dir=str(workspace), channel_name="late", client_addr="")
     assert await LiveSession.objects.acount() == 0
     assert await ServerInstance.objects.acount() == 0
 
@@ -164,25 +165,25 @@ async def test_terminate_that_the_channel_layer_does_not_take_is_not_delivered(w
     row = await LiveSession.objects.acreate(
         workspace_dir=str(workspace), channel_name="specific.abc!def", instance=instance
     )
-    assert await services.session_terminate(session_id=row.pk) == services.TerminateResult.NOT_DELIVERED
+    assert await terminate.session_terminate(session_id=row.pk) == terminate.TerminateResult.NOT_DELIVERED
     assert await LiveSession.objects.filter(pk=row.pk).aexists()  # nothing was done
 
 
-async def test_an_insert_whose_caller_left_while_it_was_stuck_leaves_no_row(fresh_instance, workspace):
-    await sync_to_async(services.instance_register_sync)()
-    taken = services.registry_writer.operations
-    async with instance_locked(services.process_identity().boot_id):
+async def test_an_insert_whose_caller_left_while_it_was_stuck_leaves_no_row(fresh_process, workspace):
+    await sync_to_async(instances.instance_register_sync)()
+    taken = sessions.registry_writer.operations
+    async with instance_locked(process_state().identity.boot_id):
         create = asyncio.create_task(
-            services.session_create(workspace_dir=str(workspace), channel_name="left", client_addr="")
+            sessions.session_create(workspace_dir=str(workspace), channel_name="left", client_addr="")
         )
-        await wait_until(lambda: services.registry_writer.operations > taken, 5, what="the insert under way")
+        await wait_until(lambda: sessions.registry_writer.operations > taken, 5, what="the insert under way")
         create.cancel()  # as daphne cancels an application whose client has gone
         with pytest.raises(asyncio.CancelledError):
             await create
     # The insert commits once the lock is gone, and its undo follows it.
 
     async def no_row() -> bool:
-        return not await LiveSession.objects.aexists() and services.registry_writer.operations >= taken + 2
+        return not await LiveSession.objects.aexists() and sessions.registry_writer.operations >= taken + 2
 
     await wait_until(no_row, 5, what="the insert undone")
 
@@ -280,10 +281,10 @@ async def row_ids_equal(expected: set[str]) -> bool:
 
 @pytest.mark.production
 async def test_a_row_the_database_refuses_fails_only_its_caller_in_a_shared_batch(
-    production_services, fresh_instance, workspace
+    production_services, fresh_process, workspace
 ):
-    def insert(client_addr: str) -> services.SessionInsert:
-        return services.SessionInsert(
+    def insert(client_addr: str) -> sessions.SessionInsert:
+        return sessions.SessionInsert(
             session_id=uuid.uuid4(),
             workspace_dir=str(workspace),
             created_at=timezone.now(),
@@ -293,12 +294,12 @@ async def test_a_row_the_database_refuses_fails_only_its_caller_in_a_shared_batc
         )
 
     good, too_long, other = insert("a"), insert("x" * 100), insert("b")  # the column holds 64
-    await services.registry_writer.submit(good)  # registered, so the next three share one batch
+    await sessions.registry_writer.submit(good)  # registered, so the next three share one batch
     gate = threading.Event()
-    services.registry_writer.call(lambda: gate.wait(timeout=10))
+    sessions.registry_writer.call(lambda: gate.wait(timeout=10))
     tasks = [
-        asyncio.create_task(services.registry_writer.submit(operation))
-        for operation in (too_long, other, services.SessionDelete(session_id=good.session_id))
+        asyncio.create_task(sessions.registry_writer.submit(operation))
+        for operation in (too_long, other, sessions.SessionDelete(session_id=good.session_id))
     ]
     await asyncio.sleep(0)
     gate.set()

@@ -20,7 +20,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from sessions_app import lifecycle  # noqa: E402
+from sessions_app import server_hooks  # noqa: E402
 from sessions_app.startup import startup_check  # noqa: E402
 
 startup_check()
@@ -39,9 +39,9 @@ application = ForwardedClientMiddleware(
                 SessionCookieAuthMiddleware(ApiTokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
             ),
             # uvicorn (and other lifespan servers): register, heartbeat, retire on SIGTERM/SIGINT.
-            "lifespan": lifecycle.lifespan_app,
+            "lifespan": server_hooks.lifespan_app,
         }
     )
 )
 # daphne has no lifespan: the same start and stop hook into its Twisted reactor.
-lifecycle.daphne_install()
+server_hooks.daphne_install()

@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandParser
 
 from sessions_app.conf import app_settings
-from sessions_app.services import sessions_reap_sync
+from sessions_app.instances import sessions_reap_sync
 
 
 class Command(BaseCommand):

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sessions_app.audit import sessions_terminate_audited
-from sessions_app.services import TerminateResult
+from sessions_app.terminate import TerminateResult
 
 # sysexits.h EX_TEMPFAIL: a temporary failure, running the command again may work.
 EXIT_NOT_DELIVERED = 75

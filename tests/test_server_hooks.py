@@ -1,0 +1,66 @@
+"""Server hooks: the contracts with daphne, Twisted and uvicorn that sessions_app.compat relies on.
+
+Each test fails when an upgrade changes what a reach into another library's private parts
+relies on. The hooks' behaviour on real servers is tested in test_deployment.py and
+test_lifecycle_live.py.
+"""
+
+import inspect
+import signal
+import sys
+
+import pytest
+from daphne.cli import CommandLineInterface
+from daphne.server import Server as DaphneServer
+from twisted.internet import asyncioreactor
+from uvicorn import Config
+from uvicorn.server import Server as UvicornServer
+
+from sessions_app import compat
+
+
+def test_daphne_installs_the_asyncio_reactor_as_twisted_internet_reactor():
+    # Importing daphne.server (the `daphne` app does, in this process too) installs it.
+    reactor = sys.modules.get("twisted.internet.reactor")
+    assert isinstance(reactor, asyncioreactor.AsyncioSelectorReactor)
+    assert compat.daphne_reactor() is reactor
+    assert callable(reactor.callWhenRunning) and callable(reactor.addSystemEventTrigger)
+
+
+def test_no_reactor_in_sys_modules_means_no_daphne(monkeypatch):
+    monkeypatch.delitem(sys.modules, "twisted.internet.reactor")
+    assert compat.daphne_reactor() is None
+
+
+def test_another_reactor_is_not_daphnes(monkeypatch):
+    monkeypatch.setitem(sys.modules, "twisted.internet.reactor", object())
+    assert compat.daphne_reactor() is None
+
+
+def test_daphne_imports_the_application_before_it_runs_the_reactor_and_adds_its_shutdown_trigger():
+    # Our "before shutdown" trigger runs first only because daphne adds its own in run(),
+    # after the ASGI module (which installs ours) was imported.
+    cli = inspect.getsource(CommandLineInterface.run)
+    assert 0 <= cli.index("load_asgi_app(") < cli.index("self.server.run()")
+    run = inspect.getsource(DaphneServer.run)
+    assert 'addSystemEventTrigger("before", "shutdown", self.kill_all_applications)' in run
+    assert run.index("addSystemEventTrigger") < run.index("reactor.run(")
+
+
+def test_uvicorns_signal_handlers_are_recognised_while_it_serves():
+    server = UvicornServer(Config(app=lambda scope, receive, send: None))
+    with server.capture_signals():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            assert compat.uvicorn_signal_handler(signal.getsignal(signum))
+
+
+def test_uvicorn_captures_signals_before_the_lifespan_starts():
+    # uvicorn_signals_chain runs at lifespan startup and finds uvicorn's handlers already installed.
+    serve = inspect.getsource(UvicornServer.serve)
+    assert serve.index("capture_signals()") < serve.index("_serve(")
+    assert "await self.startup(" in inspect.getsource(UvicornServer._serve)
+
+
+@pytest.mark.parametrize("handler", [signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, print, None])
+def test_other_signal_handlers_are_not_uvicorns(handler):
+    assert not compat.uvicorn_signal_handler(handler)
