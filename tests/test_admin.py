@@ -224,3 +224,39 @@ def test_terminate_action_says_so_at_error_level_when_the_channel_layer_fails(
     assert '<li class="error">1 session was not terminated: the channel layer (Redis) is unavailable.' in page
     assert "Terminated" not in page
     assert LiveSession.objects.count() == 3
+
+
+def test_index_shows_each_instance_with_its_sessions_and_the_dying_and_reaped_in_red(
+    admin_client, instance_with_sessions
+):
+    from sessions_app.activity import epoch_minute
+    from sessions_app.models import ActivityMinute
+
+    instance_with_sessions(sessions=2, host="busy-host", pid=11)
+    instance_with_sessions(sessions=1, host="late-host", pid=22, age=12)  # two heartbeats missed: dying?
+    instance_with_sessions(sessions=0, host="dead-host", pid=33, age=3600)
+    minute = timezone.datetime.fromtimestamp(epoch_minute() * 60, timezone.get_current_timezone())
+    ActivityMinute.objects.create(
+        instance_id=uuid.uuid4(), host="crashed-host", pid=44, minute=minute, opened=3, ended=1
+    )
+    ActivityMinute.objects.create(instance_id=uuid.uuid4(), host="stopped-host", pid=55, minute=minute, stopped=True)
+    page = admin_client.get("/admin/").content.decode()
+    rows = {row.split(">", 1)[0]: row for row in page.split('<tr class="live-instance-')[1:]}
+    health = {host: state for state, row in rows.items() for host in re.findall(r">([a-z-]+-host):\d+<", row)}
+    assert health == {
+        "busy-host": 'alive"',
+        "late-host": 'late"',
+        "dead-host": 'dead"',
+        "crashed-host": 'reaped"',
+        "stopped-host": 'stopped"',
+    }
+    assert '<td class="live-count">2</td>' in rows['alive"']
+    assert "Last hour: 3 opened, 1 ended" in page
+    assert "<svg" in page and "cdn" not in page.lower()
+
+
+def test_index_shows_no_glance_to_staff_who_may_not_view_sessions(client, django_user_model):
+    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(user)
+    page = client.get("/admin/").content.decode()
+    assert "live-glance" not in page and "admin_live.js" not in page
