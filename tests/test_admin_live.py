@@ -11,9 +11,23 @@ from django.contrib.auth.models import Permission
 from sessions_app import admin_live
 from sessions_app.live import REGISTRY_GROUP
 
-from .communicators import admin_frame_until, admin_live_connect, admin_session_cookie, admin_watch, open_session
+from .communicators import (
+    admin_frame_until,
+    admin_live_connect,
+    admin_session_cookie,
+    admin_watch,
+    detached_session,
+    open_session,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def pages_refresh_only_when_nudged(settings) -> None:
+    """No timed refresh within a test: what moves a page is the registry's nudge."""
+    settings.WSS_HEARTBEAT_SECONDS = 60
+    settings.WSS_INSTANCE_TIMEOUT_SECONDS = 300  # the system checks want at least two heartbeats
 
 
 def staff(django_user_model, name: str, *codenames: str):
@@ -207,3 +221,26 @@ async def test_a_closed_channel_leaves_the_watchers(viewer_cookie):
     assert len(set(watchers) - before) == 1
     await admin.disconnect()
     assert set(watchers) - before == set()
+
+
+async def test_a_terminate_from_the_list_shows_on_the_page(viewer_cookie, workspace, django_user_model):
+    from sessions_app.audit import sessions_terminate_audited
+
+    attached, reply = await open_session(workspace, ok=True)
+    detached = (await detached_session(workspace))["session_id"]
+    accepted, admin = await admin_live_connect(viewer_cookie)
+    assert accepted
+    first = await admin_watch(admin)
+    assert set(first["order"]) == {reply["session_id"], detached}
+    operator = await sync_to_async(django_user_model.objects.create_superuser)("operator", "o@example.com", "pw")
+    while not await admin.receive_nothing(timeout=1.5):  # the detach's own nudge has come and gone
+        await admin.receive_json_from()
+    # What the admin action runs, in a worker thread as the admin's request does: first the
+    # detached session (its row is removed here), then the attached one (its consumer ends it).
+    terminate = sync_to_async(sessions_terminate_audited)
+    assert await terminate([detached], via="admin", user=operator) == {"removed": 1}
+    await admin_frame_until(admin, lambda f: f["type"] == "changelist" and f["order"] == [reply["session_id"]])
+    assert await terminate([reply["session_id"]], via="admin", user=operator) == {"delivered": 1}
+    await admin_frame_until(admin, lambda f: f["type"] == "changelist" and f["order"] == [])
+    await attached.disconnect()
+    await admin.disconnect()
