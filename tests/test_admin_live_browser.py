@@ -150,3 +150,28 @@ def test_the_changelist_and_the_index_follow_the_registry_and_fit(
         expect(page.locator("#result_list .live-badge-alive")).to_have_count(1)
         assert_no_horizontal_overflow(page)
         screenshot(page, f"{size}-4-instances")
+
+
+def test_a_dropped_live_channel_is_shown_and_the_page_catches_up_when_it_returns(
+    servers, workspace, open_client, django_user_model, browser: Browser, request
+):
+    slow = {"WSS_HEARTBEAT_SECONDS": "5", "WSS_INSTANCE_TIMEOUT_SECONDS": "25"}
+    server = servers(**slow)
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    with browser_tabs(browser, server, request.node.name) as context:
+        page = context.new_page()
+        page.set_viewport_size({"width": 1280, "height": 800})
+        log_in(page, CHANGELIST)
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+        page.evaluate("window.loadedOnce = true")
+
+        server.stop()  # the process dies: the page's socket drops
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "lost")
+        expect(page.locator("#live-status")).to_contain_text("Live channel lost")
+        screenshot(page, "1280x800-5-live-channel-lost")
+
+        back = servers(port=server.port, **slow)  # the same address, a new process
+        opened = open_client(back.url, workspace)  # while the page is still reconnecting, maybe
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "live", timeout=15_000)
+        expect(row(page, opened.session_id)).to_be_visible()  # caught up
+        assert page.evaluate("window.loadedOnce") is True
