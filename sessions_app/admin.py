@@ -51,7 +51,7 @@ def created_ago(session: LiveSession) -> str:
 
 
 def instance_label(instance: ServerInstance) -> str:
-    """host:pid with a dot: green while its heartbeat is fresh, red once it is late or dead."""
+    """host:pid with a dot: green while its heartbeat is fresh, red once it is dying or dead."""
     alive = instance_health(instance, now=timezone.now()) == "alive"
     return format_html(
         '<span class="live-dot live-dot-{}" title="{}"></span><span title="instance {}">{}:{}</span>',

@@ -133,12 +133,12 @@ def changelist_render_sync(
 
 
 def instance_health(instance: ServerInstance, *, now) -> str:
-    """`alive`, `late` (a heartbeat or more overdue: dying?) or `dead` (past the timeout: the reaper takes it)."""
+    """`alive`, `dying` (two heartbeats or more overdue) or `dead` (past the timeout: the reaper will take it)."""
     silent = (now - instance.heartbeat_at).total_seconds()
     if silent > app_settings.WSS_INSTANCE_TIMEOUT_SECONDS:
         return "dead"
     if silent > 2 * app_settings.WSS_HEARTBEAT_SECONDS:
-        return "late"
+        return "dying"
     return "alive"
 
 

@@ -233,7 +233,7 @@ def test_index_shows_each_instance_with_its_sessions_and_the_dying_and_reaped_in
     from sessions_app.models import ActivityMinute
 
     instance_with_sessions(sessions=2, host="busy-host", pid=11)
-    instance_with_sessions(sessions=1, host="late-host", pid=22, age=12)  # two heartbeats missed: dying?
+    instance_with_sessions(sessions=1, host="dying-host", pid=22, age=12)  # two heartbeats missed
     instance_with_sessions(sessions=0, host="dead-host", pid=33, age=3600)
     minute = timezone.datetime.fromtimestamp(epoch_minute() * 60, timezone.get_current_timezone())
     ActivityMinute.objects.create(
@@ -245,7 +245,7 @@ def test_index_shows_each_instance_with_its_sessions_and_the_dying_and_reaped_in
     health = {host: state for state, row in rows.items() for host in re.findall(r">([a-z-]+-host):\d+<", row)}
     assert health == {
         "busy-host": 'alive"',
-        "late-host": 'late"',
+        "dying-host": 'dying"',
         "dead-host": 'dead"',
         "crashed-host": 'reaped"',
         "stopped-host": 'stopped"',
