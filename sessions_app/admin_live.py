@@ -110,7 +110,10 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
             return
         self.sent: dict[str, Any] = {}
         self.wake = asyncio.Event()
-        await self.channel_layer.group_add(REGISTRY_GROUP, self.channel_name)
+        try:
+            await self.channel_layer.group_add(REGISTRY_GROUP, self.channel_name)
+        except Exception as error:  # the layer is down: the page still follows, at its timed refresh
+            logger.warning("admin live page not subscribed to registry changes: %s", error)
         await self.accept()
         self.pusher = asyncio.get_running_loop().create_task(self.push_loop(), name="wss-admin-live")
 

@@ -244,3 +244,10 @@ async def test_a_terminate_from_the_list_shows_on_the_page(viewer_cookie, worksp
     await admin_frame_until(admin, lambda f: f["type"] == "changelist" and f["order"] == [])
     await attached.disconnect()
     await admin.disconnect()
+
+
+async def test_a_page_is_served_while_the_channel_layer_is_down(viewer_cookie, unreachable_channel_layer):
+    accepted, admin = await admin_live_connect(viewer_cookie)
+    assert accepted
+    assert (await admin_watch(admin, page="index"))["type"] == "index"  # its timed refresh still works
+    await admin.disconnect()
