@@ -86,6 +86,7 @@ class LiveSessionAdmin(LiveChangeList, ReadOnlyAdmin):
         "resumable",
     ]
     exclude = ["resume_token_hash"]
+    readonly_fields = ["id"]  # the full id on the detail page; the list shows the short one
     actions = ["terminate_sessions"]
 
     def has_delete_permission(self, request, obj=None) -> bool:

@@ -38,6 +38,7 @@ def test_index_and_changelist_show_detached_sessions(admin_client, sessions):
     assert page.count('live-badge-attached">attached<') == 2
     detail = admin_client.get(f"/admin/sessions_app/livesession/{sessions[0].pk}/change/").content.decode()
     assert "f" * 64 not in detail  # the token's hash is not shown
+    assert f'<div class="readonly">{sessions[0].pk}</div>' in detail  # the full id
     only_detached = admin_client.get("/admin/sessions_app/livesession/", {"state": "detached"}).content.decode()
     assert str(sessions[0].id) in only_detached
     assert str(sessions[1].id) not in only_detached
