@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY
 
 from . import admin_pages, events
 from .conf import app_settings
@@ -83,10 +84,17 @@ def origin_refusal(scope: dict[str, Any]) -> str | None:
     return f"Origin {origin[:200]} is not this admin's host"
 
 
-def user_refusal(user: Any) -> str | None:
-    """Why `user` may not watch the registry; None if they may (staff, active, Can view live session)."""
+def user_refusal(scope: dict[str, Any]) -> str | None:
+    """Why the handshake's user may not watch the registry; None if they may.
+
+    They must be logged in to the admin (the session cookie, not an API token) as an active
+    staff user with *Can view live session*.
+    """
+    user, session = scope.get("user"), scope.get("session")
     if user is None or not user.is_authenticated:
         return "not logged in to the admin"
+    if session is None or session.get(SESSION_KEY) != str(user.pk):
+        return "the admin's live channel takes the admin's login, not an API token"
     if not (user.is_active and user.is_staff and user.has_perm(VIEW_PERMISSION)):
         return "the user may not view live sessions"
     return None
@@ -102,7 +110,7 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
         refusal = origin_refusal(self.scope)
         reason = "origin"
         if refusal is None:
-            refusal = await database_sync_to_async(user_refusal)(self.scope.get("user"))
+            refusal = await database_sync_to_async(user_refusal)(self.scope)
             reason = "auth"
         if refusal is not None:
             events.handshake_refused(self.scope, reason=reason, detail=refusal)

@@ -58,6 +58,23 @@ async def test_the_live_channel_refuses_staff_without_the_view_permission(django
     assert not accepted
 
 
+async def test_the_live_channel_refuses_an_api_token_even_of_a_viewer(django_user_model):
+    from channels.testing import WebsocketCommunicator
+
+    from sessions_app.tokens import token_create
+    from wssproject.asgi import application
+
+    user = await sync_to_async(staff)(django_user_model, "viewer", "view_livesession")
+    _, raw = await sync_to_async(token_create)(user=user, name="script")
+    headers = [
+        (b"host", b"testserver"),
+        (b"origin", b"http://testserver"),
+        (b"authorization", f"Bearer {raw}".encode()),
+    ]
+    accepted, _ = await WebsocketCommunicator(application, "/admin/live/", headers=headers).connect()
+    assert not accepted
+
+
 async def test_the_live_channel_refuses_a_foreign_or_missing_origin(viewer_cookie):
     for origin in ("http://evil.example", None):
         accepted, _ = await admin_live_connect(viewer_cookie, origin=origin)
