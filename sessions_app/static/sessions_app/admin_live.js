@@ -31,7 +31,9 @@
       let frame;
       try { frame = JSON.parse(event.data); } catch (error) { return; }
       const handler = HANDLERS[frame.type];
-      if (handler) handler(frame);
+      if (!handler) return;
+      if (frame.type !== "error" && status.dataset.state !== "live") setStatus("live", "live"); // recovered
+      handler(frame);
     };
     socket.onclose = function () {
       setStatus("lost", "Live channel lost: this page may be out of date. Reconnecting…");
