@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 
-from . import admin_pages, events
+from . import admin_pages, events, metrics
 from .conf import app_settings
 from .live import REGISTRY_GROUP
 
@@ -123,12 +123,14 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
         except Exception as error:  # the layer is down: the page still follows, at its timed refresh
             logger.warning("admin live page not subscribed to registry changes: %s", error)
         await self.accept()
+        metrics.admin_page_watching(+1)
         self.pusher = asyncio.get_running_loop().create_task(self.push_loop(), name="wss-admin-live")
 
     async def disconnect(self, code: int) -> None:
         """Stop pushing and leave the watchers; never raises."""
         pusher = getattr(self, "pusher", None)
         if pusher is not None:
+            metrics.admin_page_watching(-1)
             pusher.cancel()
             with contextlib.suppress(BaseException):
                 await pusher
@@ -175,6 +177,7 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
             if parts != self.sent.get("index"):
                 self.sent["index"] = parts
                 await self.send_json({"type": "index", **parts})
+                metrics.admin_frame_sent()
             return
         view = await database_sync_to_async(admin_pages.changelist_render_sync)(
             self.scope["user"],
@@ -188,6 +191,7 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
         frame = changelist_frame(view, self.sent)
         if frame is not None:
             await self.send_json(frame)
+            metrics.admin_frame_sent()
 
 
 def changelist_frame(view: admin_pages.ChangelistView, sent: dict[str, Any]) -> dict[str, Any] | None:

@@ -14,6 +14,8 @@ import time
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from . import metrics
+
 logger = logging.getLogger(__name__)
 
 REGISTRY_GROUP = "wss-registry-watchers"
@@ -66,6 +68,7 @@ async def _nudge_or_raise(timeout: float) -> None:
     if layer is not None:
         await asyncio.wait_for(layer.group_send(REGISTRY_GROUP, {"type": "registry.changed"}), timeout)
         nudges_sent += 1
+        metrics.registry_nudged()
 
 
 def nudge_now() -> None:

@@ -268,3 +268,22 @@ async def test_a_page_is_served_while_the_channel_layer_is_down(viewer_cookie, u
     assert accepted
     assert (await admin_watch(admin, page="index"))["type"] == "index"  # its timed refresh still works
     await admin.disconnect()
+
+
+async def test_watching_pages_and_their_updates_are_counted(viewer_cookie, workspace):
+    from prometheus_client import REGISTRY
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    pages, frames = sample("wss_admin_live_pages"), sample("wss_admin_live_frames_total")
+    accepted, admin = await admin_live_connect(viewer_cookie)
+    assert accepted
+    assert sample("wss_admin_live_pages") == pages + 1
+    await admin_watch(admin)
+    comm, reply = await open_session(workspace, ok=True)
+    await admin_frame_until(admin, lambda f: reply["session_id"] in f.get("order", ()))
+    assert sample("wss_admin_live_frames_total") == frames + 2
+    await comm.disconnect()
+    await admin.disconnect()
+    assert sample("wss_admin_live_pages") == pages

@@ -5,6 +5,7 @@ import time
 
 import pytest
 from channels.layers import get_channel_layer
+from prometheus_client import REGISTRY
 
 from sessions_app import live
 
@@ -23,15 +24,16 @@ async def watcher():
 
 async def test_a_burst_of_changes_is_one_nudge_within_the_interval(watcher):
     layer, channel = watcher
-    sent = live.nudges_sent
+    sent, nudged = live.nudges_sent, REGISTRY.get_sample_value("wss_registry_nudges_total") or 0.0
     loop = asyncio.get_running_loop()
     started = loop.time()
     for _ in range(500):
         live.registry_changed()
     assert await asyncio.wait_for(layer.receive(channel), 2) == {"type": "registry.changed"}
     assert loop.time() - started < live.NUDGE_SECONDS + 0.5
-    await asyncio.sleep(live.NUDGE_SECONDS * 2)
+    await asyncio.sleep(live.NUDGE_SECONDS * 2)  # long enough for a second nudge, were there one
     assert live.nudges_sent - sent == 1
+    assert REGISTRY.get_sample_value("wss_registry_nudges_total") == nudged + 1
     live.registry_changed()  # a later change is nudged again
     await wait_until(lambda: live.nudges_sent - sent == 2, 2, what="a second nudge")
 
