@@ -6,7 +6,7 @@ and each fault (the link cut for 5 s behind a TCP proxy; redis-server stopped an
 again, losing its data) it records what a receiver sees, whether a channel can be made
 and a message sent during the outage, whether the first message sent after the recovery
 arrives, and how long after the recovery messages arrive again (one sent every 0.25 s).
-Prints one Markdown table (docs/decisions.md).
+Prints one Markdown table (docs/performance.md, "Redis outages").
 """
 
 import argparse

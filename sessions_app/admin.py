@@ -11,7 +11,7 @@ from django.utils.html import format_html
 
 from .admin_filters import InstanceFilter, StateFilter
 from .admin_pages import instance_health
-from .audit import sessions_terminate_audited
+from .audit import ACTED, sessions_terminate_audited, terminate_summary
 from .display import short_id, short_span
 from .instances import resume_grace_seconds
 from .models import ApiToken, LiveSession, ServerInstance
@@ -98,9 +98,8 @@ class LiveSessionAdmin(LiveChangeList, ReadOnlyAdmin):
         results = sessions_terminate_audited(
             list(queryset.values_list("pk", flat=True)), via="admin", user=request.user
         )
-        ended = results[TerminateResult.DELIVERED] + results[TerminateResult.REMOVED]
-        if ended or not results[TerminateResult.NOT_DELIVERED]:
-            self.message_user(request, f"Terminated {ended} session{'' if ended == 1 else 's'}.", messages.SUCCESS)
+        if any(results[result] for result in ACTED) or not results[TerminateResult.NOT_DELIVERED]:
+            self.message_user(request, terminate_summary(results), messages.SUCCESS)
         if failed := results[TerminateResult.NOT_DELIVERED]:
             self.message_user(
                 request,

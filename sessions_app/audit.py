@@ -18,10 +18,12 @@ from django.contrib.contenttypes.models import ContentType
 
 from . import events
 from .models import LiveSession
-from .terminate import TerminateResult, session_terminate
+from .terminate import TerminateResult, session_terminate_request
 
-# The results that ended a session; the others did nothing.
-ENDED = (TerminateResult.DELIVERED, TerminateResult.REMOVED)
+# The results that did something; the others did nothing. DELIVERED means only that the
+# channel layer took the terminate for the server that holds the session, which closes it;
+# REMOVED that the row of a session no server held was deleted here: it ended.
+ACTED = (TerminateResult.DELIVERED, TerminateResult.REMOVED)
 
 
 def operator_name() -> str:
@@ -34,16 +36,15 @@ def operator_name() -> str:
 
 def terminate_recorded(*, session_id: uuid.UUID | str, result: TerminateResult, via: str, user=None) -> None:
     """Record one terminate: the event line always (with its result), a LogEntry when a user ended a session."""
-    ended = result in ENDED
     if user is not None and user.is_authenticated:
-        if ended:
+        if result in ACTED:
             LogEntry.objects.create(
                 user_id=user.pk,
                 content_type=ContentType.objects.get_for_model(LiveSession),
                 object_id=str(session_id),
                 object_repr=str(session_id),
                 action_flag=DELETION,
-                change_message=f"Terminated through the {via}.",
+                change_message=f"{result_text(result).capitalize()} through the {via}.",
             )
         actor = user.get_username()
     else:
@@ -53,7 +54,7 @@ def terminate_recorded(*, session_id: uuid.UUID | str, result: TerminateResult, 
 
 def session_terminate_audited(session_id: uuid.UUID | str, *, via: str, user=None) -> TerminateResult:
     """Terminate one session and record what happened."""
-    result = async_to_sync(session_terminate)(session_id=session_id)
+    result = async_to_sync(session_terminate_request)(session_id=session_id)
     if result is not TerminateResult.NOT_FOUND:
         terminate_recorded(session_id=session_id, result=result, via=via, user=user)
     return result
@@ -62,3 +63,22 @@ def session_terminate_audited(session_id: uuid.UUID | str, *, via: str, user=Non
 def sessions_terminate_audited(session_ids: Iterable[uuid.UUID | str], *, via: str, user=None) -> Counter:
     """Terminate each session and record each one found; how many ended up in each result."""
     return Counter(session_terminate_audited(session_id, via=via, user=user) for session_id in session_ids)
+
+
+def result_text(result: TerminateResult) -> str:
+    """What one terminate did, in words."""
+    return "terminate delivered" if result is TerminateResult.DELIVERED else "terminated"
+
+
+def terminate_summary(results: Counter) -> str:
+    """What a batch of terminates did, in words: sessions ended here, and terminates delivered to their servers."""
+    removed, delivered = results[TerminateResult.REMOVED], results[TerminateResult.DELIVERED]
+    parts = []
+    if removed or not delivered:
+        parts.append(f"Terminated {removed} session{'' if removed == 1 else 's'}.")
+    if delivered:
+        parts.append(
+            f"Terminate delivered to {delivered} session{'' if delivered == 1 else 's'}: "
+            f"{'its server closes it' if delivered == 1 else 'their servers close them'}."
+        )
+    return " ".join(parts)

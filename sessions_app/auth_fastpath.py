@@ -4,8 +4,8 @@ Channels' AuthMiddlewareStack (cookies, session, user) copies the scope at each 
 hops to a database thread on every handshake to look the user up. A handshake without
 the session cookie can only be anonymous, so it goes straight to the inner application
 with `cookies` parsed and `user` set to AnonymousUser (and no `session` in the scope);
-only handshakes that carry the session cookie take the full stack. Measured in
-docs/decisions.md: about 3 KB per held connection.
+only handshakes that carry the session cookie take the full stack, so an anonymous
+connection holds no copies of its scope (docs/decisions.md).
 """
 
 from typing import Any

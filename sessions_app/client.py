@@ -178,25 +178,23 @@ class SessionClient:
 
     async def end_session(self, request_id: RequestId | None = None, *, timeout: float = 10.0) -> UUID:
         """End this connection's session now (NoSession when there is none); the connection stays open."""
-        frame: dict[str, Any] = {"type": "end_session"}
-        if request_id is not None:
-            frame["request_id"] = request_id
-        await self.websocket.send(json.dumps(frame))
-        reply = await self._receive(timeout)
-        if reply.get("type") == "error":
-            raise error_from_frame(reply)
+        reply = await self._exchange({"type": "end_session"}, request_id, timeout)
         self.session = None
         return UUID(reply["session_id"])
 
     async def _request(self, frame: dict[str, Any], request_id: RequestId | None, timeout: float) -> Session:
+        self.session = Session.from_frame(await self._exchange(frame, request_id, timeout))
+        return self.session
+
+    async def _exchange(self, frame: dict[str, Any], request_id: RequestId | None, timeout: float) -> dict[str, Any]:
+        """Send one request frame and return its reply; an error reply is raised as its error class."""
         if request_id is not None:
             frame["request_id"] = request_id
         await self.websocket.send(json.dumps(frame))
         reply = await self._receive(timeout)
         if reply.get("type") == "error":
             raise error_from_frame(reply)
-        self.session = Session.from_frame(reply)
-        return self.session
+        return reply
 
     async def hold(self) -> None:
         """Keep the session until the server ends it; raise what ended it (SessionTerminated, ConnectionClosed...).

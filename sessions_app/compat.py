@@ -1,11 +1,135 @@
-"""Every use of another library's private parts, each named with what it relies on and why.
+"""Every use of another library's private parts, in one place.
 
-Each has a contract test (tests/test_server_hooks.py for the server hooks) that fails when
-an upgrade changes what it relies on.
+Each section names the upstream code it relies on and why the public API does not do;
+tests/test_compat.py (tests/test_server_hooks.py for the server hooks) has a contract test
+per touchpoint that fails when an upgrade changes what it relies on, and a system check
+(wss.W030) warns when an installed version differs from the one this module was checked
+against. After an upgrade: run tests/test_compat.py,
+re-check each section, then update CHECKED_VERSIONS (and requirements.txt).
 """
 
+import hashlib
+import importlib.metadata
+import inspect
 import sys
+import time
+from collections.abc import Mapping
 from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+
+# --- Versions -----------------------------------------------------------------------------
+
+# The distributions whose private parts this module uses, at the versions it was checked
+# against (the pins of requirements.txt).
+CHECKED_VERSIONS: dict[str, str] = {
+    "channels": "4.3.2",
+    "channels-redis": "4.3.0",
+    "daphne": "4.2.3",
+    "uvicorn": "0.54.0",
+    "djangorestframework": "3.18.3",
+}
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of `distribution`, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions_differing() -> dict[str, tuple[str, str]]:
+    """{distribution: (checked, installed)} for each installed one whose version is not the checked one."""
+    found = {name: installed_version(name) for name in CHECKED_VERSIONS}
+    return {
+        name: (checked, found[name])
+        for name, checked in CHECKED_VERSIONS.items()
+        if found[name] is not None and found[name] != checked
+    }
+
+
+def source_digest(function: Any) -> str:
+    """A short digest of a function's source: a contract test compares it with the one checked."""
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+
+
+# --- Channels' in-memory layer: `_clean_expired` ------------------------------------------
+# channels.layers.InMemoryChannelLayer runs `_clean_expired` (a walk over every channel and
+# group) on each `receive` and `group_send`. Every connection calls `receive` once when it
+# opens, so holding N connections costs O(N^2). Expiry is measured in seconds (60 s by
+# default), so walking at most once per `clean_interval` keeps it as correct as before.
+# No public hook: the walk is called from `receive` itself.
+
+
+class CleanExpiredAtMostEvery:
+    """Mixin for Channels' InMemoryChannelLayer: `_clean_expired` at most once per `clean_interval` seconds."""
+
+    clean_interval = 1.0
+    _cleaned_at = 0.0
+
+    def _clean_expired(self) -> None:
+        now = time.monotonic()
+        if now - self._cleaned_at < self.clean_interval:
+            return
+        self._cleaned_at = now
+        super()._clean_expired()  # type: ignore[misc]
+
+
+# --- channels-redis: `_clean_receive_backup` ------------------------------------------------
+# channels_redis.core.RedisChannelLayer.receive_single starts `_clean_receive_backup` in a
+# task nobody awaits. When Redis fails right after a read, that task dies with "Task
+# exception was never retrieved". Nothing is lost (the message stays in the backup queue
+# and is read again after the outage), so the failure is counted instead.
+
+
+class ReceiveBackupFailuresCounted:
+    """Mixin for channels-redis's core layer: a Redis failure in the receive-backup cleanup is handed to a hook."""
+
+    backup_failures: tuple[type[BaseException], ...] = ()
+
+    def receive_backup_failed(self, error: BaseException) -> None:
+        """Called with the Redis failure that ended a receive-backup cleanup."""
+
+    async def _clean_receive_backup(self, index: int, channel: str) -> None:
+        try:
+            await super()._clean_receive_backup(index, channel)  # type: ignore[misc]
+        except self.backup_failures as error:
+            self.receive_backup_failed(error)
+
+
+# --- Channels' consumer: `dispatch` and `websocket_disconnect` ------------------------------
+# Channels 4.3 calls `aclose_old_connections()` (a hop to the database thread) before every
+# handler and again on disconnect. A consumer that reaches the database only through its
+# own executors (and `database_sync_to_async`, which closes old connections itself) gains
+# nothing from the hop and pays it per event: measured in docs/decisions.md. These are
+# Channels' own methods (channels.consumer.AsyncConsumer.dispatch,
+# channels.generic.websocket.AsyncWebsocketConsumer.websocket_disconnect) without the hop
+# and, for the disconnect, without the group discards: the consumer joins no groups.
+
+# The digests of the upstream methods these copies were made from.
+CONSUMER_SOURCES_CHECKED = {
+    "channels.consumer.AsyncConsumer.dispatch": "39f34e7d4fb0f655",
+    "channels.generic.websocket.AsyncWebsocketConsumer.websocket_disconnect": "10f38aa55fd51ff5",
+}
+
+
+class WithoutConnectionHop:
+    """Mixin for a Channels WebSocket consumer: Channels' dispatch and disconnect, without the database-thread hop."""
+
+    async def dispatch(self, message: Mapping[str, Any]) -> None:
+        """Call the handler for the message's type."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_disconnect(self, message: Mapping[str, Any]) -> None:
+        """Call `disconnect` with the close code, then stop the consumer."""
+        await self.disconnect(message["code"])  # type: ignore[attr-defined]
+        raise StopConsumer()
+
 
 # --- Server hooks: daphne's Twisted reactor, uvicorn's signal handlers ------------------------
 # daphne offers no hook to run code when its reactor starts or before it shuts down, and

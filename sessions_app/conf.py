@@ -1,7 +1,8 @@
 """The app's knobs, read in one place with their documented defaults.
 
 Values are looked up on every access so that tests (and `override_settings`) see changes.
-`wssproject.settings` fills them from `WSS_*` environment variables.
+`wssproject.settings` fills them from `WSS_*` environment variables, parsed as these
+defaults are; this module imports no other module of the app, so settings can import it.
 """
 
 from typing import Any
@@ -19,7 +20,9 @@ DEFAULTS: dict[str, Any] = {
     "WSS_METRICS_ALLOWED_IPS": ["127.0.0.1", "::1"],
     "WSS_METRICS_TOKEN": "",
     "WSS_READYZ_TIMEOUT_SECONDS": 2.0,
-    # Resume (protocol v1.1): how long a detached resumable session waits; 0 turns resume off.
+    # A crash is reaped within WSS_INSTANCE_TIMEOUT_SECONDS + WSS_HEARTBEAT_SECONDS.
+    # Resume: how long a detached resumable session is kept (expired within it plus one
+    # heartbeat); 0 turns resume off.
     "WSS_RESUME_GRACE_SECONDS": 30.0,
     # The longest a caller waits for the registry (a session write, a heartbeat) before
     # answering `unavailable` or counting the call as failed.

@@ -4,12 +4,11 @@ import logging
 import time
 from typing import Any
 
-from channels.consumer import get_handler_name
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
 
 from . import connections, events, protocol
+from .compat import WithoutConnectionHop
 from .conf import app_settings
 from .errors import (
     InternalError,
@@ -26,19 +25,19 @@ from .inbox import Inbox
 from .instances import resume_grace_seconds
 from .process import process_state
 from .ratelimit import TokenBucket
+from .release import held_channel, session_release
 from .resolver import workspace_resolve_async
 from .sessions import (
     SessionRecord,
     session_close,
     session_create,
-    session_detach,
     session_resume,
 )
 
 logger = logging.getLogger(__name__)
 
 
-class SessionConsumer(AsyncJsonWebsocketConsumer):
+class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
     """One WebSocket connection, holding at most one live session."""
 
     session: SessionRecord | None = None
@@ -80,7 +79,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             return  # frames already in flight after a fatal error: nothing more to say
         message = None
         try:
-            message = protocol.decode(text_data, bytes_data, limit=app_settings.WSS_MAX_MESSAGE_BYTES)
+            message = protocol.decode(text_data, bytes_data)
             await HANDLERS[type(message)](self, message)
         except ProtocolError as error:
             if message is not None:
@@ -161,7 +160,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         if self.session is None:
             raise NoSession("This connection holds no session; there is nothing to end.")
         session, self.session = self.session, None
-        await session_close(session_id=session.session_id, channel_name=self.held_channel(session))
+        await session_close(session_id=session.session_id, channel_name=held_channel(session, self.channel_name))
         await self.send_json(protocol.session_ended_reply(session_id=session.session_id, request_id=message.request_id))
         events.session_ended(self.scope, session, reason="client_close")
 
@@ -186,32 +185,24 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await self.send_error(SessionTakenOver("This session was resumed on another connection."))
 
     async def disconnect(self, code: int) -> None:
-        """End or detach the session, if any. Idempotent; never raises.
-
-        A resumable session ends only on the client's own close 1000; any other end detaches
-        it for the grace period. Either write applies only while this connection still holds
-        the row, so a session that moved to another connection is left alone.
-        """
+        """End or detach the session, if any (release.session_release decides). Idempotent; never raises."""
         connections.connection_closed(self)
         session, self.session = self.session, None
         if session is None:
             return
         reason = events.end_reason(code, closing_error=self.closing_error)
-        if session.resumable and not events.session_ends_with(code, closing_error=self.closing_error):
-            await session_detach(session_id=session.session_id, channel_name=self.channel_name)
+        detached = await session_release(
+            session=session, channel_name=self.channel_name, close_code=code, closing_error=self.closing_error
+        )
+        if detached:
             events.session_detached(self.scope, session, reason=reason, close_code=code)
-            return
-        await session_close(session_id=session.session_id, channel_name=self.held_channel(session))
-        events.session_ended(self.scope, session, reason=reason, close_code=code)
+        else:
+            events.session_ended(self.scope, session, reason=reason, close_code=code)
 
     @property
     def user_id(self) -> int | None:
         """The authenticated user's id, or None."""
         return getattr(self.scope.get("user"), "pk", None)
-
-    def held_channel(self, session: SessionRecord) -> str | None:
-        """The channel a delete must still find on the row: ours for a resumable session (it can move)."""
-        return self.channel_name if session.resumable else None
 
     async def tell(self, channel_name: str, event_type: str, session: SessionRecord) -> None:
         """Send a channel-layer event about `session` to another consumer; a failed send is logged, not raised."""
@@ -220,23 +211,6 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         except Exception:
             # The row already moved, so the old connection's writes are no-ops; it only keeps its socket.
             logger.warning("could not tell %s about session %s (%s)", channel_name, session.session_id, event_type)
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """Overridden: Channels hops to a thread before every event to close old DB connections.
-
-        That is one hop per connect, frame and disconnect. This consumer reaches the database
-        only through the registry writer, which owns its connection (registry_writer.py), and
-        database_sync_to_async closes old connections itself; so the hop closes nothing of ours.
-        """
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
-
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        """Overridden for the same hop as `dispatch`; this consumer joins no groups."""
-        await self.disconnect(message["code"])
-        raise StopConsumer()
 
     async def send_error(self, error: ProtocolError) -> None:
         """Render an error frame: the one place errors reach the wire."""

@@ -8,10 +8,7 @@ WSS_LOG_FORMAT=json.
 
 import json
 import logging
-import os
 import re
-import sys
-import threading
 import time
 from typing import Any
 
@@ -30,15 +27,6 @@ END_REASON_BY_ERROR_CODE = {
     "session_lost": "lost",  # a peer reaped the row and counted it as reaped; the socket ends here
     "internal_error": "server_error",  # the connection died of an exception (e.g. the channel layer failed)
 }
-
-
-def session_ends_with(close_code: int, *, closing_error: str | None) -> bool:
-    """Whether a resumable session ends with its connection: only on the client's own close 1000.
-
-    Any other end (a drop, 1001 going away, a ping timeout, a fatal protocol error, this
-    server stopping) detaches it, so the client can resume.
-    """
-    return close_code == 1000 and closing_error is None
 
 
 def connected(scope: dict[str, Any]) -> None:
@@ -174,48 +162,9 @@ def _emit(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
         if value is not None:
             line[key] = value if isinstance(value, int | float | str) else str(value)
     line["instance"] = process_state().identity.boot_text
-    logger.handle(EventRecord(level, line))
-
-
-class EventRecord(logging.LogRecord):
-    """A LogRecord made cheaply: an event line knows its source, so no caller lookup and no path parsing.
-
-    Three per session on the event loop; the text itself is built by the log writer thread
-    (sessions_app/logqueue.py) when it formats the record. Thread and process names are not
-    looked up (None); their ids are set.
-    """
-
-    def __init__(self, level: int, fields: dict[str, Any]) -> None:
-        created = time.time()
-        self.__dict__.update(_RECORD_CONSTANTS)  # formatters read attributes from __dict__
-        self.name = logger.name
-        self.msg = _Line(fields)
-        self.levelname = logging.getLevelName(level)
-        self.levelno = level
-        self.funcName = fields["event"]
-        self.created = created
-        self.msecs = int((created - int(created)) * 1000) + 0.0
-        self.relativeCreated = (created - _START) * 1000
-        self.thread = threading.get_ident()
-        self.process = os.getpid()
-        self.__dict__.update(fields)
-
-
-_RECORD_CONSTANTS = {
-    "args": (),
-    "pathname": __file__,
-    "filename": "events.py",
-    "module": "events",
-    "lineno": 0,
-    "exc_info": None,
-    "exc_text": None,
-    "stack_info": None,
-    "threadName": None,
-    "processName": None,
-}
-if sys.version_info >= (3, 12):  # LogRecord has it from 3.12; earlier, JSON lines would show it as an extra
-    _RECORD_CONSTANTS["taskName"] = None
-_START = logging._startTime  # what relativeCreated counts from, as in every LogRecord
+    # makeRecord, not logger.log: an event line knows its source, so no caller lookup. The
+    # text is built by the log writer thread, when it formats the record (_Line).
+    logger.handle(logger.makeRecord(logger.name, level, __file__, 0, _Line(line), (), None, func=event, extra=line))
 
 
 class _Line:

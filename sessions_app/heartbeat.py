@@ -7,8 +7,8 @@
               remove detached sessions whose WSS_RESUME_GRACE_SECONDS ran out (`expired`);
               reconcile this instance's rows with the sessions its connections hold
     stop      refuse new connections, send `server_shutting_down` + close 4503 to every
-              connection still open, delete this instance and its v1 sessions, detach its
-              resumable ones (a client resumes them on another process)
+              connection still open, delete this instance and its non-resumable
+              sessions, detach its resumable ones (a client resumes them elsewhere)
 
 The servers call start and stop through server_hooks.py.
 """

@@ -23,8 +23,8 @@ import asyncio
 import time
 from typing import Any
 
-from .errors import MessageTooLarge, ProtocolError, RateLimitExceeded
-from .protocol import utf8_length_exceeds
+from .errors import ProtocolError, RateLimitExceeded
+from .protocol import frame_size_check
 from .ratelimit import TokenBucket
 
 REFUSED = "wss.refused"  # the event type of a refusal decided on arrival
@@ -33,8 +33,7 @@ REFUSED = "wss.refused"  # the event type of a refusal decided on arrival
 class Inbox:
     """An ASGI `receive` that drains the server's at once and keeps a bounded queue of its own."""
 
-    # Held by every open connection: slots, a list and a bare future (an empty deque and an
-    # asyncio.Event cost about 1.3 KiB more per connection).
+    # Held by every open connection: slots, a list and a bare future keep it small.
     __slots__ = ("_closing", "_events", "_failure", "_pump", "_receive", "_waiter", "bucket", "max_bytes", "max_queued")
 
     def __init__(self, receive: Any, *, bucket: TokenBucket, max_bytes: int, max_queued: int) -> None:
@@ -101,8 +100,7 @@ class Inbox:
             text = event.get("text")
             if text is None:
                 return {"type": "websocket.receive", "bytes": b"", "text": None}  # refused as binary, payload dropped
-            if utf8_length_exceeds(text, self.max_bytes):
-                raise MessageTooLarge(f"The frame is larger than the limit of {self.max_bytes} bytes.")
+            frame_size_check(text, self.max_bytes)
         except ProtocolError as error:
             self._closing = error.close_code is not None
             # Its traceback holds this frame, and so the refused payload: keep neither.

@@ -1,11 +1,7 @@
 """The project's channel layers.
 
-`InMemoryChannelLayer`: Channels' in-memory layer, without its per-receive scan of every
-channel. Channels runs `_clean_expired` (a walk over every channel and group) on each
-`receive` and `group_send`. Every connection calls `receive` once when it opens, so
-holding N connections costs O(N^2): with 8000 held sessions, opening more spent most of
-the server's time in that walk. Expiry is measured in seconds (60 s by default), so
-walking at most once per `clean_interval` keeps it as correct as before.
+`InMemoryChannelLayer`: Channels' in-memory layer, without its per-receive walk over every
+channel (compat.CleanExpiredAtMostEvery says why).
 
 `RedisChannelLayer`: channels-redis's core layer whose `receive` outlives a Redis outage.
 The stock `receive` raises when Redis fails, and Channels' consumer dies of it (close
@@ -25,6 +21,7 @@ from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 from redis.exceptions import RedisError
 
 from . import metrics
+from .compat import CleanExpiredAtMostEvery, ReceiveBackupFailuresCounted
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +30,12 @@ logger = logging.getLogger(__name__)
 LAYER_FAILURES = (RedisError, OSError)
 
 
-class InMemoryChannelLayer(ChannelsInMemoryChannelLayer):
+class InMemoryChannelLayer(CleanExpiredAtMostEvery, ChannelsInMemoryChannelLayer):
     """Channels' in-memory layer, cleaning expired messages at most once per `clean_interval`."""
 
     def __init__(self, *args, clean_interval: float = 1.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.clean_interval = clean_interval
-        self._cleaned_at = 0.0
-
-    def _clean_expired(self) -> None:
-        now = time.monotonic()
-        if now - self._cleaned_at < self.clean_interval:
-            return
-        self._cleaned_at = now
-        super()._clean_expired()
 
 
 class LayerOutage:
@@ -108,8 +97,10 @@ class LayerOutage:
         self._over.set()
 
 
-class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
+class RedisChannelLayer(ReceiveBackupFailuresCounted, channels_redis.core.RedisChannelLayer):
     """channels-redis's core layer; `receive` waits out a Redis outage instead of raising."""
+
+    backup_failures = LAYER_FAILURES
 
     # Retry quickly first (a blip), then at most once a second per process: a restored
     # Redis is noticed within about a second, and an outage costs one ping a second.
@@ -142,10 +133,10 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
     async def send(self, channel: str, message: dict) -> None:
         """Send; after a Redis failure, once more at once.
 
-        After an outage, redis-py's pool still holds connections that Redis (or the network)
-        closed, and the first command on one fails although Redis answers again (measured
-        with redis-py 8.1); that failure discards it, so the second attempt gets a fresh one.
-        A repeated message is harmless here: a consumer ignores a second terminate.
+        After an outage, redis-py's pool may still hold a connection that Redis (or the
+        network) closed, and the first command on it fails although Redis answers again;
+        that failure discards it, so the second attempt gets a fresh one. A repeated message
+        is harmless here: a consumer ignores a second terminate.
         """
         for attempt in (1, 2):
             try:
@@ -154,7 +145,6 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
                 metrics.channel_layer_failed("send")
                 if attempt == 2:
                     raise
-        return None
 
     async def receive(self, channel: str) -> dict:
         """The next message on `channel`, however long Redis is away meanwhile."""
@@ -166,17 +156,9 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
             except LAYER_FAILURES as error:
                 outage.failed("receive", error)
 
-    async def _clean_receive_backup(self, index: int, channel: str) -> None:
-        """channels-redis's cleanup after a read, in a task of its own nobody awaits.
-
-        When Redis fails right after a read, the stock task dies with a traceback ("Task
-        exception was never retrieved"). Nothing is lost: the message stays in the backup
-        queue and is read again after the outage, and a repeated terminate is ignored.
-        """
-        try:
-            await super()._clean_receive_backup(index, channel)
-        except LAYER_FAILURES:
-            metrics.channel_layer_failed("receive")
+    def receive_backup_failed(self, error: BaseException) -> None:
+        """The cleanup after a read failed with Redis: the message is read again after the outage."""
+        metrics.channel_layer_failed("receive")
 
     def unavailable(self) -> str | None:
         """Why the layer is down on this loop, or None while it is up."""

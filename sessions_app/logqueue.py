@@ -1,31 +1,19 @@
-"""Log lines formatted and written off the event loop: a queue in front, one writer thread behind.
+"""Log lines formatted and written off the event loop: the standard library's QueueHandler and QueueListener.
 
-The event loop only appends each record to a queue (settings.LOGGING's `console` handler);
-a daemon thread comes every 0.1 s (sooner when 256 wait), formats what has queued and
-writes it in one call, so a busy loop pays neither the formatting nor a thread switch per
-line. What is logged at WARNING and above waits until it is written (with everything
-queued before it), so an error line is in the log, in order, before the code that logged
-it goes on. Nothing is lost at exit: the handler's close() (logging.shutdown, or
-multiprocessing's finalizers in a worker process) writes what is queued, and a record
-logged after that is written at once.
-Python 3.12's dictConfig `queue_handler` key would do the wiring, but not on 3.11.
+The caller only puts the record on a queue; the listener's thread formats it and writes it
+to the stream. Nothing the caller does waits for a write, whatever the level. What is
+queued is written at exit: `close()` (logging.shutdown, or multiprocessing's finalizers in
+a worker process) stops the listener once it has written everything, and a record logged
+after that is written at once. A forked child starts a listener of its own.
 """
 
-import collections
-import contextlib
 import logging
+import logging.handlers
 import multiprocessing.util
 import os
-import sys
-import threading
+import queue
 import time
 from typing import TextIO
-
-# How long a WARNING (or a stop) waits for the writer before writing itself.
-WAIT_SECONDS = 5.0
-# INFO lines reach the log within this, or as soon as BATCH of them wait.
-WRITE_SECONDS = 0.1
-BATCH = 256
 
 
 class Formatter(logging.Formatter):
@@ -42,114 +30,60 @@ class Formatter(logging.Formatter):
         return text if datefmt else self.default_msec_format % (text, record.msecs)
 
 
-class _Stop:
-    """Tells the writer thread to write what is left and end."""
-
-
-class QueueHandler(logging.Handler):
-    """Hands records to a writer thread; WARNING and above wait until they are written."""
+class ThreadedStreamHandler(logging.handlers.QueueHandler):
+    """A QueueHandler whose QueueListener writes to `stream` (stderr by default) on its own thread."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        super().__init__()
-        self.stream = stream if stream is not None else sys.stderr
-        self.pending: collections.deque = collections.deque()
-        self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
+        super().__init__(queue.SimpleQueue())
+        self.target = logging.StreamHandler(stream)
+        self.listener: logging.handlers.QueueListener | None = None
         self.pid = 0
         self.closed = False
-        self.write_lock = threading.Lock()
 
-    def handle(self, record: logging.LogRecord) -> bool:
-        """Filter and emit without the handler's lock: a queue needs none, and a waiting emit must not hold it."""
-        passed = self.filter(record)
-        if passed:
-            self.emit(record)
-        return bool(passed)
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        """The formatter belongs to the stream handler behind the queue: records are formatted on its thread."""
+        self.target.setFormatter(fmt)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """The record as it is: the stdlib's prepare formats on the caller's thread, to pickle for another process.
+
+        This queue stays in the process, so only `msg % args` is merged here, while the
+        arguments are what they were when logged.
+        """
+        if record.args:
+            record.msg, record.args = record.getMessage(), None
+        return record
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Queue the record (no formatting here); above INFO, wait until it is written."""
+        """Queue the record; after close(), write it at once."""
         if self.closed:
-            self.write([record])
+            self.target.handle(record)
             return
-        if self.pid != os.getpid():  # first record, or a forked child: the thread did not come along
-            self.writer_start()
-        if record.levelno < logging.WARNING:
-            # deque.append is atomic and wakes nobody: the writer comes every WRITE_SECONDS,
-            # or sooner once BATCH records wait, so a busy loop pays no thread switch per line.
-            self.pending.append(record)
-            if len(self.pending) >= BATCH:
-                self.wake.set()
-            return
-        written = threading.Event()
-        self.pending.append((record, written))
-        self.wake.set()
-        if not written.wait(WAIT_SECONDS):
-            self.write([record])  # the writer is stuck: better a line out of order than none
+        if self.pid != os.getpid():  # the first record, or a forked child: the listener did not come along
+            self.listener_start()
+        super().emit(record)
 
-    def writer_start(self) -> None:
-        self.pending = collections.deque()
-        self.wake = threading.Event()
+    def listener_start(self) -> None:
+        self.queue = queue.SimpleQueue()
         self.pid = os.getpid()
-        self.thread = threading.Thread(target=self.writer_loop, name="wss-log-writer", daemon=True)
-        self.thread.start()
+        self.listener = logging.handlers.QueueListener(self.queue, self.target)
+        self.listener.start()
         # A worker process (multiprocessing's) ends without atexit but runs its finalizers:
         # write what is queued there too. logging.shutdown covers every other exit.
         multiprocessing.util.Finalize(self, self.close, exitpriority=100)
 
-    def writer_loop(self) -> None:
-        """Every WRITE_SECONDS, or when woken: format everything queued, write it in one call; until told to stop."""
-        while True:
-            self.wake.wait(WRITE_SECONDS)
-            self.wake.clear()
-            records, waiting, stop = [], [], False
-            with contextlib.suppress(IndexError):
-                while True:
-                    item = self.pending.popleft()
-                    if isinstance(item, _Stop):
-                        stop = True
-                    elif isinstance(item, tuple):  # (record, or None for a flush; its Event)
-                        if item[0] is not None:
-                            records.append(item[0])
-                        waiting.append(item[1])
-                    else:
-                        records.append(item)
-            self.write(records)
-            for event in waiting:
-                event.set()
-            if stop:
-                return
-
-    def write(self, records: list[logging.LogRecord]) -> None:
-        """Format and write records in one call; a record that fails goes through handleError."""
-        lines = []
-        for record in records:
-            try:
-                lines.append(self.format(record) + "\n")
-            except Exception:
-                self.handleError(record)
-        if not lines:
-            return
-        with self.write_lock:  # the writer thread, and a caller writing itself after close()
-            try:
-                self.stream.write("".join(lines))
-                self.stream.flush()
-            except Exception:
-                self.handleError(records[-1])
-
     def flush(self) -> None:
         """Wait until everything queued so far is written."""
-        if self.thread is None or not self.thread.is_alive() or self.pid != os.getpid():
-            return
-        written = threading.Event()
-        self.pending.append((None, written))
-        self.wake.set()
-        written.wait(WAIT_SECONDS)
+        with self.lock:  # records logged meanwhile wait in the queue for the restarted listener
+            if self.listener is not None and self.pid == os.getpid() and not self.closed:
+                self.listener.stop()
+                self.listener.start()
 
     def close(self) -> None:
-        """Write what is queued and stop the writer; later records are written at once."""
-        if not self.closed and self.thread is not None and self.pid == os.getpid() and self.thread.is_alive():
-            self.pending.append(_Stop())
-            self.wake.set()
-            self.thread.join(WAIT_SECONDS)
-        self.closed = True
+        """Write what is queued and stop the listener; later records are written at once."""
+        with self.lock:
+            running = not self.closed and self.listener is not None and self.pid == os.getpid()
+            self.closed = True
+        if running:
+            self.listener.stop()
         super().close()

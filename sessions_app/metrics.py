@@ -56,7 +56,7 @@ SESSIONS_TAKEN_OVER = Counter(
     "wss_sessions_taken_over", "Sessions held here that were resumed on another connection (4409 sent)."
 )
 HANDSHAKE_REFUSALS = Counter("wss_handshake_refusals", "WebSocket handshakes refused, by reason.", ["reason"])
-LAYER_FAILURES = Counter(
+LAYER_CALLS_FAILED = Counter(
     "wss_channel_layer_failures", "Channel-layer calls that failed because Redis did, by operation.", ["operation"]
 )
 LAYER_OUTAGES = Counter("wss_channel_layer_outages", "Times this process found the channel layer down.")
@@ -78,7 +78,7 @@ for _reason in END_REASONS:
 for _reason in REFUSAL_REASONS:
     HANDSHAKE_REFUSALS.labels(reason=_reason)
 for _operation in LAYER_OPERATIONS:
-    LAYER_FAILURES.labels(operation=_operation)
+    LAYER_CALLS_FAILED.labels(operation=_operation)
 
 
 def session_created(seconds: float) -> None:
@@ -134,7 +134,7 @@ def handshake_refused(reason: str) -> None:
 
 def channel_layer_failed(operation: str) -> None:
     """Redis failed a channel-layer call: `receive`, `probe` or `send`."""
-    LAYER_FAILURES.labels(operation=operation).inc()
+    LAYER_CALLS_FAILED.labels(operation=operation).inc()
 
 
 def channel_layer_down() -> None:

@@ -25,7 +25,7 @@ from channels.security.websocket import WebsocketDenier
 from django.db import DatabaseError
 
 from . import events
-from .clients import client_is_loopback
+from .addresses import client_is_loopback
 from .conf import app_settings
 from .tokens import bearer_credential, token_authenticate
 

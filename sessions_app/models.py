@@ -49,8 +49,9 @@ class LiveSession(models.Model):
         max_length=255, blank=True, help_text="The consumer's channel-layer address; empty while detached."
     )
     client_addr = models.CharField(max_length=64, blank=True, help_text="Client host:port as the server saw it.")
-    # CASCADE, not SET_NULL: a row is detached only on purpose (sessions.session_detach_sync);
-    # whatever is still attached when its instance goes, goes with it, as in v1.
+    # CASCADE, not SET_NULL: a row is detached only on purpose (sessions.session_detach, and
+    # the instance deletes, which detach resumable sessions first, setting detached_at too);
+    # whatever is still attached when its instance goes (a non-resumable session) goes with it.
     instance = models.ForeignKey(
         ServerInstance, null=True, blank=True, on_delete=models.CASCADE, related_name="sessions"
     )

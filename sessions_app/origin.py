@@ -6,6 +6,7 @@ allowed unless WSS_REQUIRE_ORIGIN is on. Channels' own validator refuses a missi
 Origin and refuses silently; this one logs every refusal with the origin.
 """
 
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import ParseResult
@@ -24,7 +25,7 @@ class SessionOriginValidator(OriginValidator):
     """OriginValidator that allows a missing Origin by default and logs refusals."""
 
     def __init__(self, application: Any) -> None:
-        super().__init__(application, allowed_origins=[])
+        super().__init__(application, allowed_origins=AllowedOrigins())
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Decide as Channels does, remembering the scope for the refusal's log line."""
@@ -42,11 +43,18 @@ class SessionOriginValidator(OriginValidator):
                 )
                 return False
             return True
-        patterns = list(app_settings.WSS_ALLOWED_ORIGINS) + allowed_host_patterns()
-        if any(pattern == "*" or self.match_allowed_origin(parsed_origin, pattern) for pattern in patterns):
+        if self.validate_origin(parsed_origin):
             return True
         events.handshake_refused(_handshake_scope.get() or {}, reason="origin", detail=parsed_origin.geturl()[:200])
         return False
+
+
+class AllowedOrigins:
+    """The origin patterns in force: WSS_ALLOWED_ORIGINS and ALLOWED_HOSTS, read at each handshake."""
+
+    def __iter__(self) -> Iterator[str]:
+        yield from app_settings.WSS_ALLOWED_ORIGINS
+        yield from allowed_host_patterns()
 
 
 def allowed_host_patterns() -> list[str]:

@@ -16,7 +16,15 @@ class ModelPermissions(DjangoModelPermissions):
 
     perms_map = {**DjangoModelPermissions.perms_map, "GET": VIEW, "HEAD": VIEW, "OPTIONS": VIEW}
 
-    def _queryset(self, view):
-        # The view's `queryset` names the model without running get_queryset(), which reads
-        # (and may reject) the query string: a caller without permission learns nothing from it.
-        return view.queryset if getattr(view, "queryset", None) is not None else super()._queryset(view)
+    def has_permission(self, request, view) -> bool:
+        """The method's permissions on the model that the view's `queryset` attribute names.
+
+        Not get_queryset(), which reads (and may reject) the query string: a caller without
+        permission learns nothing from it.
+        """
+        queryset = getattr(view, "queryset", None)
+        if queryset is None:
+            return super().has_permission(request, view)
+        user = request.user
+        perms = self.get_required_permissions(request.method, queryset.model)
+        return bool(user and user.is_authenticated and user.has_perms(perms))

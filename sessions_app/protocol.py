@@ -21,7 +21,6 @@ from .errors import (
     UnsupportedFrame,
 )
 
-PROTOCOL_VERSION = 1
 # Optional WebSocket subprotocol name; selected when the client offers it (browsers that
 # offer subprotocols, e.g. to carry a token, fail the handshake unless one is selected).
 SUBPROTOCOL = "wss-sessions.v1"
@@ -121,12 +120,13 @@ def subprotocol_choose(offered: list[str]) -> str | None:
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-def decode(text_data: str | None, bytes_data: bytes | None, *, limit: int) -> Message:
-    """Turn one WebSocket frame into a message, or raise the ProtocolError that answers it."""
+def decode(text_data: str | None, bytes_data: bytes | None) -> Message:
+    """Turn one WebSocket frame into a message, or raise the ProtocolError that answers it.
+
+    Its size was checked as it arrived (frame_size_check, called by inbox.py).
+    """
     if text_data is None:
         raise UnsupportedFrame("Binary frames are not supported: send JSON in a text frame.")
-    if utf8_length_exceeds(text_data, limit):
-        raise MessageTooLarge(f"The frame is larger than the limit of {limit} bytes.")
     obj = _load_object(text_data)
     request_id = _echoable_request_id(obj.get("request_id"))
     try:
@@ -274,6 +274,12 @@ def error_reply(error: ProtocolError) -> dict[str, Any]:
 def format_timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with a Z and millisecond precision."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def frame_size_check(text: str, limit: int) -> None:
+    """Raise MessageTooLarge for a text frame longer than `limit` bytes in UTF-8."""
+    if utf8_length_exceeds(text, limit):
+        raise MessageTooLarge(f"The frame is larger than the limit of {limit} bytes.")
 
 
 def utf8_length_exceeds(text: str, limit: int) -> bool:

@@ -38,8 +38,9 @@ def sessions_reconcile_sync(*, held: Mapping[uuid.UUID, str], in_flight: frozens
     """Make this instance's rows equal the sessions it holds (run on the writer's thread).
 
     `held` maps each session a connection holds to that connection's channel. Rows no
-    connection holds and no write in flight explains are orphans: a v1 one is deleted, a
-    resumable one detached (its connection ended and the detach did not get through).
+    connection holds and no write in flight explains are orphans: a non-resumable one is
+    deleted, a resumable one detached (its connection ended and the detach did not get
+    through).
     Detached rows belong to no instance, so they are never orphans here. Held sessions
     without a row are reported, not recorded again: the registry's authority (a reaper, an
     operator) removed them, and writing them back could revive a session it ended. Held

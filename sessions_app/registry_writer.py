@@ -85,7 +85,6 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self.batches = 0
         self.operations = 0
 
     async def submit(self, operation: Any, *, undo: Any = None) -> None:
@@ -206,7 +205,6 @@ class GroupCommitWriter:
             pending.loop.call_soon_threadsafe(_resolve_call, pending.future, result, error)
 
     def _apply(self, operations: list[Any]) -> list[BaseException | None]:
-        self.batches += 1
         self.operations += len(operations)
         try:
             self.apply(operations)

@@ -277,8 +277,8 @@ def registry_apply_sync(operations: list[SessionInsert | SessionDelete]) -> None
 
 def _apply(operations: list[SessionInsert | SessionDelete]) -> None:
     rows = [_session_row(op) for op in operations if isinstance(op, SessionInsert)]
-    # v1 rows never move: their deletes go in one statement. A resumable session's delete
-    # applies only while its connection still holds the row.
+    # Non-resumable rows never move: their deletes go in one statement. A resumable
+    # session's delete applies only while its connection still holds the row.
     deleted = [op.session_id for op in operations if isinstance(op, SessionDelete) and op.channel_name is None]
     held = [op for op in operations if isinstance(op, SessionDelete) and op.channel_name is not None]
     with transaction.atomic():

@@ -29,7 +29,7 @@ class TerminateResult(StrEnum):
 TERMINATE_SEND_TIMEOUT_SECONDS = 5.0
 
 
-async def session_terminate(*, session_id: uuid.UUID | str) -> TerminateResult:
+async def session_terminate_request(*, session_id: uuid.UUID | str) -> TerminateResult:
     """End a live session wherever it lives, and say what happened.
 
     A session on a live instance is told through the channel layer: its consumer removes

@@ -1,7 +1,6 @@
 """HTTP views: the browser console at `/` and the Prometheus scrape at `/metrics`."""
 
 import hmac
-import ipaddress
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -9,6 +8,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from . import metrics
+from .addresses import address_in
 from .conf import app_settings
 from .tokens import bearer_credential
 
@@ -43,22 +43,7 @@ def metrics_allowed(request: HttpRequest) -> bool:
         presented = bearer_credential(request.headers.get("Authorization", ""))
         if presented is not None and hmac.compare_digest(presented.encode(), token.encode()):
             return True
-    return address_allowed(request.META.get("REMOTE_ADDR", ""), app_settings.WSS_METRICS_ALLOWED_IPS)
-
-
-def address_allowed(address: str, allowed: list[str]) -> bool:
-    """Whether `address` is one of `allowed`: addresses or CIDR networks."""
-    try:
-        ip = ipaddress.ip_address(address.strip("[]"))
-    except ValueError:
-        return False
-    for entry in allowed:
-        try:
-            if ip in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    return address_in(request.META.get("REMOTE_ADDR", ""), app_settings.WSS_METRICS_ALLOWED_IPS)
 
 
 def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:

@@ -2,6 +2,7 @@
 
 import getpass
 import logging
+from collections import Counter
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
@@ -9,7 +10,9 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.utils import timezone
 
+from sessions_app.audit import terminate_recorded, terminate_summary
 from sessions_app.models import LiveSession, ServerInstance
+from sessions_app.terminate import TerminateResult
 
 pytestmark = pytest.mark.django_db
 
@@ -74,3 +77,15 @@ def test_a_refused_or_missing_terminate_records_nothing(client, django_user_mode
         assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 403
     assert not LogEntry.objects.exists()
     assert audit_lines(caplog) == []
+
+
+def test_a_delivered_terminate_is_recorded_and_reported_as_delivered_not_as_ended(admin_user, dead_session):
+    terminate_recorded(session_id=dead_session.pk, result=TerminateResult.DELIVERED, via="admin", user=admin_user)
+    entry = LogEntry.objects.get(object_id=str(dead_session.pk))
+    assert entry.change_message == "Terminate delivered through the admin."
+    delivered, removed = TerminateResult.DELIVERED, TerminateResult.REMOVED
+    assert terminate_summary(Counter({delivered: 2})) == "Terminate delivered to 2 sessions: their servers close them."
+    assert terminate_summary(Counter({removed: 1, delivered: 1})) == (
+        "Terminated 1 session. Terminate delivered to 1 session: its server closes it."
+    )
+    assert terminate_summary(Counter()) == "Terminated 0 sessions."

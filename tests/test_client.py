@@ -86,7 +86,8 @@ async def test_hold_raises_session_terminated_when_an_operator_ends_it(daphne_se
     # Terminating from this process reaches daphne's consumer through Redis.
     async with connect(daphne_server.url) as client:
         session = await client.new_session(str(workspace))
-        assert await terminate.session_terminate(session_id=session.session_id) == terminate.TerminateResult.DELIVERED
+        result = await terminate.session_terminate_request(session_id=session.session_id)
+        assert result == terminate.TerminateResult.DELIVERED
         with pytest.raises(errors.SessionTerminated) as ended:
             await asyncio.wait_for(client.hold(), 10)
     assert ended.value.close_code == 4410

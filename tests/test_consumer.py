@@ -358,7 +358,7 @@ async def close_4429(comm, workspace, settings) -> str:
 
 async def close_4410(comm, workspace, settings) -> str:
     session_id = (await new_session(comm, workspace))["session_id"]
-    assert await terminate.session_terminate(session_id=session_id)
+    assert await terminate.session_terminate_request(session_id=session_id)
     return "session_terminated"
 
 

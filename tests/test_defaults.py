@@ -1,5 +1,6 @@
 """Safe defaults: no debug, no public signing key, no anonymous access from beyond loopback."""
 
+import json
 import os
 import stat
 import subprocess
@@ -74,6 +75,32 @@ def test_no_environment_means_debug_off_and_a_generated_private_key(tmp_path: Pa
     assert key == key_file.read_text().strip()
     assert "insecure" not in key
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+SETTINGS_SCRIPT = (
+    "import django, json; django.setup(); from django.conf import settings as s;"
+    " from sessions_app.conf import DEFAULTS;"
+    " print(json.dumps({name: [getattr(s, name), type(getattr(s, name)).__name__] for name in DEFAULTS}))"
+)
+
+
+def test_each_wss_knob_takes_its_one_stated_default_and_parses_the_environment_as_that_type(tmp_path: Path):
+    from sessions_app.conf import DEFAULTS
+
+    def settings_under(**env: str) -> dict:
+        environment = bare_environment(
+            DJANGO_SETTINGS_MODULE="wssproject.settings", DJANGO_SECRET_KEY_FILE=str(tmp_path / "key"), **env
+        )
+        command = [sys.executable, "-c", SETTINGS_SCRIPT]
+        run = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return json.loads(run.stdout)
+
+    assert settings_under() == {name: [value, type(value).__name__] for name, value in DEFAULTS.items()}
+    changed = settings_under(WSS_RATE_LIMIT_BURST="7", WSS_HEARTBEAT_SECONDS="1.5", WSS_REQUIRE_AUTH="yes")
+    assert changed["WSS_RATE_LIMIT_BURST"] == [7, "int"]
+    assert changed["WSS_HEARTBEAT_SECONDS"] == [1.5, "float"]
+    assert changed["WSS_REQUIRE_AUTH"] == [True, "bool"]
 
 
 def test_the_key_file_is_ignored_by_git():

@@ -137,7 +137,7 @@ async def test_the_admin_on_process_a_terminates_a_session_held_by_process_b(ser
     a, b = servers(), servers()
     [(ws, session_id)] = await open_sessions(b.url, workspace, 1)
     page = await asyncio.to_thread(admin_terminate, a, session_id)
-    assert "Terminated 1 session." in page
+    assert "Terminate delivered to 1 session: its server closes it." in page
     frame, code = await last_words(ws)
     assert (frame["code"], code) == ("session_terminated", 4410)
     assert not await LiveSession.objects.filter(pk=session_id).aexists()

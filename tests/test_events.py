@@ -56,7 +56,7 @@ async def test_a_session_logs_connect_created_and_ended_with_reason_and_duration
 async def test_terminate_logs_session_ended_as_terminated(events_caplog, workspace):
     comm, reply = await open_session(workspace)
     session_id = reply["session_id"]
-    await terminate.session_terminate(session_id=session_id)
+    await terminate.session_terminate_request(session_id=session_id)
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     await comm.disconnect(code=4410)
     (ended,) = event_records(events_caplog, "session_ended")

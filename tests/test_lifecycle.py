@@ -230,10 +230,10 @@ async def test_stop_detaches_resumable_sessions_and_still_removes_v1_ones(worksp
     from .communicators import open_session as open_with
 
     resumable, resumable_reply = await open_with(workspace, fields={"resumable": True})
-    v1, v1_reply = await open_with(workspace)
-    assert await heartbeat.stop() == 1  # the v1 row; the resumable one is detached, not removed
+    plain, plain_reply = await open_with(workspace)
+    assert await heartbeat.stop() == 1  # the non-resumable row; the resumable one is detached, not removed
     messages = []
-    for comm in (resumable, v1):
+    for comm in (resumable, plain):
         reply = await comm.receive_json_from(timeout=5)
         assert reply["code"] == "server_shutting_down"
         messages.append(reply["message"])
@@ -241,10 +241,10 @@ async def test_stop_detaches_resumable_sessions_and_still_removes_v1_ones(worksp
     assert "resume" in messages[0] and "resume" not in messages[1]
     kept = await LiveSession.objects.aget(pk=resumable_reply["session_id"])
     assert kept.detached_at is not None and kept.instance_id is None
-    assert not await LiveSession.objects.filter(pk=v1_reply["session_id"]).aexists()
+    assert not await LiveSession.objects.filter(pk=plain_reply["session_id"]).aexists()
     # The consumers' own ends (daphne cancels them) do not undo the detach.
     await resumable.disconnect(code=4503)
-    await v1.disconnect(code=4503)
+    await plain.disconnect(code=4503)
     assert (await LiveSession.objects.aget(pk=resumable_reply["session_id"])).detached_at is not None
 
 

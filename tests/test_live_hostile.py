@@ -42,6 +42,7 @@ def origin_server(server_factory):
 
 async def test_a_disallowed_browser_origin_gets_403_and_is_logged_with_the_origin(origin_server):
     assert await refused_status(origin_server.url, origin="https://evil.example") == 403
+    await wait_until(lambda: "reason=origin" in origin_server.log(), 5, what="the refusal's log line")
     log = origin_server.log()
     refusals = [line for line in log.splitlines() if "refused" in line and "reason=origin" in line]
     assert len(refusals) == 1
@@ -73,12 +74,12 @@ ORIGIN = "http://127.0.0.1"
 
 async def test_required_origin_refuses_a_client_without_one_with_403(locked_server):
     assert await refused_status(locked_server.url) == 403
-    assert "no Origin header and WSS_REQUIRE_ORIGIN is on" in locked_server.log()
+    await wait_until(lambda: "no Origin header and WSS_REQUIRE_ORIGIN is on" in locked_server.log(), 5)
 
 
 async def test_required_auth_refuses_an_anonymous_handshake_with_403(locked_server):
     assert await refused_status(locked_server.url, origin=ORIGIN) == 403
-    assert "WSS_REQUIRE_AUTH is on" in locked_server.log()
+    await wait_until(lambda: "WSS_REQUIRE_AUTH is on" in locked_server.log(), 5)
 
 
 async def test_required_auth_refuses_a_bad_token_with_403_without_logging_it(locked_server, alice_token):
@@ -87,8 +88,8 @@ async def test_required_auth_refuses_a_bad_token_with_403_without_logging_it(loc
         await refused_status(locked_server.url, origin=ORIGIN, additional_headers={"Authorization": f"Bearer {bad}"})
         == 403
     )
+    await wait_until(lambda: "invalid or revoked API token" in locked_server.log(), 5)
     log = locked_server.log()
-    assert "invalid or revoked API token" in log
     assert bad not in log
 
 

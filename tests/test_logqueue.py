@@ -1,4 +1,4 @@
-"""The log writer thread: records leave the caller at once, are written in order, and none is lost at exit."""
+"""The log writer thread: the caller never waits for a write, lines keep their order, and none is lost at exit."""
 
 import io
 import logging
@@ -6,14 +6,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
-from sessions_app.logqueue import QueueHandler
+from sessions_app.logqueue import ThreadedStreamHandler
 
 from .servers import ROOT
 
 
-def handler_on(stream: io.StringIO) -> tuple[logging.Logger, QueueHandler]:
-    handler = QueueHandler(stream)
+def handler_on(stream: io.StringIO) -> tuple[logging.Logger, ThreadedStreamHandler]:
+    handler = ThreadedStreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     log = logging.getLogger(f"test_logqueue.{id(stream)}")
     log.propagate = False
@@ -22,16 +23,46 @@ def handler_on(stream: io.StringIO) -> tuple[logging.Logger, QueueHandler]:
     return log, handler
 
 
-def test_a_warning_is_written_with_everything_before_it_when_the_call_returns():
-    stream = io.StringIO()
+class BlockedStream(io.StringIO):
+    """A stream whose writes wait until `release` is set: a stuck stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.release.wait(10)
+        return super().write(text)
+
+
+def test_a_warning_returns_at_once_while_the_stream_is_stuck_and_is_written_in_order_after():
+    stream = BlockedStream()
     log, handler = handler_on(stream)
     try:
         for number in range(500):
             log.info("line %d", number)
-        log.warning("the warning")
-        lines = stream.getvalue().splitlines()
-        assert lines == [f"INFO line {n}" for n in range(500)] + ["WARNING the warning"]
+        log.warning("the warning")  # the writer is stuck on the first line: this must not wait for it
+        assert stream.getvalue() == ""
+        stream.release.set()
+        handler.flush()
+        assert stream.getvalue().splitlines() == [f"INFO line {n}" for n in range(500)] + ["WARNING the warning"]
     finally:
+        stream.release.set()
+        handler.close()
+
+
+def test_arguments_are_merged_when_logged_not_when_written():
+    stream = BlockedStream()
+    log, handler = handler_on(stream)
+    try:
+        fields = ["before"]
+        log.info("fields %s", fields)
+        fields[0] = "after"
+        stream.release.set()
+        handler.flush()
+        assert stream.getvalue().splitlines() == ["INFO fields ['before']"]
+    finally:
+        stream.release.set()
         handler.close()
 
 

@@ -6,7 +6,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessions_app import instances, metrics, terminate
-from sessions_app.views import address_allowed
+from sessions_app.addresses import address_in
 from wssproject.asgi import application
 
 from .communicators import connect, detached_session, open_session, resume
@@ -81,8 +81,8 @@ def test_metrics_token_admits_any_address_and_a_wrong_token_gets_401(client, set
         ("", ["127.0.0.1"], False),
     ],
 )
-def test_address_allowed_takes_addresses_and_networks(address, allowed, expected):
-    assert address_allowed(address, allowed) is expected
+def test_address_in_takes_addresses_and_networks(address, allowed, expected):
+    assert address_in(address, allowed) is expected
 
 
 @pytest.mark.django_db(transaction=True)
@@ -121,7 +121,8 @@ async def test_terminate_counts_as_terminated_once(workspace):
     terminated = Delta("wss_sessions_ended_total", reason="terminated")
     live = Delta("wss_live_sessions")
     comm, reply = await open_session(workspace)
-    assert await terminate.session_terminate(session_id=reply["session_id"]) == terminate.TerminateResult.DELIVERED
+    result = await terminate.session_terminate_request(session_id=reply["session_id"])
+    assert result == terminate.TerminateResult.DELIVERED
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     await comm.disconnect(code=4410)
     assert (terminated.value, live.value) == (1, 0)
@@ -168,7 +169,7 @@ def test_reaped_sessions_count_without_touching_the_live_gauge():
 
 
 def test_a_malformed_allowed_ip_is_a_system_check_error(settings):
-    from sessions_app.apps import check_metrics_allowed_ips
+    from sessions_app.checks import check_metrics_allowed_ips
 
     settings.WSS_METRICS_ALLOWED_IPS = ["10.0.0.0/8", "localhost"]
     (error,) = check_metrics_allowed_ips(None)

@@ -21,7 +21,7 @@ LIMIT = 65536
 
 def decode(obj_or_text) -> protocol.Message:
     text = obj_or_text if isinstance(obj_or_text, str) else json.dumps(obj_or_text)
-    return protocol.decode(text, None, limit=LIMIT)
+    return protocol.decode(text, None)
 
 
 def test_new_session_decodes_into_an_immutable_message():
@@ -59,12 +59,12 @@ def test_bad_frames_raise_their_protocol_error(frame, error_class):
 
 def test_100_000_deep_nesting_is_invalid_json_when_the_limit_lets_it_through():
     with pytest.raises(InvalidJson):
-        protocol.decode("[" * 100_000 + "]" * 100_000, None, limit=1_000_000)
+        protocol.decode("[" * 100_000 + "]" * 100_000, None)
 
 
 def test_binary_frame_is_unsupported():
     with pytest.raises(UnsupportedFrame) as caught:
-        protocol.decode(None, b"\x00\x01", limit=LIMIT)
+        protocol.decode(None, b"\x00\x01")
     assert caught.value.close_code == 4415
 
 
@@ -72,9 +72,9 @@ def test_frame_just_over_the_limit_is_too_large_and_at_the_limit_is_not():
     body = '{"type":"new_session","workspace_dir":"/tmp","pad":"'
     at_limit = body + "x" * (LIMIT - len(body) - 2) + '"}'
     assert len(at_limit.encode()) == LIMIT
-    assert decode(at_limit).workspace_dir == "/tmp"
+    protocol.frame_size_check(at_limit, LIMIT)
     with pytest.raises(MessageTooLarge) as caught:
-        decode(at_limit[:-2] + 'x"}')
+        protocol.frame_size_check(at_limit[:-2] + 'x"}', LIMIT)
     assert caught.value.close_code == 4413
 
 
@@ -83,9 +83,9 @@ def test_size_limit_counts_utf8_bytes_not_characters():
     under = json.dumps({"type": "new_session", "workspace_dir": "/tmp", "pad": "€" * 20_000}, ensure_ascii=False)
     over = json.dumps({"type": "new_session", "workspace_dir": "/tmp", "pad": "€" * 22_000}, ensure_ascii=False)
     assert len(over) < LIMIT
-    assert decode(under).workspace_dir == "/tmp"
+    protocol.frame_size_check(under, LIMIT)
     with pytest.raises(MessageTooLarge):
-        decode(over)
+        protocol.frame_size_check(over, LIMIT)
 
 
 @pytest.mark.parametrize(

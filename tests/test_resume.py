@@ -45,7 +45,7 @@ async def test_a_v1_new_session_reply_is_unchanged(workspace):
     assert set(reply) == {"type", "session_id", "workspace_dir", "created_at"}
     assert not (await row(reply["session_id"])).resumable
     await comm.disconnect(code=1006)
-    assert await row(reply["session_id"]) is None  # a v1 session ends with its connection, however it ends
+    assert await row(reply["session_id"]) is None  # a non-resumable session ends with its connection, however it ends
 
 
 @pytest.mark.parametrize("value", ["true", 1, None, [], {}])
@@ -144,20 +144,20 @@ async def test_no_oracle_every_refusal_is_one_and_the_same_frame(workspace, sett
     expired = await refusal(expired_session["session_id"], expired_session["resume_token"])
 
     terminated_session = await detached_session(workspace)
-    assert await terminate.session_terminate(session_id=terminated_session["session_id"])
+    assert await terminate.session_terminate_request(session_id=terminated_session["session_id"])
     terminated = await refusal(terminated_session["session_id"], terminated_session["resume_token"])
 
-    v1_comm, v1 = await open_session(workspace)
-    never = await refusal(v1["session_id"], "c" * 43)
+    plain_comm, plain = await open_session(workspace)
+    never = await refusal(plain["session_id"], "c" * 43)
 
     frames = [unknown, wrong, spent, expired, terminated, never]
     assert all(frame == unknown for frame in frames), frames
     assert unknown["code"] == "session_not_found" and unknown["request_id"] == 9
     # The refused resumes changed nothing: the rows that were there are still there.
     assert (await row(wrong_token["session_id"])).detached_at is not None
-    assert (await row(v1["session_id"])).detached_at is None
+    assert (await row(plain["session_id"])).detached_at is None
     await holder.disconnect()
-    await v1_comm.disconnect()
+    await plain_comm.disconnect()
 
 
 async def test_resume_on_a_connection_that_holds_a_session_is_session_exists(workspace):
@@ -288,9 +288,9 @@ async def test_a_dead_instances_resumable_sessions_are_detached_by_the_reaper_an
     resumable = await LiveSession.objects.acreate(
         workspace_dir="/w", channel_name="c1", instance=dead, resumable=True, resume_token_hash="h"
     )
-    v1 = await LiveSession.objects.acreate(workspace_dir="/w", channel_name="c2", instance=dead)
+    plain = await LiveSession.objects.acreate(workspace_dir="/w", channel_name="c2", instance=dead)
     assert await sync_to_async(instances.sessions_reap_sync)() == 1
-    assert await row(str(v1.pk)) is None
+    assert await row(str(plain.pk)) is None
     stored = await row(str(resumable.pk))
     assert stored.detached_at is not None and stored.instance_id is None
     assert not await ServerInstance.objects.filter(pk=dead.pk).aexists()
@@ -315,13 +315,13 @@ async def test_a_session_of_a_silent_instance_resumes_at_once_without_the_reaper
 
 async def test_terminating_a_detached_session_removes_it(workspace):
     created = await detached_session(workspace)
-    assert await terminate.session_terminate(session_id=created["session_id"])
+    assert await terminate.session_terminate_request(session_id=created["session_id"])
     assert await row(created["session_id"]) is None
 
 
 async def test_terminating_an_attached_resumable_session_ends_it_with_4410(workspace):
     comm, created = await open_session(workspace, fields=RESUMABLE)
-    assert await terminate.session_terminate(session_id=created["session_id"])
+    assert await terminate.session_terminate_request(session_id=created["session_id"])
     assert (await comm.receive_json_from(timeout=5))["code"] == "session_terminated"
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4410}
     await comm.disconnect(code=4410)

@@ -158,15 +158,15 @@ async def test_the_reaper_detaches_a_dead_instances_resumable_sessions_for_a_lat
     created = json.loads(await ws.recv())
     await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))  # session_exists
     await ws.recv()
-    v1 = await websockets.connect(a.url)
-    await v1.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
-    v1_created = json.loads(await v1.recv())
+    plain = await websockets.connect(a.url)
+    await plain.send(json.dumps({"type": "new_session", "workspace_dir": str(workspace)}))
+    plain_created = json.loads(await plain.recv())
     dead = await instance_of(a)
     a.stop()
     await wait_until(lambda: _not(ServerInstance.objects.filter(pk=dead.pk).aexists()), TIMEOUT + HEARTBEAT + SLACK)
     row = await LiveSession.objects.aget(pk=created["session_id"])
     assert row.detached_at is not None and row.instance_id is None
-    assert not await LiveSession.objects.filter(pk=v1_created["session_id"]).aexists()
+    assert not await LiveSession.objects.filter(pk=plain_created["session_id"]).aexists()
     async with connect(b.url) as client:
         await client.resume_session(created["session_id"], created["resume_token"])
         assert (await LiveSession.objects.aget(pk=created["session_id"])).instance_id == (await instance_of(b)).pk

@@ -34,7 +34,7 @@ HOST = process_state().identity.host  # this machine: where predecessors are loo
 async def test_terminate_sends_session_terminated_closes_4410_and_removes_the_row(workspace):
     comm, reply = await open_session(workspace)
     session_id = reply["session_id"]
-    assert await terminate.session_terminate(session_id=session_id) == terminate.TerminateResult.DELIVERED
+    assert await terminate.session_terminate_request(session_id=session_id) == terminate.TerminateResult.DELIVERED
     reply = await comm.receive_json_from(timeout=5)
     assert reply["type"] == "error"
     assert reply["code"] == "session_terminated"
@@ -48,7 +48,7 @@ async def test_terminate_leaves_other_sessions_alone(workspace):
     session_a = reply["session_id"]
     comm_b, reply = await open_session(workspace)
     session_b = reply["session_id"]
-    await terminate.session_terminate(session_id=session_a)
+    await terminate.session_terminate_request(session_id=session_a)
     assert (await comm_a.receive_json_from(timeout=5))["code"] == "session_terminated"
     assert await comm_b.receive_nothing(timeout=0.2)
     assert await LiveSession.objects.filter(pk=session_b).aexists()
@@ -57,14 +57,14 @@ async def test_terminate_leaves_other_sessions_alone(workspace):
 
 
 async def test_terminate_of_an_unknown_session_is_not_found():
-    result = await terminate.session_terminate(session_id="00000000-0000-4000-8000-000000000000")
+    result = await terminate.session_terminate_request(session_id="00000000-0000-4000-8000-000000000000")
     assert result == terminate.TerminateResult.NOT_FOUND
 
 
 async def test_terminate_deletes_the_row_of_a_dead_instance(workspace):
     dead = await ServerInstance.objects.acreate(host="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1))
     row = await LiveSession.objects.acreate(workspace_dir=str(workspace), channel_name="nobody", instance=dead)
-    assert await terminate.session_terminate(session_id=row.pk) == terminate.TerminateResult.REMOVED
+    assert await terminate.session_terminate_request(session_id=row.pk) == terminate.TerminateResult.REMOVED
     assert not await LiveSession.objects.filter(pk=row.pk).aexists()
 
 
@@ -165,7 +165,7 @@ async def test_terminate_that_the_channel_layer_does_not_take_is_not_delivered(w
     row = await LiveSession.objects.acreate(
         workspace_dir=str(workspace), channel_name="specific.abc!def", instance=instance
     )
-    assert await terminate.session_terminate(session_id=row.pk) == terminate.TerminateResult.NOT_DELIVERED
+    assert await terminate.session_terminate_request(session_id=row.pk) == terminate.TerminateResult.NOT_DELIVERED
     assert await LiveSession.objects.filter(pk=row.pk).aexists()  # nothing was done
 
 

@@ -78,6 +78,17 @@ def test_bearer_header_parsing(headers, expected):
     assert bearer_from_headers(headers) == expected
 
 
+@pytest.mark.parametrize("header", ["Bearer {raw}", "bearer  {raw} ", "BEARER {raw}"])
+def test_the_sessions_api_reads_a_bearer_header_as_the_handshake_does(alice, header):
+    from django.contrib.auth.models import Permission
+
+    alice.user_permissions.add(Permission.objects.get(codename="view_livesession"))
+    _token, raw = token_create(user=alice, name="ci")
+    value = header.format(raw=raw)
+    assert bearer_from_headers([(b"authorization", value.encode())]) == raw
+    assert Client().get("/api/sessions", HTTP_AUTHORIZATION=value).status_code == 200
+
+
 def test_bearer_subprotocol_parsing():
     assert bearer_from_subprotocols([SUBPROTOCOL, "bearer.abc"]) == "abc"
     assert bearer_from_subprotocols([SUBPROTOCOL, "bearer."]) is None

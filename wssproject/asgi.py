@@ -2,7 +2,7 @@
 
 At import, the system checks run (sessions_app/startup.py): a configuration error stops
 the server, whichever it is, before it serves anything. Every request first has its client
-address resolved (X-Forwarded-For only from WSS_TRUSTED_PROXIES: sessions_app/clients.py).
+address resolved (X-Forwarded-For only from WSS_TRUSTED_PROXIES: sessions_app/addresses.py).
 HTTP goes to Django; WebSockets pass the origin check, then authentication (session
 cookie, skipped for handshakes without one: sessions_app/auth_fastpath.py; API token and
 WSS_REQUIRE_AUTH: sessions_app/middleware.py), then reach sessions_app's routes. The
@@ -25,8 +25,8 @@ from sessions_app.startup import startup_check  # noqa: E402
 
 startup_check()
 
+from sessions_app.addresses import ForwardedClientMiddleware  # noqa: E402
 from sessions_app.auth_fastpath import SessionCookieAuthMiddleware  # noqa: E402
-from sessions_app.clients import ForwardedClientMiddleware  # noqa: E402
 from sessions_app.middleware import ApiTokenAuthMiddleware  # noqa: E402
 from sessions_app.origin import SessionOriginValidator  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402

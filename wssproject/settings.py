@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from sessions_app import conf as wss_conf
 from wssproject.secretkey import secret_key_load_or_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -46,6 +47,20 @@ def env_number(name: str, default: float, cast: type = int) -> float:
         return cast(raw)
     except ValueError as error:
         raise ValueError(f"{name}={raw!r} is not a number") from error
+
+
+def env_setting(name: str) -> object:
+    """Read one of the app's WSS_ knobs, parsed as its default in sessions_app.conf.DEFAULTS is."""
+    default = wss_conf.DEFAULTS[name]
+    if isinstance(default, bool):
+        return env_bool(name, default)
+    if isinstance(default, list):
+        return env_list(name, list(default))
+    if isinstance(default, int):
+        return int(env_number(name, default))
+    if isinstance(default, float):
+        return env_number(name, default, float)
+    return os.environ.get(name, default)
 
 
 # Safe by default (docs/security.md): debug only when asked for (`make run` asks), and never
@@ -115,7 +130,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not pytest-django's in-memory default, so live-server tests can share it.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
 else:
-    # Persistent connections: the registry thread keeps one open instead of one per write.
+    # Persistent connections: a thread that writes the registry reuses its connection between
+    # calls in quick succession (the registry writer closes it after 2 s idle).
     DATABASES["default"]["CONN_MAX_AGE"] = env_number("DATABASE_CONN_MAX_AGE", 600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Bounded calls: a hung query or a silent peer must surface as an error, not a thread
@@ -195,32 +211,21 @@ LOGGING = {
         },
     },
     # Formatted and written on a thread, not on the event loop (sessions_app/logqueue.py).
-    "handlers": {"console": {"()": "sessions_app.logqueue.QueueHandler", "formatter": WSS_LOG_FORMAT}},
+    "handlers": {"console": {"()": "sessions_app.logqueue.ThreadedStreamHandler", "formatter": WSS_LOG_FORMAT}},
     "loggers": {
         # Not propagated: daphne configures the root logger too, which would print each line twice.
         "sessions_app": {"handlers": ["console"], "level": os.environ.get("WSS_LOG_LEVEL", "INFO"), "propagate": False},
     },
 }
 
-# --- wss-sessions: app knobs, all under WSS_, read by sessions_app.conf -----------------
-WSS_MAX_MESSAGE_BYTES = int(env_number("WSS_MAX_MESSAGE_BYTES", 65536))
-WSS_ALLOWED_ORIGINS = env_list("WSS_ALLOWED_ORIGINS", [])
-WSS_REQUIRE_ORIGIN = env_bool("WSS_REQUIRE_ORIGIN", False)
-WSS_WORKSPACE_ROOTS = env_list("WSS_WORKSPACE_ROOTS", [])
-# A crash is reaped within WSS_INSTANCE_TIMEOUT_SECONDS + WSS_HEARTBEAT_SECONDS (30 s by default).
-WSS_HEARTBEAT_SECONDS = env_number("WSS_HEARTBEAT_SECONDS", 5, float)
-WSS_INSTANCE_TIMEOUT_SECONDS = env_number("WSS_INSTANCE_TIMEOUT_SECONDS", 25, float)
-WSS_STOP_TIMEOUT_SECONDS = env_number("WSS_STOP_TIMEOUT_SECONDS", 15, float)
-WSS_METRICS_ALLOWED_IPS = env_list("WSS_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
-WSS_METRICS_TOKEN = os.environ.get("WSS_METRICS_TOKEN", "")
-WSS_READYZ_TIMEOUT_SECONDS = env_number("WSS_READYZ_TIMEOUT_SECONDS", 2, float)
-# A detached resumable session is kept this long (expired within it plus one heartbeat); 0: no resume.
-WSS_RESUME_GRACE_SECONDS = env_number("WSS_RESUME_GRACE_SECONDS", 30, float)
-WSS_REGISTRY_TIMEOUT_SECONDS = env_number("WSS_REGISTRY_TIMEOUT_SECONDS", 5, float)
+# --- wss-sessions: app knobs, all under WSS_, read by sessions_app.conf ------------------
+# Each is stated once, with its default, in sessions_app.conf.DEFAULTS (and the README's
+# table), and read here from the environment variable of the same name.
+globals().update({name: env_setting(name) for name in wss_conf.DEFAULTS})
 
 # The sessions API (/api/sessions): users with the model permissions the admin asks for
-# (view to read, delete to terminate), by bearer token (whose lookup is
-# sessions_app.authentication.BearerTokenAuthentication.token_user) or the admin's cookie.
+# (view to read, delete to terminate), by bearer token (sessions_app.authentication, which
+# looks tokens up with sessions_app.tokens.token_authenticate) or the admin's cookie.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "sessions_app.authentication.BearerTokenAuthentication",
@@ -231,18 +236,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }
 
-WSS_REQUIRE_AUTH = env_bool("WSS_REQUIRE_AUTH", False)
-WSS_RATE_LIMIT = env_number("WSS_RATE_LIMIT", 20, float)
-WSS_RATE_LIMIT_BURST = int(env_number("WSS_RATE_LIMIT_BURST", 40))
-
-# --- Security (docs/security.md): cookies over TLS, masked settings, trusted proxies, bounds --
+# --- Security (docs/security.md): cookies over TLS, masked settings ---------------------------
 # Behind a TLS-terminating proxy: session and CSRF cookies only over HTTPS. The redirect to
 # HTTPS and HSTS belong to that proxy (docs/security.md, `check --deploy`).
 if env_bool("DJANGO_HTTPS", False):
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
 # Error pages (debug, and the e-mailed reports) mask URLs with credentials and every secret.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "sessions_app.reporting.CredentialMaskingFilter"
-WSS_TRUSTED_PROXIES = env_list("WSS_TRUSTED_PROXIES", [])
-WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS = env_number("WSS_WORKSPACE_RESOLVE_TIMEOUT_SECONDS", 2, float)
-WSS_WORKSPACE_RESOLVE_THREADS = int(env_number("WSS_WORKSPACE_RESOLVE_THREADS", 4))
-WSS_MAX_QUEUED_FRAMES = int(env_number("WSS_MAX_QUEUED_FRAMES", 40))

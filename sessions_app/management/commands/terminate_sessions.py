@@ -9,7 +9,7 @@ import uuid
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sessions_app.audit import sessions_terminate_audited
+from sessions_app.audit import sessions_terminate_audited, terminate_summary
 from sessions_app.terminate import TerminateResult
 
 # sysexits.h EX_TEMPFAIL: a temporary failure, running the command again may work.
@@ -38,8 +38,7 @@ class Command(BaseCommand):
                 "live ones need the channel layer that the servers share."
             )
         results = sessions_terminate_audited(ids, via="terminate_sessions command")
-        ended = results[TerminateResult.DELIVERED] + results[TerminateResult.REMOVED]
-        self.stdout.write(f"Terminated {ended} of {len(ids)} session{'' if len(ids) == 1 else 's'}.")
+        self.stdout.write(terminate_summary(results))
         if failed := results[TerminateResult.NOT_DELIVERED]:
             raise CommandError(
                 f"{failed} session(s) not terminated: the channel layer (Redis) is unavailable; nothing was done "

@@ -1,4 +1,5 @@
-"""Who the client is: the socket peer, or the address a trusted proxy forwarded.
+"""Client addresses: address lists (WSS_METRICS_ALLOWED_IPS, WSS_TRUSTED_PROXIES) parsed in one
+way, and who the client is: the socket peer, or the address a trusted proxy forwarded.
 
 `X-Forwarded-For` is believed only when the socket peer is in WSS_TRUSTED_PROXIES (empty
 by default: never). The header is then read from the right, skipping trusted proxies; the
@@ -24,16 +25,23 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_FORWARDED_FOR_BYTES = 1024  # a proxy chain of dozens of addresses; longer is not ours
 
 
+def network_parse(entry: str) -> Network | None:
+    """An address or CIDR network (an address is a network of one), or None."""
+    try:
+        return ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return None
+
+
 @lru_cache(maxsize=8)
 def networks_parse(entries: tuple[str, ...]) -> tuple[Network, ...]:
     """Addresses and CIDR networks; invalid entries are left out (a system check reports them)."""
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            continue
-    return tuple(networks)
+    return tuple(network for network in map(network_parse, entries) if network is not None)
+
+
+def networks_invalid(entries: Iterable[str]) -> list[str]:
+    """The entries that are neither an address nor a network: what the system checks report."""
+    return [entry for entry in entries if network_parse(entry) is None]
 
 
 def ip_parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -45,7 +53,7 @@ def ip_parse(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def address_in(address: str, entries: Iterable[str]) -> bool:
-    """Whether `address` is one of `entries`: addresses or CIDR networks."""
+    """Whether `address` is in one of `entries`: addresses or CIDR networks."""
     ip = ip_parse(address)
     return ip is not None and any(ip in network for network in networks_parse(tuple(entries)))
 

@@ -6,9 +6,9 @@ import json
 import pytest
 import websockets
 
-from sessions_app.clients import forwarded_client
+from sessions_app.addresses import forwarded_client
+from sessions_app.checks import server_proxy_header_problem
 from sessions_app.models import LiveSession
-from sessions_app.startup import server_proxy_header_problem
 
 from .polling import wait_until
 

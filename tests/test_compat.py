@@ -1,0 +1,79 @@
+"""Contracts with other libraries' private parts (sessions_app/compat.py): each fails when an upgrade changes one."""
+
+import asyncio
+import inspect
+import re
+from pathlib import Path
+
+import channels.consumer
+import channels.exceptions
+import channels_redis.core
+import pytest
+from channels.consumer import get_handler_name
+from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
+from django.core import checks
+
+from sessions_app import compat
+
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
+
+
+def test_the_checked_versions_are_the_pins_of_requirements_txt():
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==(\S+)", REQUIREMENTS.read_text(), re.MULTILINE))
+    assert {name: pins.get(name) for name in compat.CHECKED_VERSIONS} == compat.CHECKED_VERSIONS
+
+
+def test_the_version_check_is_silent_at_the_checked_versions_and_warns_on_any_other(monkeypatch):
+    assert [m for m in checks.run_checks(tags=["wss"]) if m.id == "wss.W030"] == []
+    monkeypatch.setitem(compat.CHECKED_VERSIONS, "channels-redis", "0.0.1")
+    [warning] = [m for m in checks.run_checks(tags=["wss"]) if m.id == "wss.W030"]
+    assert warning.level == checks.WARNING
+    assert "channels-redis 4.3.0 is installed" in warning.msg and "channels-redis 0.0.1" in warning.msg
+
+
+async def test_channels_in_memory_layer_walks_its_expiry_on_receive_and_group_send():
+    walks = []
+
+    class Counting(ChannelsInMemoryChannelLayer):
+        def _clean_expired(self):
+            walks.append(1)
+            super()._clean_expired()
+
+    layer = Counting()
+    await layer.group_add("g", "c!1")
+    await layer.send("c!1", {"type": "x"})
+    assert await layer.receive("c!1") == {"type": "x"}
+    await layer.group_send("g", {"type": "y"})
+    assert len(walks) == 2  # the mixin throttles what these two calls do
+
+
+async def test_channels_in_memory_expiry_walk_removes_expired_messages():
+    layer = ChannelsInMemoryChannelLayer(expiry=0.01)
+    await layer.send("c!1", {"type": "x"})
+    await asyncio.sleep(0.05)
+    layer._clean_expired()
+    assert layer.channels == {}
+
+
+def test_channels_redis_runs_the_receive_backup_cleanup_as_a_coroutine_of_index_and_channel():
+    method = channels_redis.core.RedisChannelLayer._clean_receive_backup
+    assert inspect.iscoroutinefunction(method)
+    assert list(inspect.signature(method).parameters) == ["self", "index", "channel"]
+    assert "self._clean_receive_backup(index, channel_key)" in inspect.getsource(
+        channels_redis.core.RedisChannelLayer.receive_single
+    )
+
+
+@pytest.mark.parametrize("path", sorted(compat.CONSUMER_SOURCES_CHECKED))
+def test_the_channels_methods_copied_without_the_connection_hop_are_unchanged_upstream(path):
+    module_name, class_name, method_name = path.rsplit(".", 2)
+    method = getattr(getattr(__import__(module_name, fromlist=[class_name]), class_name), method_name)
+    assert compat.source_digest(method) == compat.CONSUMER_SOURCES_CHECKED[path], (
+        f"{path} changed upstream: compare it with compat.WithoutConnectionHop, then update the digest"
+    )
+
+
+def test_channels_names_handlers_and_stops_consumers_as_the_copies_expect():
+    assert get_handler_name({"type": "websocket.disconnect"}) == "websocket_disconnect"
+    assert channels.consumer.StopConsumer is channels.exceptions.StopConsumer
+    assert "except StopConsumer:" in inspect.getsource(channels.consumer.AsyncConsumer.__call__)
