@@ -23,6 +23,7 @@ from django.conf import settings
 from django.contrib.auth import SESSION_KEY
 
 from . import admin_pages, events, metrics
+from .admin_pages import PageRefused
 from .conf import app_settings
 from .live import REGISTRY_GROUP
 
@@ -32,15 +33,6 @@ logger = logging.getLogger(__name__)
 PUSH_INTERVAL_SECONDS = 0.5
 MAX_FRAME_BYTES = 8192
 VIEW_PERMISSION = "sessions_app.view_livesession"
-
-
-class LiveRequestError(Exception):
-    """A frame the live channel cannot act on: reported as an `error` frame, the socket stays open."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,22 +45,22 @@ class Watch:
 
 
 def watch_parse(text: str | None) -> Watch:
-    """Decode a `watch` frame, or raise LiveRequestError."""
+    """Decode a `watch` frame, or raise PageRefused."""
     if text is None or len(text) > MAX_FRAME_BYTES:
-        raise LiveRequestError("invalid_request", f"Send one JSON text frame of at most {MAX_FRAME_BYTES} bytes.")
+        raise PageRefused("invalid_request", f"Send one JSON text frame of at most {MAX_FRAME_BYTES} bytes.")
     try:
         frame = json.loads(text)
     except ValueError:
-        raise LiveRequestError("invalid_json", "The frame is not JSON.") from None
+        raise PageRefused("invalid_json", "The frame is not JSON.") from None
     if not isinstance(frame, dict) or frame.get("type") != "watch":
-        raise LiveRequestError("invalid_request", 'The only frame is {"type": "watch", ...}.')
+        raise PageRefused("invalid_request", 'The only frame is {"type": "watch", ...}.')
     page, model, query = frame.get("page"), frame.get("model", ""), frame.get("query", "")
     if page == "index":
         return Watch(page="index")
     if page != "changelist" or not isinstance(model, str) or not isinstance(query, str):
-        raise LiveRequestError("invalid_request", 'Watch "index", or "changelist" with a model and a query string.')
+        raise PageRefused("invalid_request", 'Watch "index", or "changelist" with a model and a query string.')
     if model not in admin_pages.LIVE_MODELS:
-        raise LiveRequestError("unknown_page", "This page is not live.")
+        raise PageRefused("unknown_page", "This page is not live.")
     return Watch(page="changelist", model=model, query=query)
 
 
@@ -141,11 +133,15 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
         """A `watch` frame: what this page shows; a bad frame gets an `error` frame."""
         try:
             self.watch = watch_parse(text_data)
-        except LiveRequestError as error:
-            await self.send_json({"type": "error", "code": error.code, "message": error.message})
+        except PageRefused as error:
+            await self.send_error(error)
             return
         self.sent = {}  # a new page: everything it shows is new to it
         self.wake.set()
+
+    async def send_error(self, error: PageRefused) -> None:
+        """The one place an error reaches the page: an `error` frame; the channel stays open."""
+        await self.send_json({"type": "error", "code": error.code, "message": error.message})
 
     async def registry_changed(self, event: dict[str, Any]) -> None:
         """A nudge (live.py): render again soon."""
@@ -160,14 +156,12 @@ class AdminLiveConsumer(AsyncJsonWebsocketConsumer):
             if self.watch is not None:
                 try:
                     await self.push(self.watch)
-                except admin_pages.PageRefused as error:
-                    await self.send_json({"type": "error", "code": error.code, "message": error.message})
+                except PageRefused as error:
+                    await self.send_error(error)
                     self.watch = None
                 except Exception as error:  # the registry is down, say: tell the page, try again later
                     logger.warning("admin live update failed: %s", error)
-                    await self.send_json(
-                        {"type": "error", "code": "unavailable", "message": "The registry did not answer."}
-                    )
+                    await self.send_error(PageRefused("unavailable", "The registry did not answer."))
             await asyncio.sleep(PUSH_INTERVAL_SECONDS)
 
     async def push(self, watch: Watch) -> None:

@@ -1,7 +1,7 @@
 """What the live admin pages show, rendered on the server: changelist rows and the index's glance.
 
-The same code renders the page a browser loads and what the live channel (admin_live.py)
-pushes afterwards, so an update is exactly what a reload would show. Synchronous: it runs
+Rows are rendered by Django's own changelist code, as on the page a browser loads, so what
+the live channel (admin_live.py) pushes is what a reload would show. Synchronous: it runs
 the ORM and the templates.
 """
 
@@ -24,14 +24,14 @@ from .conf import app_settings
 from .display import minute_chart_svg, short_span
 from .models import LiveSession, ServerInstance
 
-# The changelists the live channel serves, by model name, and the permission each needs.
+# The changelists the live channel serves, by model name (each ModelAdmin checks its own permission).
 LIVE_MODELS: dict[str, type] = {"livesession": LiveSession, "serverinstance": ServerInstance}
 # Django's "there was a bad lookup" marker: the page's own, not a filter.
 ERROR_FLAG = "e"
 
 
 class PageRefused(Exception):
-    """The page cannot be rendered for this user and query: the live channel reports it as data."""
+    """A page the live channel cannot serve (a bad frame, query or permission): sent as an `error` frame."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
