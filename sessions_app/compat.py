@@ -1,4 +1,4 @@
-"""Every use of another library's private parts, in one place.
+"""Every use of another library's private parts, and every workaround of its defects, in one place.
 
 Each section names the upstream code it relies on and why the public API does not do;
 tests/test_compat.py (tests/test_server_hooks.py for the server hooks) has a contract test
@@ -8,6 +8,8 @@ against. After an upgrade: run tests/test_compat.py,
 re-check each section, then update CHECKED_VERSIONS (and requirements.txt).
 """
 
+import asyncio
+import functools
 import hashlib
 import importlib.metadata
 import inspect
@@ -29,6 +31,7 @@ CHECKED_VERSIONS: dict[str, str] = {
     "daphne": "4.2.3",
     "uvicorn": "0.54.0",
     "djangorestframework": "3.18.3",
+    "redis": "8.1.0",
 }
 
 
@@ -160,3 +163,36 @@ def uvicorn_signal_handler(handler: Any) -> bool:
     starts with "uvicorn."), before the lifespan starts.
     """
     return callable(handler) and getattr(handler, "__module__", "").startswith("uvicorn.")
+
+
+# --- redis-py: a cancellation that asyncio.wait_for drops ---------------------------------
+#
+# redis-py's asyncio `Connection.send_packed_command` writes each command inside
+# `asyncio.wait_for(write, socket_timeout)` (every command: redis-py 8 defaults the timeout
+# to 5 s). Before Python 3.12, `wait_for` drops a cancellation that arrives in the loop
+# iteration where the write has just completed (CPython gh-86296, fixed in 3.12 by
+# rewriting `wait_for` on `asyncio.timeout`): the caller carries on as if it had never been
+# cancelled. channels-redis's `receive` then blocks in BZPOPMIN again, every 5 s, forever,
+# and Channels' consumer, which awaits its cancelled receive on the way out, never ends.
+# The task still says it was cancelled (`Task.cancelling()` stays raised, nobody called
+# `uncancel()`), so a write that returns with more cancellations requested than when it
+# began was cancelled: end it the way a cancellation would have, connection included,
+# since the command's reply will never be read.
+
+
+class _CancellationKept:
+    """A redis-py connection whose commands end with a cancellation `wait_for` dropped while writing."""
+
+    async def send_packed_command(self, command, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        requested = task.cancelling() if task is not None else 0
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        if task is not None and task.cancelling() > requested:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise asyncio.CancelledError
+
+
+@functools.cache
+def redis_connection_keeping_cancellation(connection_class: type) -> type:
+    """`connection_class` (a redis-py asyncio connection class), cancellable while it writes a command."""
+    return type(connection_class.__name__, (_CancellationKept, connection_class), {})

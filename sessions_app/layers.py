@@ -21,7 +21,7 @@ from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 from redis.exceptions import RedisError
 
 from . import metrics
-from .compat import CleanExpiredAtMostEvery, ReceiveBackupFailuresCounted
+from .compat import CleanExpiredAtMostEvery, ReceiveBackupFailuresCounted, redis_connection_keeping_cancellation
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,15 @@ class RedisChannelLayer(ReceiveBackupFailuresCounted, channels_redis.core.RedisC
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._outages: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def create_pool(self, index: int):
+        """channels-redis's pool for host `index`, whose connections can be cancelled while they write.
+
+        Without it a consumer cancelled at the wrong moment never ends (sessions_app/compat.py).
+        """
+        pool = super().create_pool(index)
+        pool.connection_class = redis_connection_keeping_cancellation(pool.connection_class)
+        return pool
 
     def outage(self) -> LayerOutage:
         """The outage state of the running event loop (each loop has its own connections)."""

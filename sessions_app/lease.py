@@ -91,8 +91,15 @@ def lease_end() -> None:
 
 def _lease_expired() -> None:
     state = process_state()
-    if state.fenced() and not state.stopping:
-        state.fencing = asyncio.ensure_future(sessions_fence())
+    if state.stopping or state.lease_until is None:
+        return
+    left = state.lease_until - time.monotonic()
+    if left > 0:
+        # Early: uvloop's timers run on its loop clock, read once per loop iteration (in
+        # milliseconds), so one can fire before time.monotonic() reaches the lease's end.
+        state.lease_timer = asyncio.get_running_loop().call_later(left, _lease_expired)
+        return
+    state.fencing = asyncio.ensure_future(sessions_fence())
 
 
 async def sessions_fence() -> int:

@@ -1,4 +1,8 @@
-"""Real server processes for tests: daphne, uvicorn, uvicorn-fast (the fast production command) on a free port."""
+"""Real server processes for tests: daphne, uvicorn, uvicorn-fast (the fast production command) on a free port.
+
+WSS_TEST_SERVER=uvicorn-sansio (or another name below) starts every server process of the
+run under that server instead, to try a candidate on the whole live suite.
+"""
 
 import os
 import signal
@@ -109,6 +113,7 @@ def start_server(
     port: int | None = None,
 ) -> ServerProcess:
     """Start a server on `port` (default: a free one) against the test database; wait until it accepts TCP."""
+    server = os.environ.get("WSS_TEST_SERVER") or server
     port = port or free_port()
     full_env = {**os.environ, "DATABASE_URL": test_database_url(), "PYTHONUNBUFFERED": "1", **(env or {})}
     if server == "daphne":

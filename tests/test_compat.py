@@ -9,11 +9,15 @@ import channels.consumer
 import channels.exceptions
 import channels_redis.core
 import pytest
+import redis.asyncio
 from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 from django.core import checks
 
 from sessions_app import compat
+from sessions_app.layers import RedisChannelLayer
+
+from .servers import free_port
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 
@@ -77,3 +81,57 @@ def test_channels_names_handlers_and_stops_consumers_as_the_copies_expect():
     assert get_handler_name({"type": "websocket.disconnect"}) == "websocket_disconnect"
     assert channels.consumer.StopConsumer is channels.exceptions.StopConsumer
     assert "except StopConsumer:" in inspect.getsource(channels.consumer.AsyncConsumer.__call__)
+
+
+# --- redis-py: a cancellation that asyncio.wait_for drops ---
+
+
+async def test_wait_for_still_drops_a_cancellation_that_arrives_as_its_work_completes():
+    """CPython gh-86296. When this fails (Python 3.12 fixed it), the redis-py section of compat can go."""
+
+    async def write() -> str:
+        return "written"
+
+    async def command() -> str:
+        return await asyncio.wait_for(write(), 10)
+
+    task = asyncio.ensure_future(command())
+    await asyncio.sleep(0)  # the command starts the write
+    await asyncio.sleep(0)  # the write completes; wait_for has not woken up yet
+    task.cancel()
+    assert await task == "written"
+    assert task.cancelling() == 1  # the task still says it was cancelled: what compat detects
+
+
+@pytest.mark.parametrize(
+    ("url", "connection_class"),
+    [("redis://127.0.0.1:1/0", redis.asyncio.Connection), ("rediss://127.0.0.1:1/0", redis.asyncio.SSLConnection)],
+)
+def test_the_redis_layer_connects_with_the_cancellation_kept_whatever_the_scheme(url, connection_class):
+    pool = RedisChannelLayer(hosts=[url]).create_pool(0)
+    connection = pool.make_connection()  # what the pool hands out; nothing connects yet
+    assert isinstance(connection, connection_class)
+    assert isinstance(connection, compat._CancellationKept)
+
+
+@pytest.mark.production
+async def test_redis_py_writes_each_command_through_send_packed_command(production_services, settings, monkeypatch):
+    """The one method compat overrides must be on the path of every command channels-redis sends."""
+    written = []
+    kept = compat._CancellationKept.send_packed_command
+
+    async def counted(self, command, check_health: bool = True) -> None:
+        written.append(command)
+        await kept(self, command, check_health)
+
+    monkeypatch.setattr(compat._CancellationKept, "send_packed_command", counted)
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    layer = RedisChannelLayer(**{**config, "prefix": f"test-compat-{free_port()}"})
+    try:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "hello"})
+        before = len(written)
+        assert await layer.receive(channel) == {"type": "hello"}
+        assert len(written) > before
+    finally:
+        await layer.flush()

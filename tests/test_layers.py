@@ -97,3 +97,26 @@ async def test_redis_layer_receive_resumes_after_an_outage_with_what_was_sent_me
         await linked.flush()
         await cut_off.close_pools()
         await proxy.stop()
+
+
+@pytest.mark.production
+async def test_a_redis_layer_receive_cancelled_at_any_step_ends_at_once(production_services, settings):
+    """Cancelled one event-loop step later each time, while it connects, writes and blocks: every receive ends.
+
+    A cancellation that arrives as a command's write completes used to be dropped below the
+    layer (sessions_app/compat.py), and the receive then blocked in Redis forever.
+    """
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    for steps in range(60):
+        layer = RedisChannelLayer(**{**config, "prefix": f"test-cancel-{free_port()}"})
+        receive = asyncio.ensure_future(layer.receive(await layer.new_channel()))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        receive.cancel()
+        done, _ = await asyncio.wait([receive], timeout=2)
+        if not done:
+            receive.cancel()  # a second cancellation reaches it in its blocking read: end it before failing
+            await asyncio.wait([receive], timeout=10)
+            pytest.fail(f"a receive cancelled after {steps} loop steps was still running 2 s later")
+        assert receive.cancelled()
+        await layer.close_pools()

@@ -13,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 from django.utils import timezone
 
-from sessions_app import heartbeat, instances, reconcile, sessions
+from sessions_app import heartbeat, instances, lease, reconcile, sessions
 from sessions_app.models import LiveSession, ServerInstance
 from sessions_app.process import process_state
 from wssproject.asgi import application
@@ -204,6 +204,19 @@ async def test_a_process_that_cannot_heartbeat_closes_its_sessions_before_peers_
         return reply["type"] == "new_session"
 
     await wait_until(accepted_again, 10, what="sessions accepted after the heartbeat recovered")
+
+
+async def test_a_lease_timer_that_fires_early_still_fences_once_the_lease_has_run_out(settings, workspace, monkeypatch):
+    """uvloop reads its clock once per loop iteration: a timer set late in one fires early."""
+    held, _ = await open_session(workspace, ok=True)
+    loop = asyncio.get_running_loop()
+    lease_seconds = settings.WSS_INSTANCE_TIMEOUT_SECONDS - settings.WSS_HEARTBEAT_SECONDS
+    with monkeypatch.context() as patched:
+        patched.setattr(loop, "time", lambda: time.monotonic() - 0.3)  # the loop's clock, read 0.3 s ago
+        lease.lease_renew(time.monotonic() - lease_seconds + 0.5)  # the lease ends in 0.5 s
+    ends = process_state().lease_until
+    arrived = await expect_session_lost(held, timeout=3)
+    assert ends <= arrived < ends + 1
 
 
 async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
