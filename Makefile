@@ -29,7 +29,7 @@ run: migrate  ## Start daphne on $(HOST):$(PORT) in debug mode (SQLite, in-memor
 test: lint migrations-check test-embedded test-production  ## Run everything: lint, migrations, both test runs
 
 test-embedded: $(STAMP)  ## The suite on the embedded default (SQLite, in-memory layer)
-	$(BIN)/python -m pytest -m "not production"
+	$(BIN)/python -m pytest -m "not production" --durations=25
 
 # The production path: the same suite on PostgreSQL and channels-redis, plus the tests
 # marked `production` (several server processes sharing both). Override the URLs to
@@ -37,7 +37,7 @@ test-embedded: $(STAMP)  ## The suite on the embedded default (SQLite, in-memory
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 test-production: $(STAMP)  ## The suite on PostgreSQL + Redis (must be reachable)
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest --durations=25
 
 lint: $(STAMP)  ## ruff check and format check
 	$(BIN)/ruff check .

@@ -51,6 +51,16 @@ async def detached_session(workspace: Path) -> dict:
     return reply
 
 
+async def assert_session_held(comm: WebsocketCommunicator) -> None:
+    """The connection is open and still holds its session: another new_session is session_exists.
+
+    A positive probe, where waiting for silence would need a window long enough to fail: a
+    session closed meanwhile answers with its error frame first.
+    """
+    reply = await new_session(comm, "/", request_id="probe")
+    assert (reply["type"], reply.get("code"), reply.get("request_id")) == ("error", "session_exists", "probe"), reply
+
+
 async def expect_close(comm: WebsocketCommunicator, code: int) -> None:
     """The next thing the server does is close with `code`."""
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": code}
@@ -81,11 +91,25 @@ async def ws_connect_session(
     return ws, await ws_open_session(ws, workspace, timeout, **extra)
 
 
+async def frames_until_closed(
+    ws: websockets.ClientConnection, timeout: float | None = 30, *, into: list[dict] | None = None
+) -> tuple[list[dict], int | None]:
+    """Read until the connection closes: every frame (parsed, also appended to `into` as it comes) and
+    the close code the server sent (None: no close frame). Fails the test when `timeout` passes first."""
+    frames = [] if into is None else into
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                frames.append(json.loads(await ws.recv()))
+    except websockets.ConnectionClosed as closed:
+        return frames, closed.rcvd.code if closed.rcvd else None
+    except TimeoutError:
+        pytest.fail(f"the connection was still open after {timeout:g} s")
+
+
 async def close_code_after(ws: websockets.ClientConnection, timeout: float = 30) -> int:
     """Read until the server closes; the close code it sent (1006 when there was no close frame)."""
-    with pytest.raises(websockets.ConnectionClosed):
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout=timeout)
+    await frames_until_closed(ws, timeout)
     return ws.close_code
 
 

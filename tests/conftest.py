@@ -84,6 +84,19 @@ async def fresh_process(monkeypatch) -> AsyncIterator["ProcessState"]:
 
 
 @pytest.fixture
+def staff_user(django_user_model) -> Callable:
+    """Make a staff user named `name` holding the permissions named by `codenames` (password "pw")."""
+    from django.contrib.auth.models import Permission
+
+    def make(name: str, *codenames: str):
+        user = django_user_model.objects.create_user(name, password="pw", is_staff=True)
+        user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+        return user
+
+    return make
+
+
+@pytest.fixture
 def instance_with_sessions() -> Callable:
     """Make a ServerInstance whose last heartbeat was `age` seconds ago, with one session row per workspace.
 
@@ -131,6 +144,32 @@ def servers(server_factory) -> Callable[..., ServerProcess]:
         return server_factory(server=server, port=port, env={**FAST_ENV, **env})
 
     return start
+
+
+@pytest.fixture
+async def database_proxy(production_services) -> AsyncIterator:
+    """A TcpProxy in front of the test's PostgreSQL (servers.database_url_via gives its URL)."""
+    from django.db import connection
+
+    from .proxy import TcpProxy
+
+    params = connection.settings_dict
+    proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+async def redis_proxy(production_services, settings) -> AsyncIterator:
+    """A TcpProxy in front of the test's Redis (servers.redis_url_via gives its URL)."""
+    from urllib.parse import urlsplit
+
+    from .proxy import TcpProxy
+
+    url = urlsplit(settings.REDIS_URL)
+    proxy = await TcpProxy(url.hostname or "127.0.0.1", url.port or 6379).start()
+    yield proxy
+    await proxy.stop()
 
 
 @pytest.fixture

@@ -3,15 +3,39 @@
 import asyncio
 import contextlib
 import os
+import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
+import psycopg
 from django.db import connection, transaction
 
 from sessions_app.models import ServerInstance
 
 from .polling import wait_until
+from .servers import test_database_url
+
+
+@contextlib.contextmanager
+def sessions_table_locked() -> Iterator[None]:
+    """Hold the session table's write lock from outside the server until the block ends, on either registry.
+
+    Every session insert and delete waits (PostgreSQL: up to DATABASE_LOCK_TIMEOUT); the
+    instance rows, and so the heartbeat, stay free on PostgreSQL.
+    """
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        holder = sqlite3.connect(params["NAME"], isolation_level=None, timeout=5)
+        holder.execute("BEGIN IMMEDIATE")
+    else:
+        holder = psycopg.connect(test_database_url())
+        holder.execute("LOCK TABLE sessions_app_livesession IN EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
 
 
 @contextlib.asynccontextmanager

@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 
+# What a loaded 2-core machine may add to a documented bound: every timing bound in the
+# suite is the documented figure plus this, never a multiple of it.
+SLACK = 5.0
+
 
 async def wait_until(predicate: Callable[[], Any], timeout: float, *, step: float = 0.05, what: str = "") -> float:
     """Poll `predicate` (sync or async) until it is truthy; the seconds it took.

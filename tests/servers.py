@@ -4,6 +4,8 @@ WSS_TEST_SERVER=uvicorn-sansio (or another name below) starts every server proce
 run under that server instead, to try a candidate on the whole live suite.
 """
 
+import http.client
+import json
 import os
 import signal
 import socket
@@ -13,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from django.db import connection
 
@@ -21,12 +24,31 @@ from bench.targets import UVICORN_FAST_OPTIONS, UVICORN_SANSIO_OPTIONS  # the co
 if TYPE_CHECKING:
     from sessions_app.models import ServerInstance
 
+    from .proxy import TcpProxy
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 # Beat and reap every second, declare a peer dead after 5 s: a crash is reaped within 6 s.
 FAST_HEARTBEAT, FAST_TIMEOUT = 1, 5
 FAST_ENV = {"WSS_HEARTBEAT_SECONDS": str(FAST_HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(FAST_TIMEOUT)}
+
+
+# A stop's documented duration (docs/operations.md, "Stop timing"): the close handshakes are
+# given CLOSE_HANDSHAKE_SECONDS (2 s); uvicorn then waits for the application's tasks, up to
+# the fast command's --timeout-graceful-shutdown (5 s; the default command's tasks end at once).
+GRACEFUL_SHUTDOWN = float(UVICORN_FAST_OPTIONS[UVICORN_FAST_OPTIONS.index("--timeout-graceful-shutdown") + 1])
+STOP_SECONDS = {"daphne": 2.0, "uvicorn": 2.0 + GRACEFUL_SHUTDOWN, "uvicorn-fast": 2.0 + GRACEFUL_SHUTDOWN}
+
+
+# The variables that configure the service; a "fresh" environment has none of them.
+CONFIG_PREFIXES = ("DJANGO_", "WSS_", "DATABASE_", "REDIS_")
+
+
+def bare_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without any setting of the service, plus `extra`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(CONFIG_PREFIXES)}
+    return {**env, **extra}
 
 
 def free_port() -> int:
@@ -61,6 +83,13 @@ async def instance_of(server: "ServerProcess") -> "ServerInstance | None":
     return await ServerInstance.objects.filter(pid=server.process.pid).afirst()
 
 
+async def session_ids() -> set[str]:
+    """The id of every session row in the registry, as strings."""
+    from sessions_app.models import LiveSession
+
+    return {str(pk) async for pk in LiveSession.objects.values_list("pk", flat=True)}
+
+
 def test_database_url() -> str:
     """A URL for the database pytest-django created, so a server process shares it."""
     params = connection.settings_dict
@@ -70,6 +99,25 @@ def test_database_url() -> str:
     host = params.get("HOST") or "127.0.0.1"
     port = params.get("PORT") or 5432
     return f"postgres://{user}@{host}:{port}/{params['NAME']}"
+
+
+class ServerExitedEarly(RuntimeError):
+    """A server process ended before it listened: its exit status and its log."""
+
+    def __init__(self, server: str, returncode: int, log: str) -> None:
+        super().__init__(f"{server} exited early with status {returncode}:\n{log}")
+        self.returncode, self.log = returncode, log
+
+
+def database_url_via(proxy: "TcpProxy") -> str:
+    """The test database's URL with its connections run through `proxy` (a TcpProxy in front of it)."""
+    params = connection.settings_dict
+    return f"postgres://{params.get('USER') or 'postgres'}@127.0.0.1:{proxy.port}/{params['NAME']}"
+
+
+def redis_url_via(proxy: "TcpProxy", redis_url: str) -> str:
+    """`redis_url` with its connections run through `proxy`."""
+    return f"redis://127.0.0.1:{proxy.port}{urlsplit(redis_url).path}"
 
 
 @dataclass
@@ -91,6 +139,23 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def assert_no_traceback(self) -> None:
+        """The server logged no exception it did not handle (the failure shows the lines around it)."""
+        log = self.log()
+        assert "Traceback" not in log, log[max(0, log.index("Traceback") - 500) :][:3000]
+
+    def get(self, path: str, *, source: str = "127.0.0.1", headers: dict | None = None) -> tuple[int, object]:
+        """GET `path` from the loopback address `source`: the status and the body (parsed if JSON)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30, source_address=(source, 0))
+        try:
+            conn.request("GET", path, headers=headers or {})
+            response = conn.getresponse()
+            body = response.read().decode()
+            is_json = response.getheader("Content-Type", "").startswith("application/json")
+            return response.status, json.loads(body) if is_json else body
+        finally:
+            conn.close()
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
@@ -146,7 +211,7 @@ def start_server(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{server} exited early:\n{log_path.read_text(errors='replace')}")
+            raise ServerExitedEarly(server, process.returncode, log_path.read_text(errors="replace"))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return ServerProcess(port=port, process=process, log_path=log_path)

@@ -5,33 +5,21 @@ that went through would delete them; after a refusal they must still be there.
 """
 
 import pytest
-from django.contrib.auth.models import Permission
-from django.utils import timezone
 
-from sessions_app.models import ApiToken, LiveSession, ServerInstance
+from sessions_app.models import ApiToken, LiveSession
 from sessions_app.tokens import token_create
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def dead_sessions(db) -> list[LiveSession]:
+def dead_sessions(db, instance_with_sessions) -> list[LiveSession]:
     """Two sessions of a dead instance: a permitted terminate deletes their rows at once."""
-    instance = ServerInstance.objects.create(host="h", pid=1, heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
-    return [
-        LiveSession.objects.create(workspace_dir=f"/srv/ws/{n}", channel_name=f"c{n}", instance=instance)
-        for n in range(2)
-    ]
+    return instance_with_sessions(workspaces=["/srv/ws/0", "/srv/ws/1"], age=3600)[1]
 
 
-def staff_with(django_user_model, name: str, *codenames: str):
-    user = django_user_model.objects.create_user(name, password="pw", is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-    return user
-
-
-def test_api_refuses_staff_without_the_view_permission_and_terminates_nothing(client, django_user_model, dead_sessions):
-    client.force_login(staff_with(django_user_model, "staff"))
+def test_api_refuses_staff_without_the_view_permission_and_terminates_nothing(client, staff_user, dead_sessions):
+    client.force_login(staff_user("staff"))
     assert client.get("/api/sessions").status_code == 403
     assert client.get(f"/api/sessions/{dead_sessions[0].pk}").status_code == 403
     assert client.get("/api/sessions", {"instance": "not-a-uuid"}).status_code == 403  # nothing parsed first
@@ -39,23 +27,23 @@ def test_api_refuses_staff_without_the_view_permission_and_terminates_nothing(cl
     assert LiveSession.objects.count() == 2
 
 
-def test_api_view_permission_reads_but_does_not_terminate(client, django_user_model, dead_sessions):
-    client.force_login(staff_with(django_user_model, "viewer", "view_livesession"))
+def test_api_view_permission_reads_but_does_not_terminate(client, staff_user, dead_sessions):
+    client.force_login(staff_user("viewer", "view_livesession"))
     assert client.get("/api/sessions").json()["count"] == 2
     assert client.delete(f"/api/sessions/{dead_sessions[0].pk}").status_code == 403
     assert LiveSession.objects.count() == 2
 
 
-def test_api_delete_without_view_is_still_refused_to_read(client, django_user_model, dead_sessions):
-    client.force_login(staff_with(django_user_model, "deleter", "delete_livesession"))
+def test_api_delete_without_view_is_still_refused_to_read(client, staff_user, dead_sessions):
+    client.force_login(staff_user("deleter", "delete_livesession"))
     assert client.get("/api/sessions").status_code == 403
     assert client.delete(f"/api/sessions/{dead_sessions[0].pk}").status_code == 204
     assert LiveSession.objects.count() == 1
 
 
-def test_api_token_carries_its_users_permissions_only(client, django_user_model, dead_sessions):
-    _, bare = token_create(user=staff_with(django_user_model, "bare"), name="t")
-    _, viewer = token_create(user=staff_with(django_user_model, "viewer", "view_livesession"), name="t")
+def test_api_token_carries_its_users_permissions_only(client, staff_user, dead_sessions):
+    _, bare = token_create(user=staff_user("bare"), name="t")
+    _, viewer = token_create(user=staff_user("viewer", "view_livesession"), name="t")
     assert client.get("/api/sessions", HTTP_AUTHORIZATION=f"Bearer {bare}").status_code == 403
     assert client.get("/api/sessions", HTTP_AUTHORIZATION=f"Bearer {viewer}").status_code == 200
     refused = client.delete(f"/api/sessions/{dead_sessions[0].pk}", HTTP_AUTHORIZATION=f"Bearer {viewer}")
@@ -63,22 +51,22 @@ def test_api_token_carries_its_users_permissions_only(client, django_user_model,
     assert LiveSession.objects.count() == 2
 
 
-def test_admin_refuses_staff_without_permissions_and_terminates_nothing(client, django_user_model, dead_sessions):
+def test_admin_refuses_staff_without_permissions_and_terminates_nothing(client, staff_user, dead_sessions):
     action = {"action": "terminate_sessions", "_selected_action": [str(s.pk) for s in dead_sessions]}
-    client.force_login(staff_with(django_user_model, "staff"))
+    client.force_login(staff_user("staff"))
     assert client.get("/admin/sessions_app/livesession/").status_code == 403
     assert client.post("/admin/sessions_app/livesession/", action).status_code == 403
-    client.force_login(staff_with(django_user_model, "viewer", "view_livesession"))
+    client.force_login(staff_user("viewer", "view_livesession"))
     assert "terminate_sessions" not in client.get("/admin/sessions_app/livesession/").content.decode()
     client.post("/admin/sessions_app/livesession/", action)
     assert LiveSession.objects.count() == 2
-    client.force_login(staff_with(django_user_model, "operator", "view_livesession", "delete_livesession"))
+    client.force_login(staff_user("operator", "view_livesession", "delete_livesession"))
     client.post("/admin/sessions_app/livesession/", action)
     assert LiveSession.objects.count() == 0
 
 
-def test_only_superusers_mint_tokens_for_other_users(client, django_user_model, admin_user):
-    minter = staff_with(django_user_model, "minter", "add_apitoken", "view_apitoken", "change_apitoken")
+def test_only_superusers_mint_tokens_for_other_users(client, staff_user, admin_user):
+    minter = staff_user("minter", "add_apitoken", "view_apitoken", "change_apitoken")
     client.force_login(minter)
     form = client.get("/admin/sessions_app/apitoken/add/").content.decode()
     assert f'value="{minter.pk}"' in form

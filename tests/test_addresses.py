@@ -10,6 +10,7 @@ from sessions_app.addresses import forwarded_client
 from sessions_app.checks import server_proxy_header_problem
 from sessions_app.models import LiveSession
 
+from .communicators import new_session_frame
 from .polling import wait_until
 
 XFF = b"x-forwarded-for"
@@ -86,7 +87,7 @@ async def test_a_trusted_proxys_client_is_recorded_and_a_forged_one_is_not(serve
         async with websockets.connect(
             server.url, additional_headers={"X-Forwarded-For": header}, local_addr=(source, 0)
         ) as ws:
-            await ws.send(json.dumps({"type": "new_session", "workspace_dir": str(tmp_path)}))
+            await ws.send(new_session_frame(tmp_path))
             session_id = json.loads(await ws.recv())["session_id"]
             row = await LiveSession.objects.aget(pk=session_id)
             rows[(source, header[:20])] = row.client_addr
@@ -105,6 +106,9 @@ async def test_an_unrestricted_server_refuses_a_remote_client_forwarded_by_a_tru
         ):
             pass
     assert refused.value.response.status_code == 403
-    # A forged loopback address from an untrusted peer does not pass either way: that peer is loopback itself.
-    async with websockets.connect(server.url, local_addr=("127.0.0.2", 0)):
+    # An untrusted peer's header is not believed either way: forging a remote address does
+    # not get 127.0.0.2 refused, so forging a loopback one gets a remote peer nothing.
+    async with websockets.connect(
+        server.url, additional_headers={"X-Forwarded-For": "203.0.113.9"}, local_addr=("127.0.0.2", 0)
+    ):
         pass

@@ -123,6 +123,8 @@ def test_admin_static_files_are_served_without_debug(client, settings):
     settings.DEBUG = False
     response = client.get("/static/admin/css/base.css")
     assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/css")
+    assert b"font-family" in b"".join(response.streaming_content)  # the stylesheet itself
 
 
 def test_anonymous_users_are_sent_to_login(client):
@@ -152,13 +154,9 @@ def test_terminate_action_ends_the_selected_sessions(admin_client, sessions):
     assert list(LiveSession.objects.values_list("pk", flat=True)) == [sessions[2].pk]
 
 
-def test_staff_without_delete_permission_cannot_terminate(client, django_user_model, sessions):
-    from django.contrib.auth.models import Permission
-
+def test_staff_without_delete_permission_cannot_terminate(client, staff_user, sessions):
     instances_die()  # a terminate that ran would delete the row at once: the refusal is observable
-    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
-    user.user_permissions.add(Permission.objects.get(codename="view_livesession"))
-    client.force_login(user)
+    client.force_login(staff_user("viewer", "view_livesession"))
     page = client.get("/admin/sessions_app/livesession/").content.decode()
     assert "terminate_sessions" not in page
     response = client.post(
@@ -172,13 +170,9 @@ def test_staff_without_delete_permission_cannot_terminate(client, django_user_mo
     assert LiveSession.objects.count() == 3
 
 
-def test_changelist_shows_each_sessions_instance_and_whether_it_is_alive(admin_client):
-    alive = ServerInstance.objects.create(host="alive-host", pid=11)
-    dead = ServerInstance.objects.create(
-        host="dead-host", pid=22, heartbeat_at=timezone.now() - timezone.timedelta(hours=1)
-    )
-    for instance in (alive, dead):
-        LiveSession.objects.create(workspace_dir="/srv", channel_name="c", instance=instance)
+def test_changelist_shows_each_sessions_instance_and_whether_it_is_alive(admin_client, instance_with_sessions):
+    alive, _ = instance_with_sessions(workspaces=["/srv"], host="alive-host", pid=11)
+    dead, _ = instance_with_sessions(workspaces=["/srv"], host="dead-host", pid=22, age=3600)
     page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
     assert re.search(r'live-dot-alive"[^>]*></span><span title="instance [^"]+">alive-host:11<', page)
     assert re.search(r'live-dot-dead"[^>]*></span><span title="instance [^"]+">dead-host:22<', page)

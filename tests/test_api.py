@@ -96,9 +96,10 @@ def test_unknown_api_paths_are_json_404(admin_client):
 
 
 def test_methods_other_than_get_and_delete_are_405(admin_client, sessions):
-    assert admin_client.post("/api/sessions", {}, content_type="application/json").status_code == 405
+    posted = admin_client.post("/api/sessions", {}, content_type="application/json")
+    assert (posted.status_code, posted.json()) == (405, {"detail": 'Method "POST" not allowed.'})
     response = admin_client.put(f"/api/sessions/{sessions[0].pk}", {}, content_type="application/json")
-    assert response.status_code == 405
+    assert (response.status_code, response.json()) == (405, {"detail": 'Method "PUT" not allowed.'})
 
 
 @pytest.mark.django_db(transaction=True)
@@ -129,13 +130,12 @@ def test_unknown_bearer_tokens_are_refused(client, sessions):
     assert client.get("/api/sessions", HTTP_AUTHORIZATION="Bearer").status_code == 401
 
 
-def test_an_api_token_of_a_permitted_user_is_let_in_and_of_a_plain_user_is_not(client, django_user_model, sessions):
-    from django.contrib.auth.models import Permission
-
+def test_an_api_token_of_a_permitted_user_is_let_in_and_of_a_plain_user_is_not(
+    client, django_user_model, staff_user, sessions
+):
     from sessions_app.tokens import token_create, token_revoke
 
-    staff = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
-    staff.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
+    staff = staff_user("ops", "view_livesession", "delete_livesession")
     plain = django_user_model.objects.create_user("plain", password="pw")
     staff_token, staff_raw = token_create(user=staff, name="ops")
     _, plain_raw = token_create(user=plain, name="plain")

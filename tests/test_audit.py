@@ -1,26 +1,26 @@
 """Every terminate, from the admin, the API or a command, is recorded: who, when, which session."""
 
 import getpass
+import io
 import logging
+import uuid
 from collections import Counter
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
-from django.contrib.auth.models import Permission
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from sessions_app.audit import terminate_recorded, terminate_summary
-from sessions_app.models import LiveSession, ServerInstance
+from sessions_app.models import LiveSession
 from sessions_app.terminate import TerminateResult
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def dead_session(db) -> LiveSession:
-    instance = ServerInstance.objects.create(host="h", pid=1, heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
-    return LiveSession.objects.create(workspace_dir="/srv/ws/a", channel_name="c", instance=instance)
+def dead_session(db, instance_with_sessions) -> LiveSession:
+    return instance_with_sessions(workspaces=["/srv/ws/a"], age=3600)[1][0]
 
 
 def audit_lines(caplog) -> list[logging.LogRecord]:
@@ -49,9 +49,8 @@ def test_an_admin_terminate_is_in_the_admins_history_and_the_log(admin_client, a
     assert str(dead_session.pk) in admin_client.get("/admin/").content.decode()  # under Recent actions
 
 
-def test_an_api_terminate_is_recorded_under_its_caller(client, django_user_model, dead_session, caplog):
-    ops = django_user_model.objects.create_user("ops", password="pw", is_staff=True)
-    ops.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
+def test_an_api_terminate_is_recorded_under_its_caller(client, staff_user, dead_session, caplog):
+    ops = staff_user("ops", "view_livesession", "delete_livesession")
     client.force_login(ops)
     with caplog.at_level(logging.INFO, logger="sessions_app.events"):
         assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 204
@@ -69,12 +68,17 @@ def test_a_command_terminate_is_logged_under_the_operators_login(dead_session, c
     )
 
 
-def test_a_refused_or_missing_terminate_records_nothing(client, django_user_model, dead_session, caplog):
-    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_livesession"))
-    client.force_login(viewer)
+def test_a_refused_or_missing_terminate_records_nothing(client, staff_user, dead_session, caplog):
+    viewer = staff_user("viewer", "view_livesession")
+    ops = staff_user("ops", "view_livesession", "delete_livesession")
     with caplog.at_level(logging.INFO, logger="sessions_app.events"):
-        assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 403
+        client.force_login(viewer)
+        assert client.delete(f"/api/sessions/{dead_session.pk}").status_code == 403  # refused
+        client.force_login(ops)
+        assert client.delete(f"/api/sessions/{uuid.uuid4()}").status_code == 404  # missing
+        with pytest.raises(CommandError, match="not found"):
+            call_command("terminate_sessions", str(uuid.uuid4()), stdout=io.StringIO(), stderr=io.StringIO())
+    assert LiveSession.objects.filter(pk=dead_session.pk).exists()
     assert not LogEntry.objects.exists()
     assert audit_lines(caplog) == []
 

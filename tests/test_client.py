@@ -1,8 +1,10 @@
 """The Python client and its command line, against a real daphne."""
 
 import asyncio
+import itertools
 import json
 import signal
+import time
 import uuid
 
 import pytest
@@ -13,12 +15,13 @@ from sessions_app.client import (
     HandshakeRefused,
     Session,
     SessionClient,
+    backoff,
     connect,
     error_from_frame,
 )
 from sessions_app.models import LiveSession
 
-from .polling import wait_until, wait_until_sync
+from .polling import SLACK, wait_until, wait_until_sync
 from .servers import run_cli
 
 
@@ -149,3 +152,57 @@ def test_cli_reports_an_unreachable_server_and_exits_2(tmp_path):
     _, err = cli.communicate(timeout=20)
     assert cli.returncode == 2
     assert json.loads(err)["error"] == "connection_failed"
+
+
+def test_the_backoff_grows_exponentially_to_its_cap_with_full_jitter():
+    runs = [list(itertools.islice(backoff(initial=0.1, factor=2.0, cap=5.0), 10)) for _ in range(300)]
+    for attempt in range(10):
+        ceiling = min(5.0, 0.1 * 2**attempt)
+        delays = [run[attempt] for run in runs]
+        assert all(0 <= delay <= ceiling for delay in delays), attempt
+        # Full jitter: the delays spread over the whole range, so clients do not return in step.
+        assert min(delays) < ceiling * 0.1 and max(delays) > ceiling * 0.9, attempt
+        assert len(set(delays)) == len(delays), attempt
+
+
+@pytest.mark.usefixtures("transactional_db")
+@pytest.mark.live
+async def test_end_session_ends_it_and_keeps_the_connection(daphne_server, workspace):
+    async with connect(daphne_server.url) as client:
+        session = await client.new_session(str(workspace), resumable=True)
+        assert await client.end_session(request_id=4) == session.session_id
+        assert client.session is None
+        assert not await LiveSession.objects.filter(pk=session.session_id).aexists()
+        with pytest.raises(errors.NoSession):
+            await client.end_session()
+        again = await client.new_session(str(workspace))  # the same connection serves another
+        assert await LiveSession.objects.filter(pk=again.session_id).aexists()
+
+
+@pytest.mark.usefixtures("transactional_db")
+@pytest.mark.live
+async def test_hold_raises_session_not_found_once_the_grace_has_passed_without_a_server(servers, workspace):
+    grace = 1
+    server = servers(WSS_RESUME_GRACE_SECONDS=str(grace))
+    async with connect(server.url) as client:
+        await client.new_session(str(workspace), resumable=True)
+        holding = asyncio.ensure_future(client.hold())
+        server.stop()  # SIGKILL: nothing to resume on, at that URL or any other
+        started = time.monotonic()
+        with pytest.raises(errors.SessionNotFound):
+            await asyncio.wait_for(holding, grace + SLACK)
+    assert grace - 0.5 <= time.monotonic() - started <= grace + SLACK
+    assert client.session is None
+
+
+@pytest.mark.usefixtures("transactional_db")
+@pytest.mark.live
+async def test_hold_raises_session_taken_over_when_another_client_resumes_it(daphne_server, workspace):
+    async with connect(daphne_server.url) as first, connect(daphne_server.url) as second:
+        session = await first.new_session(str(workspace), resumable=True)
+        holding = asyncio.ensure_future(first.hold())
+        await second.resume_session(session.session_id, session.resume_token)
+        with pytest.raises(errors.SessionTakenOver) as taken:
+            await asyncio.wait_for(holding, 10)
+        assert taken.value.close_code == 4409
+        assert (await LiveSession.objects.aget(pk=session.session_id)).detached_at is None  # held by `second`

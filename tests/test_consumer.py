@@ -19,7 +19,8 @@ from django.db import DatabaseError
 from sessions_app import heartbeat, sessions, terminate
 from sessions_app.models import LiveSession
 
-from .communicators import connect, expect_close, new_session, open_session
+from .communicators import connect, detached_session, expect_close, new_session, open_session
+from .polling import wait_until
 from .servers import test_database_url as database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,8 +59,8 @@ COMMIT_GATE = 0x5753  # an advisory lock key of this test's own
 
 
 @contextlib.asynccontextmanager
-async def session_commits_held() -> AsyncIterator[Callable[[], None]]:
-    """Hold back the commit of every session row until the yielded `release()` is called.
+async def session_commits_held(writes: str = "INSERT") -> AsyncIterator[Callable[[], None]]:
+    """Hold back the commit of every session row `writes` (INSERT, UPDATE) until the yielded `release()` is called.
 
     PostgreSQL: a deferred constraint trigger makes each commit wait on an advisory lock the
     test holds, so the row is inserted but not committed. SQLite: another connection holds
@@ -73,7 +74,7 @@ async def session_commits_held() -> AsyncIterator[Callable[[], None]]:
             f"CREATE FUNCTION wss_commit_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             f"PERFORM pg_advisory_lock_shared({COMMIT_GATE}); PERFORM pg_advisory_unlock_shared({COMMIT_GATE}); "
             f"RETURN NULL; END $$",
-            "CREATE CONSTRAINT TRIGGER wss_commit_gate AFTER INSERT ON sessions_app_livesession "
+            f"CREATE CONSTRAINT TRIGGER wss_commit_gate AFTER {writes} ON sessions_app_livesession "
             "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wss_commit_gate()",
         ]
         for statement in ddl:
@@ -113,6 +114,23 @@ async def test_the_reply_waits_for_the_rows_commit(communicator, workspace):
         reply = await communicator.receive_json_from(timeout=10)
     assert reply["type"] == "new_session"
     assert await LiveSession.objects.filter(pk=reply["session_id"]).aexists()
+
+
+async def test_the_resume_reply_waits_for_the_rows_commit(workspace):
+    created = await detached_session(workspace)
+    await wait_until(lambda: LiveSession.objects.filter(detached_at__isnull=False).aexists(), 10, what="the detach")
+    comm = await connect()
+    async with session_commits_held("UPDATE") as release:
+        await comm.send_json_to(
+            {"type": "resume_session", "session_id": created["session_id"], "resume_token": created["resume_token"]}
+        )
+        assert await comm.receive_nothing(timeout=0.5), "replied before the resume was committed"
+        assert (await LiveSession.objects.aget(pk=created["session_id"])).detached_at is not None
+        release()
+        reply = await comm.receive_json_from(timeout=10)
+    assert reply["type"] == "session_resumed"
+    assert (await LiveSession.objects.aget(pk=created["session_id"])).detached_at is None
+    await comm.disconnect()
 
 
 async def test_the_row_names_its_connection_and_its_creation_time(communicator, workspace):

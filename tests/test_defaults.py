@@ -1,7 +1,6 @@
 """Safe defaults: no debug, no public signing key, no anonymous access from beyond loopback."""
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -15,16 +14,7 @@ from channels.testing import WebsocketCommunicator
 
 from wssproject.secretkey import secret_key_load_or_create
 
-from .servers import ROOT
-
-# The variables that configure the service; a "fresh" environment has none of them.
-CONFIG_PREFIXES = ("DJANGO_", "WSS_", "DATABASE_", "REDIS_")
-
-
-def bare_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without any setting of the service, plus `extra`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(CONFIG_PREFIXES)}
-    return {**env, **extra}
+from .servers import ROOT, bare_environment
 
 
 def test_the_signing_key_is_generated_once_private_and_reused(tmp_path: Path):

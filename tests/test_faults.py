@@ -22,23 +22,17 @@ from dataclasses import dataclass, field
 
 import pytest
 import websockets
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 
-from sessions_app.models import LiveSession
-
-from .polling import wait_until
-from .proxy import TcpProxy
-from .servers import RedisServer, ServerProcess
-from .servers import test_database_url as database_url
+from .communicators import frames_until_closed, new_session_frame
+from .polling import SLACK, wait_until
+from .servers import RedisServer, ServerProcess, database_url_via, redis_url_via, session_ids
 
 pytestmark = [pytest.mark.production, pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 HEARTBEAT, TIMEOUT = 1, 5
 FAST = {"WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(TIMEOUT)}
 # What a loaded 2-core machine may add to a documented bound (scheduling, a connect, a query).
-SLACK = 5.0
 # Bounds documented in docs/operations.md ("What survives what").
 LAYER_RESUME_BOUND = 2.0  # the layer's probe pings at most once a second; then the consumer reads
 RECONCILE_BOUND = 2 * HEARTBEAT + 1  # a reconcile pass runs at each heartbeat; a row in flight gets one more
@@ -66,11 +60,7 @@ class Held:
         return self.reader is not None and not self.reader.done()
 
     async def read(self) -> None:
-        try:
-            while True:
-                self.frames.append(json.loads(await self.ws.recv()))
-        except websockets.ConnectionClosed as closed:
-            self.close_code = closed.rcvd.code if closed.rcvd else None
+        _, self.close_code = await frames_until_closed(self.ws, None, into=self.frames)
 
 
 class Clients:
@@ -87,7 +77,7 @@ class Clients:
         async def one() -> Held:
             async with gate:
                 ws = await websockets.connect(url, open_timeout=20)
-                await ws.send(json.dumps({"type": "new_session", "workspace_dir": self.workspace}))
+                await ws.send(new_session_frame(self.workspace))
                 reply = json.loads(await asyncio.wait_for(ws.recv(), 20))
                 assert reply["type"] == "new_session", reply
                 held = Held(ws, reply["session_id"])
@@ -114,7 +104,7 @@ class Churn:
     """A bounded number of clients that open a session, hold it briefly and close it, until stopped."""
 
     def __init__(self, urls: list[str], workspace) -> None:
-        self.frame = json.dumps({"type": "new_session", "workspace_dir": str(workspace)})
+        self.frame = new_session_frame(workspace)
         self.counts: Counter = Counter()
         self._stop = asyncio.Event()
         self._tasks = [asyncio.ensure_future(self._worker(url)) for url in urls for _ in range(CHURN_WORKERS)]
@@ -141,11 +131,6 @@ class Churn:
 # --- the invariant ----------------------------------------------------------------------------
 
 
-@sync_to_async
-def registry_ids() -> set[str]:
-    return {str(pk) for pk in LiveSession.objects.values_list("pk", flat=True)}
-
-
 async def registry_converges(clients: Clients, *, bound: float, case: str, since: float, record) -> float:
     """Wait until the registry's session ids equal exactly the sessions the clients hold.
 
@@ -154,13 +139,13 @@ async def registry_converges(clients: Clients, *, bound: float, case: str, since
     """
 
     async def equal() -> bool:
-        return await registry_ids() == clients.held()
+        return await session_ids() == clients.held()
 
     waited = time.monotonic() - since
     try:
         await wait_until(equal, timeout=max(0.0, bound + SLACK - waited), step=0.1, what=f"{case}: rows == held")
     except pytest.fail.Exception:
-        rows, held = await registry_ids(), clients.held()
+        rows, held = await session_ids(), clients.held()
         pytest.fail(
             f"{case}: after {bound + SLACK:g} s, {len(rows - held)} row(s) no client holds, "
             f"{len(held - rows)} held session(s) without a row ({len(held)} held)"
@@ -182,22 +167,6 @@ def report(record: Callable, case: str, text: str, seconds: float | None = None)
 
 
 @pytest.fixture
-async def database_proxy(production_services):
-    params = connection.settings_dict
-    proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
-    yield proxy
-    await proxy.stop()
-
-
-@pytest.fixture
-async def redis_proxy(production_services):
-    url = urllib.parse.urlsplit(settings.REDIS_URL)
-    proxy = await TcpProxy(url.hostname or "127.0.0.1", url.port or 6379).start()
-    yield proxy
-    await proxy.stop()
-
-
-@pytest.fixture
 def own_redis():
     """A redis-server of this test's own, on a free loopback port: the one a test may restart."""
     server = RedisServer().start()
@@ -210,20 +179,12 @@ def cluster(server_factory, database_proxy, redis_proxy):
     """Start daphne processes whose PostgreSQL and Redis are behind this test's proxies."""
 
     async def start(count: int, *, redis_url: str | None = None, **env: str) -> list[ServerProcess]:
-        database = urllib.parse.urlsplit(database_url())._replace(netloc=_netloc(database_proxy.port, "postgres"))
-        if redis_url is None:
-            redis = urllib.parse.urlsplit(settings.REDIS_URL)
-            redis_url = redis._replace(netloc=f"127.0.0.1:{redis_proxy.port}").geturl()
-        full_env = {**FAST, "DATABASE_URL": database.geturl(), "REDIS_URL": redis_url, **env}
+        redis_url = redis_url or redis_url_via(redis_proxy, settings.REDIS_URL)
+        full_env = {**FAST, "DATABASE_URL": database_url_via(database_proxy), "REDIS_URL": redis_url, **env}
         # Started off the event loop: the proxies forward only while it runs.
         return list(await asyncio.gather(*(asyncio.to_thread(server_factory, env=full_env) for _ in range(count))))
 
     return start
-
-
-def _netloc(port: int, default_user: str) -> str:
-    user = connection.settings_dict.get("USER") or default_user
-    return f"{user}@127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -234,15 +195,11 @@ async def clients(workspace):
 
 
 @pytest.fixture
-def staff_token(django_user_model) -> str:
+def staff_token(staff_user) -> str:
     """A bearer token of an operator allowed to view and terminate live sessions, for the servers' API."""
-    from django.contrib.auth.models import Permission
-
     from sessions_app.tokens import token_create
 
-    user = django_user_model.objects.create_user("operator", password="operator-pass", is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_livesession", "delete_livesession"]))
-    return token_create(user=user, name="faults")[1]
+    return token_create(user=staff_user("operator", "view_livesession", "delete_livesession"), name="faults")[1]
 
 
 def http(server: ServerProcess, method: str, path: str, token: str | None = None) -> tuple[int, dict]:
@@ -268,8 +225,7 @@ def metric_samples(server: ServerProcess) -> dict[str, float]:
 def assert_no_traceback(*servers: ServerProcess) -> None:
     """No server logged an exception it did not handle."""
     for server in servers:
-        log = server.log()
-        assert "Traceback" not in log, log[log.index("Traceback") - 500 :][:3000]
+        server.assert_no_traceback()
 
 
 async def terminated_with_4410(held: Held, bound: float) -> float:
@@ -386,7 +342,7 @@ async def test_database_outage_of_8_s_while_30_clients_close_leaves_exactly_the_
     # Fresh sessions are recorded exactly, beside the survivors.
     await clients.open(a.url, 5)
     await clients.open(b.url, 5)
-    assert await registry_ids() == clients.held() and len(clients.held()) == 20
+    assert await session_ids() == clients.held() and len(clients.held()) == 20
     assert_no_traceback(a, b)
 
 
@@ -404,7 +360,7 @@ async def test_database_stall_of_20_s_answers_new_session_within_10_s_and_conver
     await asyncio.sleep(1)
     async with websockets.connect(a.url, open_timeout=10) as ws:
         asked = time.monotonic()
-        await ws.send(json.dumps({"type": "new_session", "workspace_dir": clients.workspace}))
+        await ws.send(new_session_frame(clients.workspace))
         reply = json.loads(await asyncio.wait_for(ws.recv(), ANSWER_BOUND + SLACK))
         answered = time.monotonic() - asked
     report(record_property, f"{case} new_session", f"answered {reply.get('code', 'ok')} in {answered:.2f} s", answered)
@@ -422,14 +378,14 @@ async def test_database_stall_of_20_s_answers_new_session_within_10_s_and_conver
 
     await registry_converges(clients, bound=STALL_BOUND, case=case, since=restored, record=record_property)
     await wait_until(lambda: fresh_session_recorded(a.url, clients), timeout=STALL_BOUND + SLACK, step=0.5)
-    assert await registry_ids() == clients.held()
+    assert await session_ids() == clients.held()
     assert_no_traceback(a, b)
 
 
 async def fresh_session_recorded(url: str, clients: Clients) -> bool:
     """Open one session; True once the server records it (after a stall it refuses until its lease is back)."""
     ws = await websockets.connect(url, open_timeout=10)
-    await ws.send(json.dumps({"type": "new_session", "workspace_dir": clients.workspace}))
+    await ws.send(new_session_frame(clients.workspace))
     reply = json.loads(await asyncio.wait_for(ws.recv(), 15))
     if reply["type"] != "new_session":
         await ws.close()

@@ -1,12 +1,14 @@
 """/healthz answers without dependencies; /readyz checks the database and the channel layer."""
 
 import asyncio
+import time
 
 import pytest
 
 from sessions_app import health
 
-from .polling import wait_until
+from .polling import SLACK, wait_until
+from .servers import database_url_via, redis_url_via
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,30 +26,59 @@ def test_readyz_is_ok_when_both_dependencies_answer(client):
     assert response.status_code == 200
 
 
-def test_readyz_names_a_failing_database(client, monkeypatch):
-    async def broken() -> None:
-        raise RuntimeError("connection refused")
-
-    monkeypatch.setattr(health, "database_check", broken)
-    response = client.get("/readyz")
-    assert response.status_code == 503
-    body = response.json()
-    assert body["failed"] == ["database"]
-    assert body["checks"] == {"database": "failed", "channel_layer": "ok"}
-    assert "connection refused" in body["detail"]["database"]  # the test client is on loopback
+# A rolling deploy waits on /readyz (docs/operations.md, step 4): a real server is failed by
+# real outages, its database cut and its Redis stalled behind a TcpProxy, and recovers.
+READYZ_TIMEOUT = 2  # WSS_READYZ_TIMEOUT_SECONDS' default
 
 
-def test_readyz_names_a_channel_layer_that_does_not_answer_in_time(client, monkeypatch, settings):
-    settings.WSS_READYZ_TIMEOUT_SECONDS = 0.05
+async def readyz(server) -> tuple[int, dict, float]:
+    """GET /readyz from loopback (which sees the detail): the status, the body and the seconds it took."""
+    started = time.monotonic()
+    status, body = await asyncio.to_thread(server.get, "/readyz")
+    return status, body, time.monotonic() - started
 
-    async def hangs() -> None:
-        await asyncio.Event().wait()
 
-    monkeypatch.setattr(health, "channel_layer_check", hangs)
-    response = client.get("/readyz")
-    assert response.status_code == 503
-    assert response.json()["failed"] == ["channel_layer"]
-    assert "timed out" in response.json()["detail"]["channel_layer"]
+async def ready_again(server) -> None:
+    async def ready() -> bool:
+        return (await readyz(server))[0] == 200
+
+    await wait_until(ready, READYZ_TIMEOUT * 2 + SLACK, what="/readyz 200 again")
+
+
+@pytest.mark.production
+@pytest.mark.live
+async def test_readyz_names_the_database_during_a_real_outage_and_recovers(database_proxy, server_factory):
+    server = server_factory(env={"DATABASE_URL": database_url_via(database_proxy)})
+    assert (await readyz(server))[0] == 200
+    database_proxy.cut()
+    status, body, took = await readyz(server)
+    assert (status, body["failed"], body["checks"]) == (
+        503,
+        ["database"],
+        {"database": "failed", "channel_layer": "ok"},
+    )
+    assert f"port {database_proxy.port} failed" in body["detail"]["database"]
+    assert took < READYZ_TIMEOUT + SLACK
+    database_proxy.restore()
+    await ready_again(server)
+
+
+@pytest.mark.production
+@pytest.mark.live
+async def test_readyz_names_a_stalled_redis_after_its_timeout_and_recovers(redis_proxy, server_factory, settings):
+    server = server_factory(env={"REDIS_URL": redis_url_via(redis_proxy, settings.REDIS_URL)})
+    assert (await readyz(server))[0] == 200
+    redis_proxy.stall()  # Redis accepts and answers nothing
+    status, body, took = await readyz(server)
+    assert (status, body["failed"], body["checks"]) == (
+        503,
+        ["channel_layer"],
+        {"database": "ok", "channel_layer": "failed"},
+    )
+    assert body["detail"]["channel_layer"] == f"timed out after {READYZ_TIMEOUT} s"
+    assert READYZ_TIMEOUT <= took < READYZ_TIMEOUT + SLACK
+    redis_proxy.restore()
+    await ready_again(server)
 
 
 def test_health_endpoints_refuse_post(client):
@@ -59,6 +90,7 @@ def test_health_endpoints_refuse_post(client):
 def test_readyz_round_trips_through_redis(client, production_services):
     response = client.get("/readyz")
     assert response.status_code == 200, response.json()
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "channel_layer": "ok"}}
 
 
 def test_readyz_reports_an_unreachable_redis(client, unreachable_channel_layer):

@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.db import DatabaseError
 from django.utils import timezone
@@ -18,7 +19,7 @@ from sessions_app.models import LiveSession, ServerInstance
 from sessions_app.process import process_state
 from wssproject.asgi import application
 
-from .communicators import connect, detached_session, open_session, resume
+from .communicators import assert_session_held, connect, detached_session, open_session, resume
 from .locks import instance_locked
 from .polling import wait_until
 from .servers import dead_pid
@@ -34,6 +35,22 @@ async def expect_session_lost(comm: WebsocketCommunicator, timeout: float = 10) 
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
     await comm.disconnect(code=4503)
     return arrived
+
+
+async def whole_heartbeat_passes(timeout: float = 10) -> None:
+    """Wait until a heartbeat (its reconciliation included) has run from start to end since the call.
+
+    Heartbeats run one after another: once the row's heartbeat time has moved twice, the
+    beat that moved it first has ended, and so has any that was running at the call.
+    """
+    rows = ServerInstance.objects.filter(pk=process_state().identity.boot_id).values_list("heartbeat_at", flat=True)
+
+    async def moved_from(before) -> bool:
+        return await rows.afirst() != before
+
+    for _ in range(2):
+        before = await rows.afirst()
+        await wait_until(lambda: moved_from(before), timeout, what="a heartbeat")  # noqa: B023 (awaited at once)
 
 
 async def test_stop_tells_every_connection_server_shutting_down_then_closes_4503(workspace):
@@ -107,12 +124,12 @@ async def test_a_registry_down_at_start_does_not_stop_it_and_the_heartbeat_catch
     await wait_until(caught_up, 10, what="the heartbeat registering and reaping the predecessor")
 
 
-async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_for_a_timeout(settings):
+async def test_the_heartbeat_reaps_a_silent_peer_once_its_own_heartbeats_held_for_a_timeout(
+    settings, instance_with_sessions
+):
     settings.WSS_HEARTBEAT_SECONDS = 0.05
     settings.WSS_INSTANCE_TIMEOUT_SECONDS = 1
-    silent = await ServerInstance.objects.acreate(
-        host="elsewhere", pid=1, heartbeat_at=timezone.now() - timedelta(minutes=1)
-    )
+    silent, _ = await sync_to_async(instance_with_sessions)(age=60)
     started = time.monotonic()
     await heartbeat.start()
 
@@ -176,9 +193,9 @@ async def test_sessions_opened_while_reconciliation_runs_keep_their_rows(setting
     settings.WSS_HEARTBEAT_SECONDS = 0.01  # reconcile as often as possible, to meet inserts in flight
     await heartbeat.start()
     opened = [await open_session(workspace, ok=True) for _ in range(30)]
-    await asyncio.sleep(0.2)  # more reconciliations, now that every insert has landed
+    await whole_heartbeat_passes()  # and any reconciliation that met an insert in flight has ended
     for comm, reply in opened:
-        assert await comm.receive_nothing(timeout=0.01), "a fresh session was closed"
+        await assert_session_held(comm)
         assert await LiveSession.objects.filter(pk=reply["session_id"]).aexists()
         await comm.disconnect()
 
@@ -290,9 +307,9 @@ async def test_sessions_resumed_while_reconciliation_runs_keep_their_rows(settin
         comm = await connect()
         assert (await resume(comm, reply["session_id"], reply["resume_token"]))["type"] == "session_resumed"
         resumed.append((comm, reply["session_id"]))
-    await asyncio.sleep(0.2)
+    await whole_heartbeat_passes()
     for comm, session_id in resumed:
-        assert await comm.receive_nothing(timeout=0.01), "a resumed session was closed"
+        await assert_session_held(comm)
         row = await LiveSession.objects.aget(pk=session_id)
         assert row.instance_id == process_state().identity.boot_id and row.detached_at is None
         await comm.disconnect()
@@ -341,7 +358,7 @@ async def test_a_session_resumed_after_this_instance_was_reaped_keeps_its_row(wo
     assert resumed["type"] == "session_resumed"  # registers the instance again
     result = await reconcile.reconcile()
     assert not result.lost and not result.moved and not result.removed
-    assert await comm.receive_nothing(timeout=0.1)
+    await assert_session_held(comm)
     row = await LiveSession.objects.aget(pk=reply["session_id"])
     assert row.instance_id == process_state().identity.boot_id
     await comm.disconnect()

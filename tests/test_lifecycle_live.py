@@ -10,21 +10,18 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 
-import psycopg
 import pytest
 import websockets
-from django.db import connection
 
 from sessions_app.models import ServerInstance
 
 from .communicators import new_session_frame, ws_open_session
-from .polling import wait_until
+from .locks import sessions_table_locked
+from .polling import SLACK, wait_until
 from .proxy import TcpProxy
-from .servers import ServerProcess
-from .servers import test_database_url as database_url
+from .servers import ServerProcess, database_url_via
 
 pytestmark = [pytest.mark.production, pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
@@ -32,24 +29,17 @@ HEARTBEAT = 1
 STOP_TIMEOUT = 3  # WSS_STOP_TIMEOUT_SECONDS for the server under test (15 s by default)
 CLOSE_HANDSHAKES = 2  # the stop then gives the clients' close handshakes up to 2 s
 CONNECT_TIMEOUT = 2  # DATABASE_CONNECT_TIMEOUT for the servers under test
-SLACK = 5  # a loaded 2-core machine
 
 
 @pytest.fixture
-async def registry_proxy(production_services) -> AsyncIterator[TcpProxy]:
+def registry_proxy(database_proxy) -> TcpProxy:
     """A TcpProxy in front of the test's PostgreSQL."""
-    params = connection.settings_dict
-    proxy = await TcpProxy(params.get("HOST") or "127.0.0.1", int(params.get("PORT") or 5432)).start()
-    yield proxy
-    await proxy.stop()
+    return database_proxy
 
 
 def proxied_server(server_factory, proxy: TcpProxy, **env: str) -> ServerProcess:
     """A daphne whose registry connections all run through `proxy`."""
-    params = connection.settings_dict
-    user = params.get("USER") or "postgres"
-    url = f"postgres://{user}@127.0.0.1:{proxy.port}/{params['NAME']}"
-    return server_factory(env={"DATABASE_URL": url, "WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), **env})
+    return server_factory(env={"DATABASE_URL": database_url_via(proxy), "WSS_HEARTBEAT_SECONDS": str(HEARTBEAT), **env})
 
 
 async def heartbeat_of(server: ServerProcess) -> datetime | None:
@@ -61,12 +51,9 @@ async def test_the_heartbeat_goes_on_while_session_writes_wait(production_servic
     server = server_factory(env={"WSS_HEARTBEAT_SECONDS": str(HEARTBEAT)})
     async with websockets.connect(server.url) as first:
         await ws_open_session(first, workspace)  # the instance is registered
-        # Another transaction takes the session table: every session write now waits.
-        locker = await psycopg.AsyncConnection.connect(database_url())
-        try:
-            await locker.execute("BEGIN")
-            await locker.execute("LOCK TABLE sessions_app_livesession IN EXCLUSIVE MODE")
-            async with websockets.connect(server.url) as waiting:
+        async with websockets.connect(server.url) as waiting:
+            # Another transaction takes the session table: every session write now waits.
+            with sessions_table_locked():
                 await waiting.send(new_session_frame(workspace))
                 before = await heartbeat_of(server)
 
@@ -76,11 +63,8 @@ async def test_the_heartbeat_goes_on_while_session_writes_wait(production_servic
                 await wait_until(beat_advanced, HEARTBEAT * 3 + SLACK, what="a heartbeat while session writes wait")
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(waiting.recv(), 0.1)  # the write is still held
-                await locker.execute("ROLLBACK")
-                reply = json.loads(await asyncio.wait_for(waiting.recv(), 10))
-                assert reply["type"] == "new_session"
-        finally:
-            await locker.close()
+            reply = json.loads(await asyncio.wait_for(waiting.recv(), 10))
+            assert reply["type"] == "new_session"
 
 
 async def test_a_stop_gives_up_on_a_registry_that_does_not_answer(server_factory, registry_proxy, workspace):
@@ -167,4 +151,4 @@ async def test_after_a_stall_longer_than_the_lease_the_next_new_session_is_accep
             on_new = time.monotonic() - started
     print(f"\nafter the restore: accepted on the same connection in {on_same:.2f} s, on a new one in {on_new:.2f} s")
     assert on_same < 1 and on_new < 1
-    assert "Traceback" not in server.log()
+    server.assert_no_traceback()

@@ -7,45 +7,20 @@ inbox (sessions_app/inbox.py), daphne held the whole flood and uvicorn more than
 """
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 
 import psutil
 import pytest
 import websockets
-from django.db import connection
 
 from bench.flood import MIB, RssSampler, flood
+
+from .locks import sessions_table_locked
 
 pytestmark = pytest.mark.live
 
 # The documented bound on what one flooding connection makes the server grow by (docs/security.md).
 RSS_GROWTH_BOUND_MIB = 16
-
-
-@contextlib.contextmanager
-def registry_locked():
-    """Hold the session table's write lock from outside the server, on either registry."""
-    params = connection.settings_dict
-    if connection.vendor == "sqlite":
-        holder = sqlite3.connect(params["NAME"], isolation_level=None, timeout=5)
-        holder.execute("BEGIN IMMEDIATE")
-    else:
-        import psycopg
-
-        holder = psycopg.connect(
-            host=params.get("HOST") or "127.0.0.1",
-            port=params.get("PORT") or 5432,
-            user=params.get("USER") or "postgres",
-            dbname=params["NAME"],
-        )
-        holder.execute("LOCK TABLE sessions_app_livesession IN EXCLUSIVE MODE")
-    try:
-        yield
-    finally:
-        holder.rollback()
-        holder.close()
 
 
 @pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
@@ -68,7 +43,7 @@ async def test_a_flooding_client_cannot_grow_the_server_past_the_bound(
     baseline = psutil.Process(server.process.pid).memory_info().rss
     sampler = RssSampler(server.process.pid)
     sampler.start()
-    with registry_locked():
+    with sessions_table_locked():
         task = asyncio.ensure_future(flood(server.url, frames=frames, size=size, workspace=str(tmp_path)))
         await asyncio.sleep(3)  # the whole flood is sent (or refused) while the consumer waits
     result = await asyncio.wait_for(task, 30)

@@ -13,7 +13,7 @@ from sessions_app import consumers, instances, protocol, sessions, terminate
 from sessions_app.models import LiveSession, ServerInstance
 from sessions_app.process import process_state
 
-from .communicators import connect, detached_session, open_session, resume
+from .communicators import connect, detached_session, new_session, open_session, resume
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -116,39 +116,39 @@ async def test_the_spent_token_no_longer_resumes(workspace):
     await second.disconnect()
 
 
-async def refusal(session_id: str, token: str) -> dict:
+async def refusal(session_id: str, token: str, workspace) -> dict:
     comm = await connect()
     reply = await resume(comm, session_id, token, request_id=9)
     # The connection stays open and usable for a new session.
-    assert await comm.receive_nothing(timeout=0.05)
+    assert (await new_session(comm, workspace))["type"] == "new_session"
     await comm.disconnect()
     return reply
 
 
 async def test_no_oracle_every_refusal_is_one_and_the_same_frame(workspace, settings):
     """Unknown id, wrong token, spent token, expired, terminated, never resumable: one frame."""
-    unknown = await refusal(str(uuid.uuid4()), "a" * 43)
+    unknown = await refusal(str(uuid.uuid4()), "a" * 43, workspace)
 
     wrong_token = await detached_session(workspace)
-    wrong = await refusal(wrong_token["session_id"], "b" * 43)
+    wrong = await refusal(wrong_token["session_id"], "b" * 43, workspace)
 
     spent_session = await detached_session(workspace)
     holder = await connect()
     await resume(holder, spent_session["session_id"], spent_session["resume_token"])
-    spent = await refusal(spent_session["session_id"], spent_session["resume_token"])
+    spent = await refusal(spent_session["session_id"], spent_session["resume_token"], workspace)
 
     expired_session = await detached_session(workspace)
     await LiveSession.objects.filter(pk=expired_session["session_id"]).aupdate(
         detached_at=timezone.now() - timedelta(seconds=31)
     )
-    expired = await refusal(expired_session["session_id"], expired_session["resume_token"])
+    expired = await refusal(expired_session["session_id"], expired_session["resume_token"], workspace)
 
     terminated_session = await detached_session(workspace)
     assert await terminate.session_terminate_request(session_id=terminated_session["session_id"])
-    terminated = await refusal(terminated_session["session_id"], terminated_session["resume_token"])
+    terminated = await refusal(terminated_session["session_id"], terminated_session["resume_token"], workspace)
 
     plain_comm, plain = await open_session(workspace)
-    never = await refusal(plain["session_id"], "c" * 43)
+    never = await refusal(plain["session_id"], "c" * 43, workspace)
 
     frames = [unknown, wrong, spent, expired, terminated, never]
     assert all(frame == unknown for frame in frames), frames
@@ -283,8 +283,10 @@ async def test_expiry_removes_detached_rows_past_the_grace_only(workspace):
     await attached_comm.disconnect()
 
 
-async def test_a_dead_instances_resumable_sessions_are_detached_by_the_reaper_and_v1_ones_removed(workspace):
-    dead = await ServerInstance.objects.acreate(host="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1))
+async def test_a_dead_instances_resumable_sessions_are_detached_by_the_reaper_and_v1_ones_removed(
+    workspace, instance_with_sessions
+):
+    dead, _ = await sync_to_async(instance_with_sessions)(age=3600)
     resumable = await LiveSession.objects.acreate(
         workspace_dir="/w", channel_name="c1", instance=dead, resumable=True, resume_token_hash="h"
     )

@@ -2,6 +2,8 @@
 
 import pytest
 
+from .servers import ServerExitedEarly
+
 pytestmark = pytest.mark.live
 
 
@@ -16,10 +18,11 @@ pytestmark = pytest.mark.live
     ids=["missing-root", "timeout-under-two-heartbeats", "bad-proxy-network"],
 )
 def test_a_server_with_a_bad_configuration_stops_with_a_clear_message(server_factory, server_name, env, args, check_id):
-    with pytest.raises(RuntimeError, match="exited early") as stopped:
+    with pytest.raises(ServerExitedEarly) as stopped:
         server_factory(server=server_name, env=env, args=args)
-    assert "refusing to start, the configuration has errors" in str(stopped.value)
-    assert check_id in str(stopped.value)
+    assert stopped.value.returncode == 3
+    assert "refusing to start, the configuration has errors" in stopped.value.log
+    assert check_id in stopped.value.log
 
 
 @pytest.mark.parametrize(
@@ -32,9 +35,10 @@ def test_a_server_with_a_bad_configuration_stops_with_a_clear_message(server_fac
     ids=["daphne-proxy-headers", "uvicorn-trust-all", "uvicorn-trust-all-env"],
 )
 def test_a_server_told_to_believe_every_peers_forwarded_address_does_not_start(server_factory, server_name, env, args):
-    with pytest.raises(RuntimeError, match="exited early") as stopped:
+    with pytest.raises(ServerExitedEarly) as stopped:
         server_factory(server=server_name, env=env, args=args)
-    assert "wss.E012" in str(stopped.value)
+    assert stopped.value.returncode == 3
+    assert "wss.E012" in stopped.value.log
 
 
 @pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
