@@ -171,8 +171,8 @@ def test_staff_without_delete_permission_cannot_terminate(client, staff_user, se
 
 
 def test_changelist_shows_each_sessions_instance_and_whether_it_is_alive(admin_client, instance_with_sessions):
-    alive, _ = instance_with_sessions(workspaces=["/srv"], host="alive-host", pid=11)
-    dead, _ = instance_with_sessions(workspaces=["/srv"], host="dead-host", pid=22, age=3600)
+    instance_with_sessions(workspaces=["/srv"], host="alive-host", pid=11)
+    instance_with_sessions(workspaces=["/srv"], host="dead-host", pid=22, age=3600)
     page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
     assert re.search(r'live-dot-alive"[^>]*></span><span title="instance [^"]+">alive-host:11<', page)
     assert re.search(r'live-dot-dead"[^>]*></span><span title="instance [^"]+">dead-host:22<', page)
