@@ -1,5 +1,7 @@
 """The operators' view: live sessions and server instances, read-only; API tokens."""
 
+from datetime import timedelta
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
@@ -7,10 +9,14 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.template.response import TemplateResponse
 from django.utils import timezone
-from django.utils.timesince import timesince
+from django.utils.html import format_html
 
+from .admin_filters import InstanceFilter, StateFilter
+from .admin_pages import instance_health
 from .audit import ACTED, session_event_audited, sessions_terminate_audited, terminate_summary
 from .delivery import EventError
+from .display import short_id, short_span
+from .instances import resume_grace_seconds
 from .models import ApiToken, LiveSession, ServerInstance
 from .terminate import TerminateResult
 from .tokens import token_issue, token_revoke
@@ -32,24 +38,64 @@ class NoticeForm(forms.Form):
     text = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 80}), max_length=2000)
 
 
+def badge(state: str, detail: str = "") -> str:
+    """A state as a short coloured badge; `detail` (e.g. the grace left) beside it."""
+    text = f"{state} · {detail}" if detail else state
+    return format_html('<span class="live-badge live-badge-{}">{}</span>', state, text)
+
+
+def session_state(session: LiveSession) -> tuple[str, str]:
+    """`attached`, `detached` with the grace left, or `ending` (its grace ran out, or its instance is dead)."""
+    if session.detached_at is None:
+        return ("attached", "") if session.instance is None or session.instance.is_alive else ("ending", "")
+    left = session.detached_at + timedelta(seconds=resume_grace_seconds()) - timezone.now()
+    if left.total_seconds() <= 0:
+        return "ending", ""
+    return "detached", f"{short_span(left)} left"
+
+
+def created_ago(session: LiveSession) -> str:
+    """How long the session has lived, e.g. "3 min"."""
+    return short_span(timezone.now() - session.created_at, seconds=False)
+
+
+def instance_label(instance: ServerInstance) -> str:
+    """host:pid with a dot: green while its heartbeat is fresh, red once it is dying or dead."""
+    alive = instance_health(instance, now=timezone.now()) == "alive"
+    return format_html(
+        '<span class="live-dot live-dot-{}" title="{}"></span><span title="instance {}">{}:{}</span>',
+        "alive" if alive else "dead",
+        "alive" if alive else "not heartbeating",
+        instance.id,
+        instance.host,
+        instance.pid,
+    )
+
+
+class LiveChangeList:
+    """A changelist the live channel keeps up to date (admin_live.py): its template and what it needs."""
+
+    change_list_template = "sessions_app/admin/live_change_list.html"
+
+    def changelist_view(self, request, extra_context=None):
+        context = {"live_model": self.model._meta.model_name, **(extra_context or {})}
+        return super().changelist_view(request, context)
+
+
 @admin.register(LiveSession)
-class LiveSessionAdmin(ReadOnlyAdmin):
-    list_display = [
-        "id",
-        "workspace_dir",
-        "client_addr",
-        "user",
-        "created_at",
-        "age",
-        "state",
-        "instance",
-        "instance_alive",
-    ]
+class LiveSessionAdmin(LiveChangeList, ReadOnlyAdmin):
+    list_display = ["short_id", "workspace", "user", "client_addr", "state", "age", "held_by"]
     list_select_related = ["instance", "user"]
     search_fields = ["id", "workspace_dir"]
-    list_filter = [("detached_at", admin.EmptyFieldListFilter), "resumable", ("created_at", admin.DateFieldListFilter)]
+    search_help_text = "Search by workspace or session id."
+    list_filter = [
+        StateFilter,
+        ("instance", InstanceFilter),
+        ("user", admin.RelatedOnlyFieldListFilter),
+        "resumable",
+    ]
     exclude = ["resume_token_hash"]
-    date_hierarchy = "created_at"
+    readonly_fields = ["id"]  # the full id on the detail page; the list shows the short one
     actions = ["terminate_sessions", "send_notice"]
 
     def has_delete_permission(self, request, obj=None) -> bool:
@@ -100,33 +146,61 @@ class LiveSessionAdmin(ReadOnlyAdmin):
     def has_send_events_permission(self, request) -> bool:
         return request.user.has_perm("sessions_app.send_events_livesession")
 
-    @admin.display(description="age")
+    @admin.display(description="id", ordering="id")
+    def short_id(self, session: LiveSession) -> str:
+        return format_html('<span title="{}">{}</span>', session.id, short_id(session.id))
+
+    @admin.display(description="workspace", ordering="workspace_dir")
+    def workspace(self, session: LiveSession) -> str:
+        return format_html('<span title="{}">{}</span>', session.workspace_dir, session.workspace_dir)
+
+    @admin.display(description="age", ordering="-created_at")
     def age(self, session: LiveSession) -> str:
-        return timesince(session.created_at, timezone.now())
+        return format_html(
+            '<span title="{}">{}</span>', f"{session.created_at:%Y-%m-%d %H:%M:%S} UTC", created_ago(session)
+        )
 
     @admin.display(description="state", ordering="detached_at")
     def state(self, session: LiveSession) -> str:
-        if session.detached_at is None:
-            return "attached"
-        return f"detached since {session.detached_at:%Y-%m-%d %H:%M:%S} UTC"
+        state, detail = session_state(session)
+        return badge(state, detail)
 
-    @admin.display(description="instance alive", boolean=True)
-    def instance_alive(self, session: LiveSession) -> bool | None:
-        return None if session.instance is None else session.instance.is_alive
+    @admin.display(description="instance", ordering="instance__host")
+    def held_by(self, session: LiveSession) -> str:
+        if session.instance is None:
+            return "—"
+        return instance_label(session.instance)
 
 
 @admin.register(ServerInstance)
-class ServerInstanceAdmin(ReadOnlyAdmin):
-    list_display = ["id", "host", "pid", "started_at", "heartbeat_at", "alive", "session_count"]
+class ServerInstanceAdmin(LiveChangeList, ReadOnlyAdmin):
+    list_display = ["short_id", "host_pid", "health", "age", "heartbeat", "session_count"]
+    list_display_links = ["short_id"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(live_sessions=Count("sessions"))
 
-    @admin.display(description="alive", boolean=True)
-    def alive(self, instance: ServerInstance) -> bool:
-        return instance.is_alive
+    @admin.display(description="id", ordering="id")
+    def short_id(self, instance: ServerInstance) -> str:
+        return format_html('<span title="{}">{}</span>', instance.id, short_id(instance.id))
 
-    @admin.display(description="sessions")
+    @admin.display(description="instance", ordering="host")
+    def host_pid(self, instance: ServerInstance) -> str:
+        return instance_label(instance)
+
+    @admin.display(description="state", ordering="-heartbeat_at")
+    def health(self, instance: ServerInstance) -> str:
+        return badge(instance_health(instance, now=timezone.now()))
+
+    @admin.display(description="age", ordering="started_at")
+    def age(self, instance: ServerInstance) -> str:
+        return short_span(timezone.now() - instance.started_at)
+
+    @admin.display(description="last heartbeat", ordering="-heartbeat_at")
+    def heartbeat(self, instance: ServerInstance) -> str:
+        return f"{short_span(timezone.now() - instance.heartbeat_at)} ago"
+
+    @admin.display(description="sessions", ordering="live_sessions")
     def session_count(self, instance: ServerInstance) -> int:
         return instance.live_sessions
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import metrics
+from . import activity, live, metrics
 from .process import process_state
 from .sessions import SessionRecord
 
@@ -43,6 +43,7 @@ def handshake_refused(scope: dict[str, Any], *, reason: str, detail: str) -> Non
 def session_created(scope: dict[str, Any], session: SessionRecord, *, started: float) -> None:
     """A session opened; `started` is the time.monotonic() at which its frame arrived."""
     metrics.session_created(time.monotonic() - started)
+    registry_changed(opened=1)
     _emit(
         "session_created",
         session_id=session.session_id,
@@ -54,6 +55,7 @@ def session_created(scope: dict[str, Any], session: SessionRecord, *, started: f
 def session_ended(scope: dict[str, Any], session: SessionRecord, *, reason: str, close_code: int | None = None) -> None:
     """A session held by this process ended, for `reason` (one of metrics.END_REASONS)."""
     metrics.session_ended(reason)
+    registry_changed(ended=1)
     duration = round((timezone.now() - session.created_at).total_seconds(), 3)
     _emit(
         "session_ended",
@@ -68,6 +70,8 @@ def session_ended(scope: dict[str, Any], session: SessionRecord, *, reason: str,
 def session_terminate_requested(*, session_id: Any, actor: str, via: str, result: str) -> None:
     """Someone terminated a session (the audit line): `actor` a username or `operator:<login>`, `via` the
     entry point, `result` what it achieved (delivered, removed, not_delivered)."""
+    if result == "removed":  # no consumer held it, so no other event will say it ended
+        registry_changed(ended=1)
     _emit("session_terminate", session_id=session_id, actor=actor, via=via, result=str(result))
 
 
@@ -79,6 +83,7 @@ def session_event_sent(*, session_id: Any, actor: str, via: str, event: str, seq
 def session_detached(scope: dict[str, Any], session: SessionRecord, *, reason: str, close_code: int | None) -> None:
     """A resumable session's connection ended without ending it: it waits for a resume."""
     metrics.session_detached(reason)
+    registry_changed()
     _emit(
         "session_detached",
         session_id=session.session_id,
@@ -91,6 +96,7 @@ def session_detached(scope: dict[str, Any], session: SessionRecord, *, reason: s
 def session_resumed(scope: dict[str, Any], session: SessionRecord, *, taken_over: bool) -> None:
     """A session was reattached to this connection (`taken_over`: from a connection that still held it)."""
     metrics.session_resumed()
+    registry_changed()
     _emit(
         "session_resumed",
         session_id=session.session_id,
@@ -109,6 +115,7 @@ def sessions_expired(count: int) -> None:
     """Detached sessions whose grace ran out were removed."""
     if count:
         metrics.sessions_expired(count)
+        registry_changed(ended=count)
         _emit("sessions_expired", count=count)
 
 
@@ -116,12 +123,20 @@ def sessions_reaped(count: int) -> None:
     """The reaper removed `count` sessions of dead instances."""
     if count:
         metrics.sessions_reaped(count)
+        registry_changed(ended=count)
         _emit("sessions_reaped", count=count)
 
 
 def error_sent(code: str) -> None:
     """An error frame with this code was sent."""
     metrics.protocol_error(code)
+
+
+def registry_changed(*, opened: int = 0, ended: int = 0) -> None:
+    """Sessions were added, removed or changed here: count them for the history and nudge the admin watchers."""
+    if opened or ended:
+        activity.sessions_counted(opened=opened, ended=ended)
+    live.registry_changed()
 
 
 def end_reason(close_code: int, *, closing_error: str | None) -> str:

@@ -14,12 +14,13 @@ The servers call start and stop through server_hooks.py.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 
 from django.db import DatabaseError
 
-from . import events
+from . import activity, events
 from .conf import app_settings
 from .connections import closes_wait, connections_open
 from .database import registry_call, registry_close
@@ -116,6 +117,19 @@ async def heartbeat() -> None:
         logger.warning(
             "reconciliation failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS
         )
+    try:
+        await activity_write()
+    except Exception as error:
+        logger.warning(
+            "history write failed (%s); retrying in %g s", _describe(error), app_settings.WSS_HEARTBEAT_SECONDS
+        )
+
+
+async def activity_write(*, stopped: bool = False) -> None:
+    """Upsert this instance's sessions opened and ended per minute (activity.py): one statement."""
+    snapshot = activity.counts_snapshot()
+    await registry_call(lambda: activity.minutes_write_sync(snapshot, stopped=stopped))
+    activity.counts_written(snapshot)
 
 
 def _describe(error: BaseException) -> str:
@@ -164,6 +178,8 @@ async def stop() -> int:
     except Exception:
         logger.exception("could not remove this instance's sessions; peers will reap them")
     await closes_wait(CLOSE_HANDSHAKE_SECONDS)
+    with contextlib.suppress(Exception):  # after the closes, so their ends count; it says "stopped", not reaped
+        await activity_write(stopped=True)
     await registry_close()
     logger.info("stopped: closed %d connection(s), removed %d session row(s)", len(connections), removed)
     return removed

@@ -61,6 +61,9 @@ LAYER_CALLS_FAILED = Counter(
 )
 LAYER_OUTAGES = Counter("wss_channel_layer_outages", "Times this process found the channel layer down.")
 LAYER_UP = Gauge("wss_channel_layer_up", "1 while this process reaches the channel layer, 0 during an outage.")
+ADMIN_PAGES = Gauge("wss_admin_live_pages", "Admin pages following the registry over this process's live channel.")
+ADMIN_FRAMES = Counter("wss_admin_live_frames", "Updates sent to watching admin pages.")
+REGISTRY_NUDGES = Counter("wss_registry_nudges", "Registry-changed nudges this process published to the admin pages.")
 LAYER_UP.set(1)
 NEW_SESSION_SECONDS = Histogram(
     "wss_new_session_seconds",
@@ -143,6 +146,21 @@ def channel_layer_down() -> None:
 def channel_layer_up() -> None:
     """The channel layer answers again."""
     LAYER_UP.set(1)
+
+
+def admin_page_watching(delta: int) -> None:
+    """An admin page started (+1) or stopped (-1) following the registry here."""
+    ADMIN_PAGES.inc(delta)
+
+
+def admin_frame_sent() -> None:
+    """An update went to a watching admin page."""
+    ADMIN_FRAMES.inc()
+
+
+def registry_nudged() -> None:
+    """This process told the admin pages that the registry changed."""
+    REGISTRY_NUDGES.inc()
 
 
 def exposition() -> tuple[bytes, str]:

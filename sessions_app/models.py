@@ -133,3 +133,27 @@ class ApiToken(models.Model):
     def is_revoked(self) -> bool:
         """Whether the token has been revoked; a revoked token never authenticates again."""
         return self.revoked_at is not None
+
+
+class ActivityMinute(models.Model):
+    """Sessions one server instance opened and ended in one minute: the admin index's history.
+
+    Each process counts in memory and upserts its current minutes on its heartbeat; the
+    row outlives the instance, so the last hour stays whole after a process goes.
+    """
+
+    instance_id = models.UUIDField(help_text="The boot id of the ServerInstance that counted.")
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    minute = models.DateTimeField(db_index=True, help_text="The start of the minute, UTC.")
+    opened = models.PositiveIntegerField(default=0)
+    ended = models.PositiveIntegerField(default=0)
+    stopped = models.BooleanField(default=False, help_text="Written by the instance's own stop: it was not reaped.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["instance_id", "minute"], name="activityminute_instance_minute"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid} {self.minute:%H:%M} +{self.opened} -{self.ended}"

@@ -111,3 +111,56 @@ async def close_code_after(ws: websockets.ClientConnection, timeout: float = 30)
     """Read until the server closes; the close code it sent (1006 when there was no close frame)."""
     await frames_until_closed(ws, timeout)
     return ws.close_code
+
+
+# --- the admin's live channel ---------------------------------------------------------------
+
+ADMIN_ORIGIN = "http://testserver"
+
+
+async def admin_session_cookie(user) -> str:
+    """A `Cookie` header value for the admin logged in as `user` (a real Django session)."""
+    from django.conf import settings
+    from django.test import AsyncClient
+
+    client = AsyncClient()
+    await client.aforce_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+async def admin_live_connect(
+    cookie: str | None = None, *, origin: str | None = ADMIN_ORIGIN
+) -> tuple[bool, WebsocketCommunicator]:
+    """A handshake on the admin's live channel through the ASGI app: whether it was accepted, and the communicator."""
+    from wssproject.asgi import application
+
+    headers = [(b"host", b"testserver")]
+    if cookie is not None:
+        headers.append((b"cookie", cookie.encode()))
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    comm = WebsocketCommunicator(application, "/admin/live/", headers=headers)
+    accepted, _ = await comm.connect()
+    return accepted, comm
+
+
+async def admin_watch(comm: WebsocketCommunicator, **watch) -> dict:
+    """Send a `watch` frame (page "changelist" of live sessions unless told); the first answer."""
+    await comm.send_json_to({"type": "watch", "page": "changelist", "model": "livesession", "query": "", **watch})
+    return await comm.receive_json_from(timeout=5)
+
+
+async def admin_frame_until(comm: WebsocketCommunicator, predicate, timeout: float = 2.0) -> dict:
+    """Read the channel's frames until one satisfies `predicate`; fails after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            pytest.fail(f"no admin frame matched within {timeout:g} s")
+        try:
+            frame = await comm.receive_json_from(timeout=left)
+        except TimeoutError:
+            pytest.fail(f"no admin frame matched within {timeout:g} s")
+        if predicate(frame):
+            return frame

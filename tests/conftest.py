@@ -31,13 +31,16 @@ def server_frames_match_the_schema(monkeypatch) -> None:
     async def checked_receive_output(self, timeout=1):
         message = await receive_output(self, timeout)
         if message.get("type") == "websocket.send":
-            check_server_frame(message["text"] if message.get("text") is not None else message["bytes"])
+            frame = message["text"] if message.get("text") is not None else message["bytes"]
+            check_server_frame(frame, path=self.scope["path"])
         return message
 
     async def checked_recv(self, decode=None):
         frame = await recv(self, decode)
         # decode=False hands text frames over as bytes: check them as the text they were.
-        check_server_frame(frame.decode() if decode is False else frame)
+        check_server_frame(
+            frame.decode() if decode is False else frame, path=getattr(self.request, "path", None) or "/ws"
+        )
         return frame
 
     monkeypatch.setattr(WebsocketCommunicator, "receive_output", checked_receive_output)

@@ -48,12 +48,18 @@ def validator_for(declared: message_types.Registry, schema_name: str) -> Draft7V
     return Draft7Validator(schema, registry=registry, format_checker=Draft7Validator.FORMAT_CHECKER)
 
 
-def check_server_frame(frame: str | bytes | dict) -> None:
-    """Raise jsonschema.ValidationError unless `frame` is a ServerFrame (text JSON only)."""
+def check_server_frame(frame: str | bytes | dict, *, path: str = "/ws") -> None:
+    """Raise jsonschema.ValidationError unless `frame` is a server frame of the channel at `path` (text JSON only)."""
     if isinstance(frame, bytes):
         raise AssertionError(f"the server sent a binary frame, which the protocol never does: {frame[:64]!r}")
     obj = json.loads(frame) if isinstance(frame, str) else frame
-    validator("ServerFrame").validate(obj)
+    validator(server_frame_schema(path)).validate(obj)
+
+
+def server_frame_schema(path: str) -> str:
+    """The schema of the frames the server sends on the channel at `path`."""
+    admin_live = asyncapi()["channels"]["adminLive"]["address"]
+    return "AdminLiveServerFrame" if path.rstrip("/") == admin_live.rstrip("/") else "ServerFrame"
 
 
 def check_client_frame(frame: dict) -> None:

@@ -1,5 +1,6 @@
 """The operators' admin: read-only live sessions with a count on the index."""
 
+import re
 import uuid
 
 import pytest
@@ -28,19 +29,41 @@ def test_index_shows_the_live_session_count(admin_client, sessions):
 
 
 def test_index_and_changelist_show_detached_sessions(admin_client, sessions):
-    detached_at = timezone.now()
     LiveSession.objects.filter(pk=sessions[0].pk).update(
-        instance=None, channel_name="", detached_at=detached_at, resumable=True, resume_token_hash="f" * 64
+        instance=None, channel_name="", detached_at=timezone.now(), resumable=True, resume_token_hash="f" * 64
     )
     assert "3 live sessions (1 detached)" in admin_client.get("/admin/").content.decode()
     page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
-    assert f"detached since {detached_at:%Y-%m-%d %H:%M:%S} UTC" in page
-    assert page.count(">attached<") == 2
+    assert re.search(r'live-badge-detached">detached · (29|30) s left<', page)  # the grace left (30 s)
+    assert page.count('live-badge-attached">attached<') == 2
     detail = admin_client.get(f"/admin/sessions_app/livesession/{sessions[0].pk}/change/").content.decode()
     assert "f" * 64 not in detail  # the token's hash is not shown
-    only_detached = admin_client.get("/admin/sessions_app/livesession/", {"detached_at__isempty": "0"})
-    assert str(sessions[0].id) in only_detached.content.decode()
-    assert str(sessions[1].id) not in only_detached.content.decode()
+    assert f'<div class="readonly">{sessions[0].pk}</div>' in detail  # the full id
+    only_detached = admin_client.get("/admin/sessions_app/livesession/", {"state": "detached"}).content.decode()
+    assert str(sessions[0].id) in only_detached
+    assert str(sessions[1].id) not in only_detached
+    only_attached = admin_client.get("/admin/sessions_app/livesession/", {"state": "attached"}).content.decode()
+    assert str(sessions[0].id) not in only_attached
+    assert str(sessions[1].id) in only_attached
+
+
+def test_a_session_whose_grace_ran_out_or_whose_instance_died_is_shown_ending(admin_client, sessions):
+    grace_over = timezone.now() - timezone.timedelta(minutes=5)
+    LiveSession.objects.filter(pk=sessions[0].pk).update(instance=None, channel_name="", detached_at=grace_over)
+    page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
+    assert page.count('live-badge-ending">ending<') == 1
+    instances_die()
+    page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
+    assert page.count('live-badge-ending">ending<') == 3
+
+
+def test_a_row_is_short_ids_and_ages_with_the_full_values_on_hover(admin_client, sessions):
+    LiveSession.objects.filter(pk=sessions[0].pk).update(created_at=timezone.now() - timezone.timedelta(minutes=3))
+    page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
+    session = sessions[0]
+    assert f'<span title="{session.id}">{str(session.id)[:8]}</span>' in page
+    assert re.search(r'<span title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">3 min</span>', page)
+    assert '<span title="/srv/ws/project-0">/srv/ws/project-0</span>' in page
 
 
 @pytest.mark.django_db(transaction=True)
@@ -67,15 +90,23 @@ def test_changelist_lists_and_searches_sessions(admin_client, sessions):
     assert str(sessions[0].id) not in by_id
 
 
-def test_date_filter_narrows_the_list(admin_client, sessions):
-    old = sessions[0]
-    LiveSession.objects.filter(pk=old.pk).update(created_at=timezone.now() - timezone.timedelta(days=40))
-    page = admin_client.get(
-        "/admin/sessions_app/livesession/",
-        {"created_at__gte": (timezone.now() - timezone.timedelta(days=1)).isoformat()},
-    ).content.decode()
-    assert str(sessions[1].id) in page
-    assert str(old.id) not in page
+def test_filters_speak_the_operators_words(admin_client, sessions, instance_with_sessions, django_user_model):
+    other, (theirs,) = instance_with_sessions(sessions=1, host="other-host", pid=7)
+    user = django_user_model.objects.create_user("alice")
+    LiveSession.objects.filter(pk=theirs.pk).update(user=user, resumable=True)
+    page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
+    for title in ("By state", "By server instance", "By user", "By resumable"):
+        assert title in page
+    assert "detached_at" not in page and "created_at__gte" not in page
+
+    def listed(**query) -> set[str]:
+        page = admin_client.get("/admin/sessions_app/livesession/", query).content.decode()
+        return {str(s.id) for s in [*sessions, theirs] if str(s.id) in page}
+
+    assert listed(instance__id__exact=str(other.pk)) == {str(theirs.id)}
+    assert listed(user__id__exact=str(user.pk)) == {str(theirs.id)}
+    assert listed(resumable__exact="1") == {str(theirs.id)}
+    assert listed(q="project-1") == {str(sessions[1].id)}
 
 
 def test_sessions_cannot_be_added_or_edited(admin_client, sessions):
@@ -140,13 +171,11 @@ def test_staff_without_delete_permission_cannot_terminate(client, staff_user, se
 
 
 def test_changelist_shows_each_sessions_instance_and_whether_it_is_alive(admin_client, instance_with_sessions):
-    alive, _ = instance_with_sessions(workspaces=["/srv"], host="alive-host", pid=11)
-    dead, _ = instance_with_sessions(workspaces=["/srv"], host="dead-host", pid=22, age=3600)
+    instance_with_sessions(workspaces=["/srv"], host="alive-host", pid=11)
+    instance_with_sessions(workspaces=["/srv"], host="dead-host", pid=22, age=3600)
     page = admin_client.get("/admin/sessions_app/livesession/").content.decode()
-    assert str(alive) in page
-    assert str(dead) in page
-    assert page.count('alt="True"') == 1
-    assert page.count('alt="False"') == 1
+    assert re.search(r'live-dot-alive"[^>]*></span><span title="instance [^"]+">alive-host:11<', page)
+    assert re.search(r'live-dot-dead"[^>]*></span><span title="instance [^"]+">dead-host:22<', page)
 
 
 def test_server_instances_page_lists_each_instance_alive_or_not_with_its_session_count(
@@ -160,12 +189,12 @@ def test_server_instances_page_lists_each_instance_alive_or_not_with_its_session
         host: row
         for row in page.content.decode().split("<tr")
         for host in ("busy-host", "dead-host")
-        if f'<td class="field-host">{host}</td>' in row
+        if f">{host}:" in row
     }
     assert '<td class="field-session_count">2</td>' in rows["busy-host"]
-    assert 'alt="True"' in rows["busy-host"]
+    assert 'live-badge-alive">alive<' in rows["busy-host"]
     assert '<td class="field-session_count">0</td>' in rows["dead-host"]
-    assert 'alt="False"' in rows["dead-host"]
+    assert 'live-badge-dead">dead<' in rows["dead-host"]
 
 
 def test_server_instances_are_read_only(admin_client, instance_with_sessions):
@@ -256,3 +285,39 @@ async def test_a_notice_from_the_admin_reaches_the_sessions_client(admin_client,
         {"text": "Restart at 10:00"},
     )
     await comm.disconnect()
+
+
+def test_index_shows_each_instance_with_its_sessions_and_the_dying_and_reaped_in_red(
+    admin_client, instance_with_sessions
+):
+    from sessions_app.activity import epoch_minute
+    from sessions_app.models import ActivityMinute
+
+    instance_with_sessions(sessions=2, host="busy-host", pid=11)
+    instance_with_sessions(sessions=1, host="dying-host", pid=22, age=12)  # two heartbeats missed
+    instance_with_sessions(sessions=0, host="dead-host", pid=33, age=3600)
+    minute = timezone.datetime.fromtimestamp(epoch_minute() * 60, timezone.get_current_timezone())
+    ActivityMinute.objects.create(
+        instance_id=uuid.uuid4(), host="crashed-host", pid=44, minute=minute, opened=3, ended=1
+    )
+    ActivityMinute.objects.create(instance_id=uuid.uuid4(), host="stopped-host", pid=55, minute=minute, stopped=True)
+    page = admin_client.get("/admin/").content.decode()
+    rows = {row.split(">", 1)[0]: row for row in page.split('<tr class="live-instance-')[1:]}
+    health = {host: state for state, row in rows.items() for host in re.findall(r">([a-z-]+-host):\d+<", row)}
+    assert health == {
+        "busy-host": 'alive"',
+        "dying-host": 'dying"',
+        "dead-host": 'dead"',
+        "crashed-host": 'reaped"',
+        "stopped-host": 'stopped"',
+    }
+    assert '<td class="live-count">2</td>' in rows['alive"']
+    assert "Last hour: 3 opened, 1 ended" in page
+    assert "<svg" in page and "cdn" not in page.lower()
+
+
+def test_index_shows_no_glance_to_staff_who_may_not_view_sessions(client, django_user_model):
+    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(user)
+    page = client.get("/admin/").content.decode()
+    assert "live-glance" not in page and "admin_live.js" not in page

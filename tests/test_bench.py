@@ -48,6 +48,19 @@ def test_smallest_bench_produces_figures_for_every_target_with_zero_errors(tmp_p
     assert "### targets" in run.stdout and [check["target"] for check in figures["targets"]]
 
 
+def test_smallest_admin_live_bench_prints_every_figure_and_the_page_hears_the_changes():
+    run = run_bench(
+        "bench.admin_live",
+        *("--pages=1", "--held=2", "--idle-seconds=1", "--changes=1", "--sessions=40", "--concurrency=4"),
+        "--rounds=1",
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    for line in ("idle server CPU:", "relayed change:", "churn, no admin page:", "server CPU per churned session:"):
+        assert line in run.stdout, run.stdout
+    relayed = int(run.stdout.split("relayed change:")[1].split("(")[1].split(" frames")[0])
+    assert relayed >= 1  # the opened and closed session reached the watching page
+
+
 @pytest.mark.production
 def test_smallest_scale_run_holds_every_session_once_and_drains_to_zero(tmp_path, production_services, settings):
     from .servers import test_database_url

@@ -45,6 +45,9 @@ def test_metrics_are_prometheus_text_with_every_instrument(client):
         "wss_channel_layer_up",
         "wss_channel_layer_outages",
         "wss_channel_layer_failures",
+        "wss_admin_live_pages",
+        "wss_admin_live_frames",
+        "wss_registry_nudges",
     } <= families
     for reason in metrics.END_REASONS:
         assert f'wss_sessions_ended_total{{reason="{reason}"}}' in response.content.decode()
