@@ -88,7 +88,7 @@ async def new_session(context: MessageContext, message: protocol.NewSession) -> 
             "type": "resume_session",
             "session_id": "0b4c7f7e-4d4b-4c55-9e0c-5a0c1f6ad2a1",
             "resume_token": "hT0qz3b1o4mYl5vX8a2kQ9wR7eN6cU1pS3dF0gJ5hK2",
-                "last_seq": 6,
+            "last_seq": 6,
             "request_id": "r2",
         }
     ],

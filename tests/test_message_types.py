@@ -153,7 +153,9 @@ def test_a_huge_bad_value_is_quoted_short():
 def test_unknown_type_lists_the_declared_types():
     with pytest.raises(UnknownType) as refused:
         parse({"type": "teleport"})
-    assert refused.value.message.endswith("msgapp_crash, msgapp_echo, msgapp_hold, msgapp_notify, msgapp_refuse, msgapp_who.")
+    assert refused.value.message.endswith(
+        "msgapp_crash, msgapp_echo, msgapp_hold, msgapp_notify, msgapp_refuse, msgapp_who."
+    )
 
 
 # --- the test app installed, through the real ASGI application ------------------------------
