@@ -53,6 +53,24 @@ def app_logs_reach_caplog(monkeypatch) -> None:
     monkeypatch.setattr(logging.getLogger("sessions_app"), "propagate", True)
 
 
+@pytest.fixture(autouse=True)
+def channel_layer_of_its_own() -> Iterator[None]:
+    """Each test gets a channel layer instance of its own, as each server process has.
+
+    Each test runs on an event loop of its own, and a layer instance keeps receive state
+    bound to the loop that used it: channels-redis's receive lock and per-channel cleanup
+    locks, the in-memory layer's queues. A test that ends while one of its consumers is
+    inside `receive` leaves that state held, and the next test's consumer on the same
+    instance fails ("bound to a different event loop", "Two event loops are trying to
+    receive()") or waits forever. A server process has one loop, so this is the tests' own.
+    """
+    from channels.layers import channel_layers
+
+    channel_layers.backends.pop("default", None)
+    yield
+    channel_layers.backends.pop("default", None)
+
+
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """An existing directory to open sessions on."""
