@@ -4,6 +4,7 @@ floods, a mixed load, and the registry going away under a live server."""
 import asyncio
 import contextlib
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -271,18 +272,32 @@ async def test_100_good_sessions_survive_2000_bad_frames_on_other_connections(da
     async def closing_client(n: int) -> tuple:
         frame, code, close_code = CLOSING_KINDS[n % len(CLOSING_KINDS)]
         async with gate, websockets.connect(url, open_timeout=30) as ws:
-            await ws.send(frame)
-            reply = json.loads(await asyncio.wait_for(ws.recv(), timeout=30))
-            return (code, close_code), (reply["code"], await close_code_after(ws))
+            return await explained(ws, f"closing client {n}", closing_exchange(ws, frame, code, close_code))
+
+    async def closing_exchange(ws, frame, code: str, close_code: int) -> tuple:
+        await ws.send(frame)
+        reply = json.loads(await asyncio.wait_for(ws.recv(), timeout=30))
+        return (code, close_code), (reply["code"], await close_code_after(ws))
 
     async def open_client(n: int) -> tuple:
         async with gate, websockets.connect(url, open_timeout=30) as ws:
-            expected = []
-            for i in range(FRAMES_PER_OPEN_CONNECTION):
-                frame, code = OPEN_KINDS[(n + i) % len(OPEN_KINDS)]
-                await ws.send(frame)
-                expected.append(code)
-            return expected, [json.loads(await asyncio.wait_for(ws.recv(), timeout=30))["code"] for _ in expected]
+            return await explained(ws, f"open client {n}", open_exchange(ws, n))
+
+    async def open_exchange(ws, n: int) -> tuple:
+        expected = []
+        for i in range(FRAMES_PER_OPEN_CONNECTION):
+            frame, code = OPEN_KINDS[(n + i) % len(OPEN_KINDS)]
+            await ws.send(frame)
+            expected.append(code)
+        return expected, [json.loads(await asyncio.wait_for(ws.recv(), timeout=30))["code"] for _ in expected]
+
+    async def explained(ws, who: str, exchange) -> tuple:
+        """The exchange's outcome; a failure names the client and its port, to find it in the server's log."""
+        try:
+            return await exchange
+        except Exception as error:
+            port = ws.local_address[1]
+            raise AssertionError(f"{who} (client port {port}): {error!r}") from error
 
     good = []
     try:
@@ -302,7 +317,7 @@ async def test_100_good_sessions_survive_2000_bad_frames_on_other_connections(da
                 return_exceptions=True,
             )
         wrong = [outcome for outcome in outcomes if isinstance(outcome, BaseException) or outcome[0] != outcome[1]]
-        assert not wrong, f"{len(wrong)} bad connections got the wrong answer, e.g. {wrong[:3]!r}"
+        assert not wrong, wrong_answers_explained(wrong, daphne_server.log())
         took = time.monotonic() - start
         print(f"{BAD_FRAMES} bad frames on {closing_connections + open_connections} connections in {took:.1f} s")
 
@@ -313,6 +328,17 @@ async def test_100_good_sessions_survive_2000_bad_frames_on_other_connections(da
     finally:
         await asyncio.gather(*(ws.close() for ws in good), return_exceptions=True)
     daphne_server.assert_no_traceback()
+
+
+def wrong_answers_explained(wrong: list, log: str) -> str:
+    """The wrong outcomes, and for each failed client the server's log lines about its port."""
+    lines = [f"{len(wrong)} bad connections got the wrong answer:"]
+    for outcome in wrong[:3]:
+        lines.append(f"  {outcome!r}")
+        port = re.search(r"client port (\d+)", str(outcome))
+        if port:
+            lines.extend(f"    | {line}" for line in log.splitlines() if f":{port[1]}" in line)
+    return "\n".join(lines)
 
 
 # --- the registry goes away ------------------------------------------------------------------------
