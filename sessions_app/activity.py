@@ -21,10 +21,6 @@ KEPT_MINUTES = 2 * HOUR
 PRUNE_AFTER = timedelta(hours=2)
 PRUNE_EVERY_SECONDS = 600.0
 
-# epoch minute -> [opened, ended]: this process's counts not yet known to be written.
-_counts: dict[int, list[int]] = {}
-_pruned_at = 0.0
-
 
 def epoch_minute(now: float | None = None) -> int:
     """The minute `now` (time.time(), default the current time) falls in, as minutes since the epoch."""
@@ -33,37 +29,34 @@ def epoch_minute(now: float | None = None) -> int:
 
 def sessions_counted(*, opened: int = 0, ended: int = 0) -> None:
     """Count sessions opened and ended by this process in the current minute (the event loop calls this)."""
-    counts = _counts.setdefault(epoch_minute(), [0, 0])
+    counts = process_state().activity.by_minute.setdefault(epoch_minute(), [0, 0])
     counts[0] += opened
     counts[1] += ended
 
 
 def counts_snapshot() -> dict[int, tuple[int, int]]:
     """The counts to write now: every unwritten minute, and the current one even when empty."""
+    counts = process_state().activity.by_minute
     current = epoch_minute()
-    _counts.setdefault(current, [0, 0])
-    for minute in [m for m in _counts if m < current - KEPT_MINUTES]:
-        del _counts[minute]
-    return {minute: (opened, ended) for minute, (opened, ended) in _counts.items()}
+    counts.setdefault(current, [0, 0])
+    for minute in [m for m in counts if m < current - KEPT_MINUTES]:
+        del counts[minute]
+    return {minute: (opened, ended) for minute, (opened, ended) in counts.items()}
 
 
 def counts_written(snapshot: dict[int, tuple[int, int]]) -> None:
     """Forget finished minutes the registry now holds, unless they were counted again meanwhile."""
+    counts = process_state().activity.by_minute
     current = epoch_minute()
-    for minute, counts in snapshot.items():
-        if minute < current and tuple(_counts.get(minute, ())) == counts:
-            del _counts[minute]
-
-
-def counts_reset() -> None:
-    """Forget every count: for tests."""
-    _counts.clear()
+    for minute, written in snapshot.items():
+        if minute < current and tuple(counts.get(minute, ())) == written:
+            del counts[minute]
 
 
 def minutes_write_sync(snapshot: dict[int, tuple[int, int]], *, stopped: bool = False) -> None:
     """Upsert this instance's minutes (absolute counts: only this process writes its rows)."""
-    global _pruned_at
-    identity = process_state().identity
+    state = process_state()
+    identity = state.identity
     rows = [
         ActivityMinute(
             instance_id=identity.boot_id,
@@ -82,8 +75,8 @@ def minutes_write_sync(snapshot: dict[int, tuple[int, int]], *, stopped: bool = 
         unique_fields=["instance_id", "minute"],
         update_fields=["opened", "ended", "stopped"],
     )
-    if time.monotonic() - _pruned_at > PRUNE_EVERY_SECONDS:
-        _pruned_at = time.monotonic()
+    if time.monotonic() - state.activity.pruned_at > PRUNE_EVERY_SECONDS:
+        state.activity.pruned_at = time.monotonic()
         ActivityMinute.objects.filter(minute__lt=datetime.now(UTC) - PRUNE_AFTER).delete()
 
 

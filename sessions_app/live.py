@@ -15,6 +15,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from . import metrics
+from .process import process_state
 
 logger = logging.getLogger(__name__)
 
@@ -24,34 +25,28 @@ SEND_TIMEOUT_SECONDS = 2.0
 SYNC_TIMEOUT_SECONDS = 0.5
 SYNC_BACKOFF_SECONDS = 10.0
 
-# The loop whose timer will send the pending nudge (None: nothing pending).
-_pending_on: asyncio.AbstractEventLoop | None = None
-_sending: set[asyncio.Task] = set()
-_sync_failed_at: float | None = None  # time.monotonic() of the last synchronous failure
-nudges_sent = 0  # for the bench and tests: how many messages this process published
-
 
 def registry_changed() -> None:
     """Note that the registry changed; the watchers hear of it within NUDGE_SECONDS. Never raises."""
-    global _pending_on
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         nudge_now()  # a synchronous caller (an admin action, a command): rare, send at once
         return
-    if _pending_on is loop and not loop.is_closed():
+    nudges = process_state().nudges
+    if nudges.pending_on is loop and not loop.is_closed():
         return
-    _pending_on = loop
+    nudges.pending_on = loop
     loop.call_later(NUDGE_SECONDS, _send_soon, loop)
 
 
 def _send_soon(loop: asyncio.AbstractEventLoop) -> None:
-    global _pending_on
-    if _pending_on is loop:
-        _pending_on = None
+    nudges = process_state().nudges
+    if nudges.pending_on is loop:
+        nudges.pending_on = None
     task = loop.create_task(nudge())
-    _sending.add(task)  # the loop keeps only weak references to tasks
-    task.add_done_callback(_sending.discard)
+    nudges.sending.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(nudges.sending.discard)
 
 
 async def nudge() -> None:
@@ -63,11 +58,10 @@ async def nudge() -> None:
 
 
 async def _nudge_or_raise(timeout: float) -> None:
-    global nudges_sent
     layer = get_channel_layer()
     if layer is not None:
         await asyncio.wait_for(layer.group_send(REGISTRY_GROUP, {"type": "registry.changed"}), timeout)
-        nudges_sent += 1
+        process_state().nudges.sent += 1
         metrics.registry_nudged()
 
 
@@ -77,11 +71,11 @@ def nudge_now() -> None:
     After a failure, synchronous callers skip the nudge for SYNC_BACKOFF_SECONDS: an operator's
     request must not wait on a channel layer that is down (the watchers' own refresh covers it).
     """
-    global _sync_failed_at
-    if _sync_failed_at is not None and time.monotonic() - _sync_failed_at < SYNC_BACKOFF_SECONDS:
+    nudges = process_state().nudges
+    if nudges.sync_failed_at is not None and time.monotonic() - nudges.sync_failed_at < SYNC_BACKOFF_SECONDS:
         return
     try:
         async_to_sync(_nudge_or_raise)(SYNC_TIMEOUT_SECONDS)
     except Exception as error:
-        _sync_failed_at = time.monotonic()
+        nudges.sync_failed_at = time.monotonic()
         logger.debug("could not nudge the admin watchers: %s", error)

@@ -1,4 +1,4 @@
-"""The server process's state: who it is, its registration and lease, its connections, tasks and threads.
+"""The server process's state: who it is, its registration and lease, its connections, tasks, threads and counts.
 
 One `ProcessState` per process, reached through `process_state()` only. The accessor gives
 a forked child a fresh identity before anyone reads it, so a child never writes rows under
@@ -92,6 +92,24 @@ class InFlight:
         return len(self._ids)
 
 
+@dataclass(slots=True)
+class RegistryNudges:
+    """The admin watchers' nudges from this process (live.py): the one pending, and what was sent."""
+
+    pending_on: asyncio.AbstractEventLoop | None = None  # the loop whose timer will send the pending nudge
+    sending: set[asyncio.Task] = field(default_factory=set)  # the loop keeps only weak references to tasks
+    sync_failed_at: float | None = None  # time.monotonic() of the last failure of a synchronous nudge
+    sent: int = 0
+
+
+@dataclass(slots=True)
+class ActivityCounts:
+    """Sessions opened and ended per minute by this process, not yet known written (activity.py)."""
+
+    by_minute: dict[int, list[int]] = field(default_factory=dict)  # epoch minute -> [opened, ended]
+    pruned_at: float = 0.0  # time.monotonic() of this process's last prune of old minutes
+
+
 class ProcessState:
     """Everything this process keeps about itself; one per process."""
 
@@ -115,6 +133,8 @@ class ProcessState:
         self.lifecycle_executor: Any = None  # made on first use by the heartbeat module
         self._resolve_pool: ThreadPoolExecutor | None = None
         self._resolve_pool_size = 0
+        self.nudges = RegistryNudges()
+        self.activity = ActivityCounts()
 
     # --- Identity and registration -----------------------------------------------------------
 

@@ -16,10 +16,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def no_counts_yet():
-    activity.counts_reset()
-    yield
-    activity.counts_reset()
+def no_counts_yet(fresh_process):
+    """A process that has counted nothing yet."""
 
 
 def this_instance_rows() -> list[ActivityMinute]:

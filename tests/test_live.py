@@ -8,6 +8,7 @@ from channels.layers import get_channel_layer
 from prometheus_client import REGISTRY
 
 from sessions_app import live
+from sessions_app.process import process_state
 
 from .polling import wait_until
 
@@ -24,7 +25,8 @@ async def watcher():
 
 async def test_a_burst_of_changes_is_one_nudge_within_the_interval(watcher):
     layer, channel = watcher
-    sent, nudged = live.nudges_sent, REGISTRY.get_sample_value("wss_registry_nudges_total") or 0.0
+    nudges = process_state().nudges
+    sent, nudged = nudges.sent, REGISTRY.get_sample_value("wss_registry_nudges_total") or 0.0
     loop = asyncio.get_running_loop()
     started = loop.time()
     for _ in range(500):
@@ -32,10 +34,10 @@ async def test_a_burst_of_changes_is_one_nudge_within_the_interval(watcher):
     assert await asyncio.wait_for(layer.receive(channel), 2) == {"type": "registry.changed"}
     assert loop.time() - started < live.NUDGE_SECONDS + 0.5
     await asyncio.sleep(live.NUDGE_SECONDS * 2)  # long enough for a second nudge, were there one
-    assert live.nudges_sent - sent == 1
+    assert nudges.sent - sent == 1
     assert REGISTRY.get_sample_value("wss_registry_nudges_total") == nudged + 1
     live.registry_changed()  # a later change is nudged again
-    await wait_until(lambda: live.nudges_sent - sent == 2, 2, what="a second nudge")
+    await wait_until(lambda: nudges.sent - sent == 2, 2, what="a second nudge")
 
 
 async def test_a_change_without_a_loop_is_nudged_at_once(watcher):
@@ -45,18 +47,17 @@ async def test_a_change_without_a_loop_is_nudged_at_once(watcher):
 
 
 async def test_a_layer_that_is_down_fails_quietly_and_holds_up_no_synchronous_caller(
-    unreachable_channel_layer, monkeypatch
+    unreachable_channel_layer, fresh_process
 ):
-    monkeypatch.setattr(live, "_sync_failed_at", None)
-    sent = live.nudges_sent
+    nudges = fresh_process.nudges
     live.registry_changed()  # on the loop: the timer's send fails, logged at debug level
-    await wait_until(lambda: live._pending_on is None and not live._sending, 3, what="the timer's send to end")
+    await wait_until(lambda: nudges.pending_on is None and not nudges.sending, 3, what="the timer's send to end")
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     await loop.run_in_executor(None, live.registry_changed)  # an operator's request: fails within the bound
     assert time.monotonic() - started < live.SYNC_TIMEOUT_SECONDS + 1
-    assert live._sync_failed_at is not None
-    failed_at = live._sync_failed_at
+    assert nudges.sync_failed_at is not None
+    failed_at = nudges.sync_failed_at
     await loop.run_in_executor(None, live.registry_changed)  # backing off: not even tried
-    assert live._sync_failed_at == failed_at
-    assert live.nudges_sent == sent
+    assert nudges.sync_failed_at == failed_at
+    assert nudges.sent == 0
