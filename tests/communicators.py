@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,16 @@ async def assert_session_held(comm: WebsocketCommunicator) -> None:
 async def expect_close(comm: WebsocketCommunicator, code: int) -> None:
     """The next thing the server does is close with `code`."""
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": code}
+
+
+async def expect_session_lost(comm: WebsocketCommunicator, timeout: float = 10) -> float:
+    """Read `session_lost` and close 4503; the time.monotonic() at which the error frame arrived."""
+    reply = await comm.receive_json_from(timeout=timeout)
+    arrived = time.monotonic()
+    assert (reply["type"], reply["code"]) == ("error", "session_lost")
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    await comm.disconnect(code=4503)
+    return arrived
 
 
 # --- a real server, through the websockets client -------------------------------------------

@@ -190,6 +190,25 @@ async def database_proxy(production_services) -> AsyncIterator:
 
 
 @pytest.fixture
+def proxied_server(database_proxy, server_factory) -> Callable:
+    """Start daphnes whose registry is PostgreSQL through `database_proxy`: `await start(**env)` is (server, proxy)."""
+    from .servers import PROXIED_HEARTBEAT, database_url_via
+
+    async def start(**env: str) -> tuple:
+        server = server_factory(
+            env={
+                "DATABASE_URL": database_url_via(database_proxy),
+                "WSS_HEARTBEAT_SECONDS": str(PROXIED_HEARTBEAT),
+                "WSS_INSTANCE_TIMEOUT_SECONDS": "30",  # no lease expiry within these tests
+                **env,
+            }
+        )
+        return server, database_proxy
+
+    return start
+
+
+@pytest.fixture
 async def redis_proxy(production_services, settings) -> AsyncIterator:
     """A TcpProxy in front of the test's Redis (servers.redis_url_via gives its URL)."""
     from urllib.parse import urlsplit

@@ -36,6 +36,9 @@ BIN = Path(sys.executable).parent
 FAST_HEARTBEAT, FAST_TIMEOUT = 1, 5
 FAST_ENV = {"WSS_HEARTBEAT_SECONDS": str(FAST_HEARTBEAT), "WSS_INSTANCE_TIMEOUT_SECONDS": str(FAST_TIMEOUT)}
 
+# The heartbeat of the servers the `proxied_server` fixture starts (their registry behind a TcpProxy).
+PROXIED_HEARTBEAT = 1.0
+
 
 # A stop's documented duration (docs/operations.md, "Stop timing"): the close handshakes are
 # given CLOSE_HANDSHAKE_SECONDS (2 s); uvicorn then waits for the application's tasks, up to
@@ -91,6 +94,11 @@ async def session_ids() -> set[str]:
     from sessions_app.models import LiveSession
 
     return {str(pk) async for pk in LiveSession.objects.values_list("pk", flat=True)}
+
+
+async def row_ids_equal(expected: set[str]) -> bool:
+    """Whether the registry's session rows are exactly `expected` (ids as strings)."""
+    return await session_ids() == expected
 
 
 def test_database_url() -> str:

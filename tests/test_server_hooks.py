@@ -1,10 +1,11 @@
-"""Server hooks: the contracts with daphne, Twisted and uvicorn that sessions_app.compat relies on.
+"""Server hooks: the ASGI lifespan runs start and stop; the contracts with daphne, Twisted and uvicorn they rely on.
 
-Each test fails when an upgrade changes what a reach into another library's private parts
-relies on. The hooks' behaviour on real servers is tested in test_deployment.py and
-test_lifecycle_live.py.
+The contract tests fail when an upgrade changes what a reach into another library's private
+parts (sessions_app.compat) relies on. The hooks' behaviour on real servers is tested in
+test_deployment.py and test_lifecycle_live.py.
 """
 
+import asyncio
 import inspect
 import signal
 import sys
@@ -17,6 +18,11 @@ from uvicorn import Config
 from uvicorn.server import Server as UvicornServer
 
 from sessions_app import compat
+from sessions_app.models import ServerInstance
+from sessions_app.process import process_state
+from wssproject.asgi import application
+
+from .polling import wait_until
 
 
 def test_daphne_installs_the_asyncio_reactor_as_twisted_internet_reactor():
@@ -64,3 +70,28 @@ def test_uvicorn_captures_signals_before_the_lifespan_starts():
 @pytest.mark.parametrize("handler", [signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, print, None])
 def test_other_signal_handlers_are_not_uvicorns(handler):
     assert not compat.uvicorn_signal_handler(handler)
+
+
+# --- The ASGI lifespan (lifespan_app), through the project's application -----------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("fresh_process")
+async def test_lifespan_starts_on_startup_and_retires_on_shutdown():
+    received: list[dict] = []
+    inbox: asyncio.Queue = asyncio.Queue()
+    task = asyncio.ensure_future(
+        application({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, lambda m: _append(received, m))
+    )
+    await inbox.put({"type": "lifespan.startup"})
+
+    await wait_until(lambda: received == [{"type": "lifespan.startup.complete"}], 10, what="lifespan startup")
+    assert await ServerInstance.objects.filter(pk=process_state().identity.boot_id).aexists()
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(task, timeout=10)
+    assert received[-1] == {"type": "lifespan.shutdown.complete"}
+    assert not await ServerInstance.objects.filter(pk=process_state().identity.boot_id).aexists()
+
+
+async def _append(received: list[dict], message: dict) -> None:
+    received.append(message)
