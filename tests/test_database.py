@@ -20,7 +20,7 @@ async def test_a_lifecycle_call_stuck_in_the_database_does_not_hold_up_the_next_
     settings.WSS_HEARTBEAT_SECONDS = 0.1
     settings.WSS_REGISTRY_TIMEOUT_SECONDS = 0.3
     # A dead predecessor whose row another transaction holds: reaping it hangs (up to the 2 s lock timeout).
-    predecessor = await ServerInstance.objects.acreate(host="this-host", pid=dead_pid())
+    predecessor = await ServerInstance.objects.acreate(host=process_state().identity.host, pid=dead_pid())
     boot_id = process_state().identity.boot_id
     beats: set = set()
 
