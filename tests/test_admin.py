@@ -142,7 +142,7 @@ def test_unknown_session_detail_is_not_a_crash(admin_client):
 
 @pytest.mark.django_db(transaction=True)
 def test_terminate_action_ends_the_selected_sessions(admin_client, sessions):
-    # A dead instance's rows are deleted by the terminate itself; the consumer side is in test_services.
+    # A dead instance's rows are deleted by the terminate itself; the consumer side is in test_terminate.
     instances_die()
     response = admin_client.post(
         "/admin/sessions_app/livesession/",
