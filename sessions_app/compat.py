@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.metadata
 import inspect
+import pprint
 import sys
 import time
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ CHECKED_VERSIONS: dict[str, str] = {
     "channels": "4.3.2",
     "channels-redis": "4.3.0",
     "daphne": "4.2.3",
+    "autobahn": "26.11.1",
     "uvicorn": "0.54.0",
     "djangorestframework": "3.18.3",
     "redis": "8.1.0",
@@ -163,6 +165,55 @@ def uvicorn_signal_handler(handler: Any) -> bool:
     starts with "uvicorn."), before the lifespan starts.
     """
     return callable(handler) and getattr(handler, "__module__", "").startswith("uvicorn.")
+
+
+# --- autobahn (daphne's WebSocket protocol): the configuration dump of every connection ------
+# `autobahn.websocket.protocol.WebSocketProtocol._connectionMade` logs every configuration
+# attribute of the new connection at debug level, formatted with the module's
+# `pformat(...)` before the logger decides whether to write the line: about 120 µs of a
+# session's CPU under daphne, whatever the log level. The module's `pformat` is replaced by
+# one that, called from `_connectionMade`, formats when the line is written (the debug line
+# is unchanged when it is on); the module's other callers, which need a `str`, get one.
+
+
+class _FormattedWhenWritten:
+    """pprint.pformat(value), computed when the log line that holds it is written."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value)
+
+    def __format__(self, spec: str) -> str:  # the logger's "{attrs}"
+        return format(str(self), spec)
+
+
+def autobahn_config_dump_deferred() -> bool:
+    """Make autobahn's per-connection configuration dump format only when it is written; whether it is so.
+
+    Relies on: `autobahn.websocket.protocol` imports `pformat` by name from pprint, and
+    `WebSocketProtocol._connectionMade` passes `pformat(...)` only to a debug log call.
+    """
+    try:
+        from autobahn.websocket import protocol
+    except ImportError:
+        return False
+    if getattr(protocol.pformat, "deferred_in", None) is not None:
+        return True
+    if protocol.pformat is not pprint.pformat:
+        return False
+
+    def pformat(value: Any) -> Any:
+        if sys._getframe(1).f_code is pformat.deferred_in:  # type: ignore[attr-defined]
+            return _FormattedWhenWritten(value)
+        return pprint.pformat(value)
+
+    pformat.deferred_in = protocol.WebSocketProtocol._connectionMade.__code__  # type: ignore[attr-defined]
+    protocol.pformat = pformat
+    return True
 
 
 # --- redis-py: a cancellation that asyncio.wait_for drops ---------------------------------

@@ -1,6 +1,7 @@
 """Contracts with other libraries' private parts (sessions_app/compat.py): each fails when an upgrade changes one."""
 
 import asyncio
+import contextlib
 import inspect
 import re
 from pathlib import Path
@@ -135,3 +136,65 @@ async def test_redis_py_writes_each_command_through_send_packed_command(producti
         assert len(written) > before
     finally:
         await layer.flush()
+
+
+def test_autobahn_formats_its_configuration_dump_with_the_modules_pformat_for_a_debug_line():
+    from autobahn.websocket import protocol
+
+    assert "from pprint import pformat" in inspect.getsource(protocol)
+    made = inspect.getsource(protocol.WebSocketProtocol._connectionMade)
+    assert re.findall(r"\S*\bpformat\(\w+\)", made) == ["attrs=pformat(configAttrLog)"]
+    assert 'self.log.debug("\\n{attrs}", attrs=pformat(configAttrLog))' in made
+
+
+def test_the_deferred_configuration_dump_formats_only_when_written_and_the_same(monkeypatch):
+    import pprint
+
+    from autobahn.websocket import protocol
+
+    monkeypatch.setattr(protocol, "pformat", pprint.pformat)
+    assert compat.autobahn_config_dump_deferred()
+    formatted = []
+    monkeypatch.setattr(compat.pprint, "pformat", lambda value: formatted.append(value) or repr(value))
+    attrs = [("openHandshakeTimeout", 5, "WebSocketServerFactory")]
+
+    class Connection:
+        log_line = ""
+
+        def _connectionMade(self):  # stands in for autobahn's, whose code the replacement recognises
+            self.dump = protocol.pformat(attrs)
+
+    monkeypatch.setattr(protocol.pformat, "deferred_in", Connection._connectionMade.__code__, raising=False)
+    assert protocol.pformat(attrs) == repr(attrs) and formatted == [attrs]  # any other caller: a str, at once
+    formatted.clear()
+    connection = Connection()
+    connection._connectionMade()
+    assert formatted == []
+    assert "\n{attrs}".format(attrs=connection.dump) == "\n" + repr(attrs)  # how the debug line is written
+    assert formatted == [attrs]
+    assert compat.autobahn_config_dump_deferred()  # once is enough: a second call changes nothing
+
+
+def test_a_daphne_connection_no_longer_formats_its_configuration(monkeypatch):
+    import pprint
+
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from autobahn.websocket import protocol
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    def connection_made() -> list:
+        formatted = []
+        monkeypatch.setattr(compat.pprint, "pformat", lambda value: formatted.append(value) or "")
+        factory = WebSocketServerFactory()
+        factory.protocol = WebSocketServerProtocol  # daphne's server protocol derives from it
+        connection = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8000))
+        connection.makeConnection(StringTransport())
+        monkeypatch.setattr(compat.pprint, "pformat", pprint.pformat)
+        return formatted
+
+    monkeypatch.setattr(protocol, "pformat", lambda value: compat.pprint.pformat(value))  # as shipped, observable
+    assert len(connection_made()) == 1
+    monkeypatch.setattr(protocol, "pformat", pprint.pformat)
+    assert compat.autobahn_config_dump_deferred()
+    assert connection_made() == []
