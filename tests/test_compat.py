@@ -1,7 +1,6 @@
 """Contracts with other libraries' private parts (sessions_app/compat.py): each fails when an upgrade changes one."""
 
 import asyncio
-import contextlib
 import inspect
 import re
 from pathlib import Path
@@ -170,7 +169,7 @@ def test_the_deferred_configuration_dump_formats_only_when_written_and_the_same(
     connection = Connection()
     connection._connectionMade()
     assert formatted == []
-    assert "\n{attrs}".format(attrs=connection.dump) == "\n" + repr(attrs)  # how the debug line is written
+    assert f"\n{connection.dump}" == "\n" + repr(attrs)  # formatted as the debug line is written
     assert formatted == [attrs]
     assert compat.autobahn_config_dump_deferred()  # once is enough: a second call changes nothing
 
