@@ -14,9 +14,12 @@ issue's targets are checked at the end: absolute figures depend on the machine, 
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--servers", default=f"{CLASSIC_SERVER},{FAST_SERVER}", help=f"project servers, comma-separated: {SERVERS}"
     )
     parser.add_argument("--settings", default="default,bench", help="project settings: default (INFO logs), bench")
-    parser.add_argument("--floor-server", choices=SERVERS, default="daphne", help="server for the floor baseline")
+    parser.add_argument(
+        "--floor-servers",
+        default=f"{CLASSIC_SERVER},{FAST_SERVER}",
+        help="servers for the floor baseline (the leanest Channels consumer), comma-separated",
+    )
     parser.add_argument("--db", default="sqlite", help="project registries for churn/steady: sqlite,postgres")
     parser.add_argument("--hold-db", choices=["sqlite", "postgres"], default="sqlite", help="project registry for hold")
     parser.add_argument("--layer", choices=["memory", "redis"], default="memory", help="project channel layer")
@@ -84,7 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run in seconds")
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="dropped, re-created and migrated")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="for --layer redis")
-    parser.add_argument("--before", help="also run the project from this checkout (e.g. a `git archive main`)")
+    parser.add_argument(
+        "--before",
+        help="also run the project as it was: a checkout's directory, or a git revision of this repository",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy the project server during its first churn round")
     parser.add_argument("--json", type=Path, help="write every figure here (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
@@ -96,9 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.db = [d for d in args.db.split(",") if d]
     args.servers = [server for server in args.servers.split(",") if server]
     args.settings = [name for name in args.settings.split(",") if name]
-    for server in args.servers:
+    args.floor_servers = [server for server in args.floor_servers.split(",") if server]
+    for server in [*args.servers, *args.floor_servers]:
         if server not in SERVERS:
             parser.error(f"unknown server {server!r}")
+    if args.before and not Path(args.before).is_dir():
+        args.before_revision, args.before = args.before, str(checkout_of(args.before))
     for name in args.settings:
         if name not in {"default", "bench"}:
             parser.error(f"unknown settings {name!r}")
@@ -129,7 +142,7 @@ class Bench:
             for db in dbs
         ]
         if "floor" in a.baselines:
-            found.append(TargetSpec("floor", a.floor_server))
+            found += [TargetSpec("floor", server) for server in a.floor_servers]
         if "starlette" in a.baselines:
             found.append(TargetSpec("starlette", "uvicorn"))
         if "websockets" in a.baselines:
@@ -338,11 +351,14 @@ class Bench:
             rows=rows,
         )
 
-    def find(self, scenario: str, kind: str, server: str = "", settings: str = "") -> dict | None:
+    def find(
+        self, scenario: str, kind: str, server: str = "", settings: str = "", *, before: bool = False
+    ) -> dict | None:
         """The first row of `scenario` for that kind of target (and server and settings, for the project)."""
         for row in self.results.get(scenario, []):
             same_server = not server or row["server"] == server
-            if row["kind"] == kind and same_server and (not settings or row["settings"] == settings):
+            same_version = row.get("before", False) is before
+            if row["kind"] == kind and same_server and same_version and (not settings or row["settings"] == settings):
                 return row
         return None
 
@@ -358,8 +374,8 @@ class Bench:
             target = f"{'<=' if at_most else '>='} {bound:g}{unit if unit == 'x' else ' ' + unit}"
             checks.append({"target": name, "measured": shown, "bound": target, "held": held})
 
-        def of(scenario, key, kind, server="", settings=""):
-            row = self.find(scenario, kind, server, settings)
+        def of(scenario, key, kind, server="", settings="", *, before=False):
+            row = self.find(scenario, kind, server, settings, before=before)
             return None if row is None else row[key]
 
         def divided(a, b):
@@ -367,18 +383,35 @@ class Bench:
 
         churn, steady = "sessions_per_s", "messages_per_s"
         slow, fast = CLASSIC_SERVER, FAST_SERVER
-        check(
-            f"{slow}, default settings: churn vs floor",
-            divided(of("churn", churn, "project", slow, "default"), of("churn", churn, "floor")),
-            0.9,
-        )
-        check(
-            f"{slow}, default settings: churn p99",
-            of("churn", "p99_ms", "project", slow, "default"),
-            250,
-            at_most=True,
-            unit="ms",
-        )
+        for server in self.args.servers:
+            check(
+                f"{server}, default settings: churn vs the floor on {server}",
+                divided(of("churn", churn, "project", server, "default"), of("churn", churn, "floor", server)),
+                0.9,
+            )
+            check(
+                f"{server}, default settings: churn p99",
+                of("churn", "p99_ms", "project", server, "default"),
+                250,
+                at_most=True,
+                unit="ms",
+            )
+            for settings in self.args.settings:
+                # A change costs no more than 5 % against the project as it was (`--before`).
+                for scenario, key, at_most in (
+                    ("churn", churn, False),
+                    ("steady", steady, False),
+                    ("hold", "bytes_per_session", True),
+                ):
+                    check(
+                        f"{server}, {settings} settings: {scenario} {key.replace('_', ' ')} vs before",
+                        divided(
+                            of(scenario, key, "project", server, settings),
+                            of(scenario, key, "project", server, settings, before=True),
+                        ),
+                        1.05 if at_most else 0.95,
+                        at_most=at_most,
+                    )
         check(
             f"{fast}, default settings: churn vs Starlette + uvicorn",
             divided(of("churn", churn, "project", fast, "default"), of("churn", churn, "starlette")),
@@ -430,8 +463,14 @@ class Bench:
         return checks
 
     def table(self, title, columns, *, ratios, rows) -> None:
-        """Print a Markdown table; ratio columns per (label, key) against the floor and the peer, if run."""
-        bases = [(name, row) for name, kind in BASES for row in rows if row["kind"] == kind]
+        """Print a Markdown table; ratio columns per (label, key) against each floor and the peer, if run."""
+        floors = len([row for row in rows if row["kind"] == "floor"])
+        bases = [
+            (f"{name} ({row['server']})" if kind == "floor" and floors > 1 else name, row)
+            for name, kind in BASES
+            for row in rows
+            if row["kind"] == kind
+        ]
         headers = ["target", *(header for header, _ in columns)]
         headers += [f"{label} vs {name}" for label, _ in ratios for name, _ in bases]
         lines = [f"\n### {title}\n", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -451,6 +490,8 @@ class Bench:
         if "hold" in a.scenarios and limit < a.hold_sessions + 100:
             print(f"warning: the bench may open only {limit} files", file=sys.stderr)
         started = time.perf_counter()
+        if a.before:
+            print(f"before: {getattr(a, 'before_revision', a.before)} (from {a.before})", file=sys.stderr)
         if {"churn", "steady"} & set(a.scenarios):
             await self.churn_and_steady()
         if "hold" in a.scenarios:
@@ -471,7 +512,22 @@ BASES = [("floor", "floor"), ("Starlette", "starlette")]
 
 def identity(spec: TargetSpec) -> dict:
     """The fields that name a target in every row."""
-    return {"target": spec.label, "kind": spec.kind, "server": spec.server, "settings": spec.settings}
+    return {
+        "target": spec.label,
+        "kind": spec.kind,
+        "server": spec.server,
+        "settings": spec.settings,
+        "before": bool(spec.root),
+    }
+
+
+def checkout_of(revision: str) -> Path:
+    """This repository's tree at `revision`, exported into a temporary directory (removed at exit)."""
+    directory = Path(tempfile.mkdtemp(prefix="wss-bench-before-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    return directory
 
 
 def cpu_us_per(cpu_pct: float, rate: float) -> float:

@@ -10,9 +10,17 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
 def record_start(pid: int, output: Path, rate: int = 200) -> subprocess.Popen:
-    """Start sampling `pid` (all threads) into a collapsed-stack file; stop with record_stop."""
+    """Start sampling `pid` into a collapsed-stack file; stop with record_stop.
+
+    Only the thread holding the GIL is sampled (`--gil`): the CPU the interpreter spends.
+    Without it, threads blocked in a queue's `get` (the database and log threads, idle
+    executors) count as busy, since py-spy cannot always tell a C-level wait from work.
+    """
     return subprocess.Popen(
-        [str(PY_SPY), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(output)],
+        [
+            *(str(PY_SPY), "record", "--pid", str(pid), "--rate", str(rate), "--gil"),
+            *("--format", "raw", "--output", str(output)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

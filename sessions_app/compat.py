@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.metadata
 import inspect
+import pprint
 import sys
 import time
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ CHECKED_VERSIONS: dict[str, str] = {
     "channels": "4.3.2",
     "channels-redis": "4.3.0",
     "daphne": "4.2.3",
+    "autobahn": "26.11.1",
     "uvicorn": "0.54.0",
     "djangorestframework": "3.18.3",
     "redis": "8.1.0",
@@ -163,6 +165,72 @@ def uvicorn_signal_handler(handler: Any) -> bool:
     starts with "uvicorn."), before the lifespan starts.
     """
     return callable(handler) and getattr(handler, "__module__", "").startswith("uvicorn.")
+
+
+# --- autobahn (daphne's WebSocket protocol): debug lines formatted before they are dropped ---
+# `autobahn.websocket.protocol` passes formatted values to its debug log calls: at every
+# connection a `pformat(...)` of every configuration attribute (`_connectionMade`), and on
+# every frame sent and at every handshake, open and close `hltype(...)` / `hlval(...)`
+# (colour codes through click). The logger drops the lines unless debug logging is on, but
+# the arguments are built first: about 160 µs of a session's CPU under daphne. The module's
+# three names are replaced by ones that format when a line is written, so a debug line
+# reads the same when it is on. `pformat` has another caller in the module, which needs a
+# `str`: only a call from `_connectionMade` is deferred.
+
+
+class _FormattedWhenWritten:
+    """`format(value)`, computed when the log line that holds it is written."""
+
+    __slots__ = ("format", "value")
+
+    def __init__(self, format: Any, value: Any) -> None:
+        self.format, self.value = format, value
+
+    def __str__(self) -> str:
+        return self.format(self.value)
+
+    def __format__(self, spec: str) -> str:  # the logger's "{name}"
+        return format(str(self), spec)
+
+
+AUTOBAHN_DEFERRED_NAMES = ("pformat", "hltype", "hlval")
+
+
+def autobahn_debug_formatting_deferred() -> bool:
+    """Make autobahn's protocol format its debug lines' values only when a line is written; whether it does.
+
+    Relies on: `autobahn.websocket.protocol` imports `pformat`, `hltype` and `hlval` by
+    name; `hltype` and `hlval` are called only for arguments of its log calls, and
+    `pformat` in `WebSocketProtocol._connectionMade` only for one.
+    """
+    try:
+        from autobahn import util
+        from autobahn.websocket import protocol
+    except ImportError:
+        return False
+    if getattr(protocol.pformat, "deferred", False):
+        return True
+    if (protocol.pformat, protocol.hltype, protocol.hlval) != (pprint.pformat, util.hltype, util.hlval):
+        return False
+    connection_made = protocol.WebSocketProtocol._connectionMade.__code__
+
+    def pformat(value: Any) -> Any:
+        if sys._getframe(1).f_code is connection_made:
+            return _FormattedWhenWritten(pprint.pformat, value)
+        return pprint.pformat(value)
+
+    def hltype(value: Any) -> _FormattedWhenWritten:
+        return _FormattedWhenWritten(util.hltype, value)
+
+    def hlval(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:  # not called so by the module today: formatted at once, as before
+            return util.hlval(value, *args, **kwargs)
+        return _FormattedWhenWritten(util.hlval, value)
+
+    for replacement in (pformat, hltype, hlval):
+        replacement.deferred = True  # type: ignore[attr-defined]
+    protocol.pformat, protocol.hltype, protocol.hlval = pformat, hltype, hlval
+    return True
 
 
 # --- redis-py: a cancellation that asyncio.wait_for drops ---------------------------------

@@ -1,8 +1,8 @@
 """The server process's state: who it is, its registration and lease, its connections, tasks, threads and counts.
 
-One `ProcessState` per process, reached through `process_state()` only. The accessor gives
-a forked child a fresh identity before anyone reads it, so a child never writes rows under
-its parent's boot id. Tests get a fresh one from the `fresh_process` fixture.
+One `ProcessState` per process, reached through `process_state()` only. A forked child
+gets a fresh identity at the fork, before anyone reads it, so a child never writes rows
+under its parent's boot id. Tests get a fresh one from the `fresh_process` fixture.
 """
 
 import asyncio
@@ -139,14 +139,11 @@ class ProcessState:
     # --- Identity and registration -----------------------------------------------------------
 
     def _forked(self) -> None:
-        """A forked child: a fresh boot id, and its instance row does not exist yet."""
-        with self._lock:
-            if self.identity.pid == os.getpid():
-                return
-            self.identity = ProcessIdentity.new()
-            if self.registration is Registration.REGISTERED:
-                self._move(Registration.UNREGISTERED)
-        logger.debug("forked: this process is instance %s now", self.identity.boot_id)
+        """In a forked child, the only thread: a fresh boot id, and its instance row does not exist yet."""
+        self._lock = threading.Lock()  # another thread of the parent may have held it at the fork
+        self.identity = ProcessIdentity.new()
+        if self.registration is Registration.REGISTERED:
+            self._move(Registration.UNREGISTERED)
 
     def registration_set(self, registration: Registration) -> None:
         """Move to `registration` (a retired process stays retired)."""
@@ -221,8 +218,14 @@ _state = ProcessState()
 
 
 def process_state() -> ProcessState:
-    """This process's state; a forked child gets its own identity here, before anything reads it."""
-    state = _state
-    if state.identity.pid != os.getpid():
-        state._forked()
-    return state
+    """This process's state (a forked child's has its own identity already: `_forked_child`)."""
+    return _state
+
+
+def _forked_child() -> None:
+    # Runs in the child of every os.fork() (multiprocessing's and a pre-forking server's
+    # included) before control returns to Python code, so no one reads the parent's identity.
+    _state._forked()
+
+
+os.register_at_fork(after_in_child=_forked_child)

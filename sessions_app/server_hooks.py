@@ -26,6 +26,7 @@ def daphne_install() -> bool:
     reactor = compat.daphne_reactor()
     if reactor is None:
         return False
+    compat.autobahn_debug_formatting_deferred()
     from twisted.internet import defer
 
     # The reactor's loop is the process's current asyncio loop: daphne sets it before it runs

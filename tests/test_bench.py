@@ -33,7 +33,7 @@ def test_smallest_bench_produces_figures_for_every_target_with_zero_errors(tmp_p
     run = run_bench("bench", *TINY, f"--json={output}")
     assert run.returncode == 0, run.stderr[-4000:]
     figures = json.loads(output.read_text())
-    expected_targets = 6  # the project under daphne and uvicorn-fast, default and bench settings; two baselines
+    expected_targets = 7  # the project on two servers at two settings; a floor on each server; the peer
     assert [len(figures[scenario]) for scenario in ("churn", "steady", "hold")] == [expected_targets] * 3
     for row in figures["churn"]:
         assert row["sessions_per_s"] > 0 and row["errors"] == 0 and row["registry_after"] == 0, row
@@ -43,9 +43,25 @@ def test_smallest_bench_produces_figures_for_every_target_with_zero_errors(tmp_p
         assert row["sessions"] == 20 and row["errors"] == 0 and row["registry_after"] == 0, row
         assert row["registry_while_held"] == 20, row
     kinds = [row["kind"] for row in figures["churn"]]
-    assert kinds == ["project"] * 4 + ["floor", "starlette"]
-    assert "sessions/s vs floor" in run.stdout and "sessions/s vs Starlette" in run.stdout
-    assert "### targets" in run.stdout and [check["target"] for check in figures["targets"]]
+    assert kinds == ["project"] * 4 + ["floor", "floor", "starlette"]
+    assert [row["server"] for row in figures["churn"] if row["kind"] == "floor"] == ["daphne", "uvicorn-fast"]
+    for header in ("sessions/s vs floor (daphne)", "sessions/s vs floor (uvicorn-fast)", "sessions/s vs Starlette"):
+        assert header in run.stdout
+    targets = [check["target"] for check in figures["targets"]]
+    for server in ("daphne", "uvicorn-fast"):
+        assert f"{server}, default settings: churn vs the floor on {server}" in targets
+        assert f"{server}, default settings: churn p99" in targets
+
+
+def test_a_revision_of_the_repository_runs_beside_the_project_and_is_compared(tmp_path):
+    output = tmp_path / "figures.json"
+    only = ["--scenarios=churn", "--servers=daphne", "--settings=bench", "--baselines=none"]
+    run = run_bench("bench", *TINY, *only, "--before=HEAD", f"--json={output}")
+    assert run.returncode == 0, run.stderr[-4000:]
+    figures = json.loads(output.read_text())
+    assert [row["before"] for row in figures["churn"]] == [False, True]
+    assert all(row["sessions_per_s"] > 0 and row["errors"] == 0 for row in figures["churn"])
+    assert "daphne, bench settings: churn sessions per s vs before" in [c["target"] for c in figures["targets"]]
 
 
 def test_smallest_admin_live_bench_prints_every_figure_and_the_page_hears_the_changes():

@@ -1,5 +1,6 @@
 """Contracts with other libraries' private parts (sessions_app/compat.py): each fails when an upgrade changes one."""
 
+import ast
 import asyncio
 import inspect
 import re
@@ -135,3 +136,105 @@ async def test_redis_py_writes_each_command_through_send_packed_command(producti
         assert len(written) > before
     finally:
         await layer.flush()
+
+
+def autobahn_calls(source: str, name: str) -> list[tuple[ast.Call, ast.AST, ast.AST | None]]:
+    """Every call of `name` in `source`, with the node that holds it and the one that holds that."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    return [
+        (node, parents[node], parents.get(parents[node]))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
+    ]
+
+
+LOG_CALLS = {f"self.log.{level}" for level in ("trace", "debug", "info", "warn", "error", "failure", "critical")}
+
+
+def test_autobahn_passes_hltype_and_hlval_only_to_its_log_calls_and_pformat_once_per_connection():
+    from autobahn.websocket import protocol
+
+    source = inspect.getsource(protocol)
+    assert "from pprint import pformat" in source
+    assert re.search(r"from autobahn\.util import \([^)]*\bhltype,[^)]*\bhlval,", source)
+    for name in ("hltype", "hlval"):
+        calls = autobahn_calls(source, name)
+        assert calls, name
+        for call, holder, log_call in calls:
+            assert isinstance(holder, ast.keyword) and isinstance(log_call, ast.Call), ast.unparse(holder)
+            assert ast.unparse(log_call.func) in LOG_CALLS, ast.unparse(log_call)
+            assert len(call.args) == 1 and not call.keywords, ast.unparse(call)
+    made = inspect.getsource(protocol.WebSocketProtocol._connectionMade)
+    assert re.findall(r"\S*\bpformat\(\w+\)", made) == ["attrs=pformat(configAttrLog)"]
+    assert 'self.log.debug("\\n{attrs}", attrs=pformat(configAttrLog))' in made
+
+
+@pytest.fixture
+def autobahn_as_shipped(monkeypatch):
+    """autobahn's protocol module with its own formatting functions, whatever a test did before."""
+    import pprint
+
+    from autobahn import util
+    from autobahn.websocket import protocol
+
+    for name, original in (("pformat", pprint.pformat), ("hltype", util.hltype), ("hlval", util.hlval)):
+        monkeypatch.setattr(protocol, name, original)
+    return protocol
+
+
+def test_deferred_debug_values_format_only_when_written_and_the_same(autobahn_as_shipped, monkeypatch):
+    from autobahn import util
+
+    protocol = autobahn_as_shipped
+    assert compat.autobahn_debug_formatting_deferred()
+    for name in ("hltype", "hlval"):
+        calls = []
+        original = getattr(util, name)
+        monkeypatch.setattr(
+            util, name, lambda value, original=original, calls=calls: calls.append(value) or original(value)
+        )
+        value = getattr(protocol, name)(protocol.WebSocketProtocol.sendData)
+        assert calls == []
+        assert f"{value}" == original(protocol.WebSocketProtocol.sendData)  # as the log line formats it
+        assert len(calls) == 1
+    assert protocol.pformat([1]) == "[1]"  # a caller other than _connectionMade gets its str at once
+    assert compat.autobahn_debug_formatting_deferred()  # once is enough: a second call changes nothing
+
+
+def test_a_daphne_connection_no_longer_formats_its_debug_lines(autobahn_as_shipped, monkeypatch):
+    import pprint
+
+    from autobahn import util
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    formatted = []
+
+    def counted(name, original):
+        return lambda value, *args, **kwargs: formatted.append(name) or original(value, *args, **kwargs)
+
+    monkeypatch.setattr(compat.pprint, "pformat", counted("pformat", pprint.pformat))
+    monkeypatch.setattr(util, "hltype", counted("hltype", util.hltype))
+    monkeypatch.setattr(util, "hlval", counted("hlval", util.hlval))
+
+    def a_connection_opens_and_is_lost() -> list[str]:
+        formatted.clear()
+        factory = WebSocketServerFactory()
+        factory.protocol = WebSocketServerProtocol  # daphne's server protocol derives from it
+        connection = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8000))
+        connection.makeConnection(StringTransport())
+        connection.connectionLost(Failure(ConnectionDone()))
+        return sorted(set(formatted))
+
+    for name in ("pformat", "hltype", "hlval"):  # as shipped, through the counters: formatted at once
+        monkeypatch.setattr(autobahn_as_shipped, name, lambda value, n=name: formatted.append(n) or "")
+    assert a_connection_opens_and_is_lost() == ["hltype", "hlval", "pformat"]
+    monkeypatch.setattr(autobahn_as_shipped, "pformat", compat.pprint.pformat)
+    monkeypatch.setattr(autobahn_as_shipped, "hltype", util.hltype)
+    monkeypatch.setattr(autobahn_as_shipped, "hlval", util.hlval)
+    assert compat.autobahn_debug_formatting_deferred()
+    assert a_connection_opens_and_is_lost() == []
