@@ -1,9 +1,11 @@
 """The operators' view: live sessions and server instances, read-only; API tokens."""
 
+import uuid
 from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
@@ -13,7 +15,7 @@ from django.utils.html import format_html
 
 from .admin_filters import InstanceFilter, StateFilter
 from .admin_pages import instance_health
-from .audit import ACTED, session_event_audited, sessions_terminate_audited, terminate_summary
+from .audit import session_event_audited, sessions_terminate_audited_by_id
 from .delivery import EventError
 from .display import short_id, short_span
 from .instances import resume_grace_seconds
@@ -72,6 +74,41 @@ def instance_label(instance: ServerInstance) -> str:
     )
 
 
+# What the admin says about each session a terminate was asked for: a message level and its text.
+TERMINATE_MESSAGES: dict[TerminateResult, tuple[int, str]] = {
+    TerminateResult.REMOVED: (messages.SUCCESS, "terminated."),
+    TerminateResult.DELIVERED: (messages.SUCCESS, "terminate delivered: its server closes it."),
+    TerminateResult.NOT_DELIVERED: (
+        messages.ERROR,
+        "not terminated: the channel layer (Redis) is unavailable. Nothing was done to it; try again shortly.",
+    ),
+    TerminateResult.NOT_FOUND: (messages.WARNING, "not found: it had already ended."),
+}
+
+
+def selected_row(session: LiveSession) -> dict:
+    """A selected session as an action's page lists it: the full id, its state, workspace and instance."""
+    state, detail = session_state(session)
+    instance = instance_label(session.instance) if session.instance is not None else "—"
+    return {"session": session, "state": badge(state, detail), "instance": instance}
+
+
+def selected_but_gone(request, sessions: list[LiveSession]) -> list[str]:
+    """The ids the operator ticked that are no longer live sessions: they ended since the page showed them."""
+    live = {str(session.pk) for session in sessions}
+    if forms.BooleanField(required=False).clean(request.POST.get("select_across")):
+        return []  # "select all": the ticked ids are not the whole selection
+    gone = []
+    for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+        try:
+            session_id = str(uuid.UUID(value))
+        except ValueError:
+            continue
+        if session_id not in live and session_id not in gone:
+            gone.append(session_id)
+    return gone
+
+
 class LiveChangeList:
     """A changelist the live channel keeps up to date (admin_live.py): its template and what it needs."""
 
@@ -103,23 +140,20 @@ class LiveSessionAdmin(LiveChangeList, ReadOnlyAdmin):
         return False
 
     @admin.action(description="Terminate selected sessions", permissions=["terminate"])
-    def terminate_sessions(self, request, queryset) -> None:
-        results = sessions_terminate_audited(
-            list(queryset.values_list("pk", flat=True)), via="admin", user=request.user
-        )
-        if any(results[result] for result in ACTED) or not results[TerminateResult.NOT_DELIVERED]:
-            self.message_user(request, terminate_summary(results), messages.SUCCESS)
-        if failed := results[TerminateResult.NOT_DELIVERED]:
-            self.message_user(
-                request,
-                f"{failed} session{' was' if failed == 1 else 's were'} not terminated: the channel layer (Redis) "
-                "is unavailable. Nothing was done to them; try again shortly.",
-                messages.ERROR,
-            )
-        if gone := results[TerminateResult.NOT_FOUND]:
-            self.message_user(
-                request, f"{gone} session{' had' if gone == 1 else 's had'} already ended.", messages.WARNING
-            )
+    def terminate_sessions(self, request, queryset) -> TemplateResponse | None:
+        # As Django's delete_selected: a page asks first, its "Yes" (post=yes) terminates.
+        sessions = list(queryset.select_related("instance"))
+        gone = selected_but_gone(request, sessions)
+        if request.POST.get("post") != "yes" and sessions:
+            count = len(sessions)
+            title = f"Terminate {count} live session{'' if count == 1 else 's'}?"
+            return self.action_page(request, "terminate_confirmation.html", sessions, title=title, gone=gone)
+        results = sessions_terminate_audited_by_id([session.pk for session in sessions], via="admin", user=request.user)
+        results.update(dict.fromkeys(gone, TerminateResult.NOT_FOUND))
+        for session_id, result in results.items():
+            level, text = TERMINATE_MESSAGES[result]
+            self.message_user(request, f"Session {session_id}: {text}", level)
+        return None
 
     def has_terminate_permission(self, request) -> bool:
         # Terminating is the delete of this model: "Can delete live session" grants it.
@@ -129,9 +163,10 @@ class LiveSessionAdmin(LiveChangeList, ReadOnlyAdmin):
     def send_notice(self, request, queryset) -> TemplateResponse | None:
         form = NoticeForm(request.POST if "apply" in request.POST else None)
         if not form.is_valid():
-            context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form}
-            context["sessions"] = list(queryset)
-            return TemplateResponse(request, "admin/sessions_app/livesession/send_notice.html", context)
+            sessions = list(queryset.select_related("instance"))
+            count = len(sessions)
+            title = f"Send a notice to {count} live session{'' if count == 1 else 's'}"
+            return self.action_page(request, "send_notice.html", sessions, title=title, form=form)
         for session_id in queryset.values_list("pk", flat=True):
             try:
                 seq = session_event_audited(
@@ -142,6 +177,19 @@ class LiveSessionAdmin(LiveChangeList, ReadOnlyAdmin):
             else:
                 self.message_user(request, f"Session {session_id}: notice sent as event {seq}.", messages.SUCCESS)
         return None
+
+    def action_page(self, request, template: str, sessions: list[LiveSession], **context) -> TemplateResponse:
+        """An action's intermediate page: the selected sessions, and a form that posts the action again."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "selected": [selected_row(session) for session in sessions],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "changelist_url": request.get_full_path(),  # back to the list as it was: filters, search, sort
+            **context,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, f"admin/sessions_app/livesession/{template}", context)
 
     def has_send_events_permission(self, request) -> bool:
         return request.user.has_perm("sessions_app.send_events_livesession")

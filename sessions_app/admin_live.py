@@ -6,7 +6,8 @@ refused (HTTP 403) unless the Origin is the admin's own and the user is staff wi
 view live session*. On each `registry.changed` nudge (live.py), and every
 WSS_HEARTBEAT_SECONDS for the ages and heartbeats, the consumer renders the page's
 results again (admin_pages.py), at most once per PUSH_INTERVAL_SECONDS, and sends only
-what changed: rows by primary key, their order, the paginator. Frames: docs/protocol.md.
+what changed: rows by primary key, their order, the paginator, the filter sidebar's
+choices. Frames: docs/protocol.md.
 """
 
 import asyncio
@@ -192,7 +193,8 @@ def changelist_frame(view: admin_pages.ChangelistView, sent: dict[str, Any]) -> 
     """The `changelist` frame that brings a page from `sent` (updated here) to `view`; None if nothing changed."""
     rows: dict[str, str] = sent.get("rows", {})
     changed = {pk: html for pk, html in view.rows.items() if rows.get(pk) != html}
-    if "order" in sent and not changed and view.order == sent["order"] and view.paginator == sent["paginator"]:
+    same = view.order == sent.get("order") and view.paginator == sent.get("paginator")
+    if "order" in sent and not changed and same and view.filters == sent.get("filters"):
         return None
     frame: dict[str, Any] = {"type": "changelist", "order": view.order, "total": view.total}
     if not sent.get("order") or not view.order:
@@ -201,6 +203,10 @@ def changelist_frame(view: admin_pages.ChangelistView, sent: dict[str, Any]) -> 
         frame["rows"] = changed
     if view.paginator != sent.get("paginator"):
         frame["paginator"] = view.paginator
+    if view.filters != sent.get("filters"):
+        frame["filters"] = view.filters
     kept = {pk: html for pk, html in rows.items() if pk in view.keys}
-    sent.update(rows={**kept, **view.rows}, keys=view.keys, order=view.order, paginator=view.paginator)
+    sent.update(
+        rows={**kept, **view.rows}, keys=view.keys, order=view.order, paginator=view.paginator, filters=view.filters
+    )
     return frame

@@ -1,4 +1,4 @@
-"""What the live admin pages show, rendered on the server: changelist rows and the index's glance.
+"""What the live admin pages show, rendered on the server: changelist rows and filters, the index's glance.
 
 Rows are rendered by Django's own changelist code, as on the page a browser loads, so what
 the live channel (admin_live.py) pushes is what a reload would show. Synchronous: it runs
@@ -28,6 +28,8 @@ from .models import LiveSession, ServerInstance
 LIVE_MODELS: dict[str, type] = {"livesession": LiveSession, "serverinstance": ServerInstance}
 # Django's "there was a bad lookup" marker: the page's own, not a filter.
 ERROR_FLAG = "e"
+# The filter sidebar, as the changelist page renders it too (live_change_list.html).
+FILTERS_TEMPLATE = "sessions_app/admin/changelist_filter.html"
 
 
 class PageRefused(Exception):
@@ -48,6 +50,7 @@ class ChangelistView:
     order: list[str]
     table: str  # the whole results block as Django renders it (headers and all), when asked for
     paginator: str
+    filters: str  # the filter sidebar (#changelist-filter): its choices follow the registry, e.g. a new instance
     total: int  # rows on this page, for the action counter
 
 
@@ -125,6 +128,7 @@ def changelist_render_sync(
         order=list(keys),
         table=rendered_table,
         paginator=render_to_string("admin/pagination.html", pagination(changelist)),
+        filters=render_to_string(FILTERS_TEMPLATE, {"cl": changelist}).strip(),
         total=len(keys),
     )
 

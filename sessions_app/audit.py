@@ -1,11 +1,11 @@
 """Who terminated which session, or sent it an event, and when: the admin's history and one log line each.
 
 Every terminate, from the admin, the sessions API or a management command, goes through
-`sessions_terminate_audited`. A user's terminate becomes an admin LogEntry (the admin's
-history and its *Recent actions*: who, when, which session) and an `session_terminate`
-event line; a command's has no Django user (it runs as the machine's operator), so its
-line names the operator's login name. Events sent through the API, the command and the
-admin go through `session_event_audited` and are recorded the same way (a CHANGE entry).
+`session_terminate_audited`, alone or in a batch. A user's terminate becomes an admin
+LogEntry (the admin's history and its *Recent actions*: who, when, which session) and a
+`session_terminate` event line; a command's has no Django user (it runs as the machine's
+operator), so its line names the operator's login name. Events sent through the API, the
+command and the admin go through `session_event_audited` and are recorded the same way (a CHANGE entry).
 """
 
 import getpass
@@ -83,6 +83,14 @@ def session_terminate_audited(session_id: uuid.UUID | str, *, via: str, user=Non
     if result is not TerminateResult.NOT_FOUND:
         terminate_recorded(session_id=session_id, result=result, via=via, user=user)
     return result
+
+
+def sessions_terminate_audited_by_id(
+    session_ids: Iterable[uuid.UUID | str], *, via: str, user=None
+) -> dict[str, TerminateResult]:
+    """Terminate each session once and record each one found; each one's result, by id, in the order given."""
+    ids = dict.fromkeys(str(session_id) for session_id in session_ids)
+    return {session_id: session_terminate_audited(session_id, via=via, user=user) for session_id in ids}
 
 
 def sessions_terminate_audited(session_ids: Iterable[uuid.UUID | str], *, via: str, user=None) -> Counter:

@@ -53,7 +53,7 @@ def test_api_token_carries_its_users_permissions_only(client, staff_user, dead_s
 
 
 def test_admin_refuses_staff_without_permissions_and_terminates_nothing(client, staff_user, dead_sessions):
-    action = {"action": "terminate_sessions", "_selected_action": [str(s.pk) for s in dead_sessions]}
+    action = {"action": "terminate_sessions", "_selected_action": [str(s.pk) for s in dead_sessions], "post": "yes"}
     client.force_login(staff_user("staff"))
     assert client.get("/admin/sessions_app/livesession/").status_code == 403
     assert client.post("/admin/sessions_app/livesession/", action).status_code == 403

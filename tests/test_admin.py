@@ -66,16 +66,87 @@ def test_a_row_is_short_ids_and_ages_with_the_full_values_on_hover(admin_client,
     assert '<span title="/srv/ws/project-0">/srv/ws/project-0</span>' in page
 
 
+def terminate(client, ids, **fields):
+    """Post the terminate action on `ids` as the list does; with post="yes", as its confirmation page does."""
+    data = {"action": "terminate_sessions", "_selected_action": [str(pk) for pk in ids], **fields}
+    return client.post("/admin/sessions_app/livesession/", data, follow=True)
+
+
+def said(response) -> list[tuple[str, str]]:
+    """The admin messages on a page: (level, text)."""
+    return [(message.level_tag, str(message)) for message in response.context["messages"]]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_terminate_action_removes_a_detached_session(admin_client, sessions):
     LiveSession.objects.filter(pk=sessions[0].pk).update(instance=None, channel_name="", detached_at=timezone.now())
-    response = admin_client.post(
-        "/admin/sessions_app/livesession/",
-        {"action": "terminate_sessions", "_selected_action": [str(sessions[0].pk)], "index": "0"},
-        follow=True,
-    )
-    assert "Terminated 1 session." in response.content.decode()
+    asked = terminate(admin_client, [sessions[0].pk], index="0")
+    assert "Terminate 1 live session?" in asked.content.decode()
+    assert LiveSession.objects.filter(pk=sessions[0].pk).exists()
+    done = terminate(admin_client, [sessions[0].pk], post="yes")
+    assert said(done) == [("success", f"Session {sessions[0].pk}: terminated.")]
     assert not LiveSession.objects.filter(pk=sessions[0].pk).exists()
+
+
+def test_terminate_asks_first_listing_exactly_the_selected_sessions_and_ends_nothing(admin_client, sessions):
+    from django.contrib.admin.models import LogEntry
+
+    instances_die()  # a terminate that ran would delete the rows at once: that nothing ended is observable
+    LiveSession.objects.filter(pk=sessions[1].pk).update(instance=None, channel_name="", detached_at=timezone.now())
+    response = terminate(admin_client, [sessions[0].pk, sessions[1].pk], index="0")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "<h1>Terminate 2 live sessions?</h1>" in page
+    hidden = re.findall(r'<input type="hidden" name="_selected_action" value="([^"]+)">', page)
+    assert sorted(hidden) == sorted([str(sessions[0].pk), str(sessions[1].pk)])
+    listed = re.findall(r'<td class="live-selected-id">([^<]+)</td>', page)
+    assert listed == hidden  # the full ids, in the list's order
+    assert str(sessions[2].pk) not in page
+    assert "/srv/ws/project-0" in page and "/srv/ws/project-1" in page
+    assert 'live-badge-detached">detached · ' in page
+    assert '<input type="hidden" name="action" value="terminate_sessions">' in page
+    assert '<input type="hidden" name="post" value="yes">' in page
+    assert 'value="Yes, terminate"' in page
+    assert re.search(
+        r'<a href="/admin/sessions_app/livesession/[^"]*" class="button cancel-link">No, take me back</a>', page
+    )
+    assert LiveSession.objects.count() == 3
+    assert not LogEntry.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_yes_terminates_and_says_what_happened_to_each_session(admin_client, sessions):
+    detached, attached, ended = sessions
+    LiveSession.objects.filter(pk=detached.pk).update(instance=None, channel_name="", detached_at=timezone.now())
+    assert "Terminate 3 live sessions?" in terminate(admin_client, sessions, index="0").content.decode()
+    LiveSession.objects.filter(pk=ended.pk).delete()  # it ends while the operator reads the page
+    done = terminate(admin_client, sessions, post="yes")
+    assert done.status_code == 200
+    assert sorted(said(done)) == sorted(
+        [
+            ("success", f"Session {detached.pk}: terminated."),
+            ("success", f"Session {attached.pk}: terminate delivered: its server closes it."),
+            ("warning", f"Session {ended.pk}: not found: it had already ended."),
+        ]
+    )
+    # The attached one's server removes its row when it reads the terminate; this test has no server.
+    assert set(LiveSession.objects.values_list("pk", flat=True)) == {attached.pk}
+
+
+def test_a_session_that_ended_before_the_confirmation_is_named_not_listed(admin_client, sessions):
+    LiveSession.objects.filter(pk=sessions[1].pk).delete()
+    page = terminate(admin_client, [sessions[0].pk, sessions[1].pk], index="0").content.decode()
+    assert "Terminate 1 live session?" in page
+    assert re.findall(r'<td class="live-selected-id">([^<]+)</td>', page) == [str(sessions[0].pk)]
+    assert f"Ended since the list was shown, so not listed here:\n<code>{sessions[1].pk}</code>." in page
+    LiveSession.objects.filter(pk=sessions[0].pk).delete()
+    every_one_gone = terminate(admin_client, [sessions[0].pk, sessions[1].pk], index="0")
+    assert every_one_gone.status_code == 200
+    assert "Terminate" not in every_one_gone.content.decode().split("<h1>", 1)[1].split("</h1>")[0]
+    assert said(every_one_gone) == [  # in the order they were ticked
+        ("warning", f"Session {sessions[0].pk}: not found: it had already ended."),
+        ("warning", f"Session {sessions[1].pk}: not found: it had already ended."),
+    ]
 
 
 def test_changelist_lists_and_searches_sessions(admin_client, sessions):
@@ -144,13 +215,12 @@ def test_unknown_session_detail_is_not_a_crash(admin_client):
 def test_terminate_action_ends_the_selected_sessions(admin_client, sessions):
     # A dead instance's rows are deleted by the terminate itself; the consumer side is in test_terminate.
     instances_die()
-    response = admin_client.post(
-        "/admin/sessions_app/livesession/",
-        {"action": "terminate_sessions", "_selected_action": [str(sessions[0].pk), str(sessions[1].pk)]},
-        follow=True,
-    )
+    chosen = [sessions[0].pk, sessions[1].pk]
+    terminate(admin_client, chosen, index="0")
+    assert LiveSession.objects.count() == 3
+    response = terminate(admin_client, chosen, post="yes")
     assert response.status_code == 200
-    assert "Terminated 2 sessions." in response.content.decode()
+    assert sorted(said(response)) == sorted(("success", f"Session {pk}: terminated.") for pk in chosen)
     assert list(LiveSession.objects.values_list("pk", flat=True)) == [sessions[2].pk]
 
 
@@ -159,13 +229,12 @@ def test_staff_without_delete_permission_cannot_terminate(client, staff_user, se
     client.force_login(staff_user("viewer", "view_livesession"))
     page = client.get("/admin/sessions_app/livesession/").content.decode()
     assert "terminate_sessions" not in page
-    response = client.post(
-        "/admin/sessions_app/livesession/",
-        {"action": "terminate_sessions", "_selected_action": [str(sessions[0].pk)]},
-    )
-    # This user has no actions at all, so the POST just shows the list again.
-    assert response.status_code == 200
-    assert "Terminated" not in response.content.decode()
+    for step in ({"index": "0"}, {"post": "yes"}):  # neither the list's POST nor the confirmation's
+        response = terminate(client, [sessions[0].pk], **step)
+        # This user has no actions at all, so the POST just shows the list again.
+        assert response.status_code == 200
+        page = response.content.decode()
+        assert "Terminate 1 live session?" not in page and "terminated." not in page
     assert LiveSession.objects.filter(pk=sessions[0].pk).exists()
     assert LiveSession.objects.count() == 3
 
@@ -210,14 +279,12 @@ def test_server_instances_are_read_only(admin_client, instance_with_sessions):
 def test_terminate_action_says_so_at_error_level_when_the_channel_layer_fails(
     admin_client, sessions, unreachable_channel_layer
 ):
-    response = admin_client.post(
-        "/admin/sessions_app/livesession/",
-        {"action": "terminate_sessions", "_selected_action": [str(sessions[0].pk)]},
-        follow=True,
-    )
+    response = terminate(admin_client, [sessions[0].pk], post="yes")
     page = response.content.decode()
-    assert '<li class="error">1 session was not terminated: the channel layer (Redis) is unavailable.' in page
-    assert "Terminated" not in page
+    assert (
+        f'<li class="error">Session {sessions[0].pk}: not terminated: the channel layer (Redis) is unavailable.' in page
+    )
+    assert "terminated." not in page.replace("not terminated:", "")
     assert LiveSession.objects.count() == 3
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -88,8 +89,16 @@ async def test_a_watching_changelist_gets_a_session_that_opens_and_loses_it_when
     accepted, admin = await admin_live_connect(viewer_cookie)
     assert accepted
     first = await admin_watch(admin)
-    assert first == {"type": "changelist", "order": [], "total": 0, "table": "", "paginator": first["paginator"]}
+    assert first == {
+        "type": "changelist",
+        "order": [],
+        "total": 0,
+        "table": "",
+        "paginator": first["paginator"],
+        "filters": first["filters"],
+    }
     assert "0 live sessions" in first["paginator"]
+    assert first["filters"].startswith('<nav id="changelist-filter"')
 
     comm, reply = await open_session(workspace, ok=True)
     session_id = reply["session_id"]
@@ -116,9 +125,31 @@ async def test_a_detach_changes_the_row_in_place(viewer_cookie, workspace):
     await comm.disconnect(code=1006)  # a drop: the session waits for a resume
     frame = await admin_frame_until(admin, lambda f: f["type"] == "changelist" and session_id in f.get("rows", {}))
     assert list(frame["rows"]) == [session_id]  # only the row that changed is sent
+    assert "filters" not in frame  # nor is the filter sidebar: its choices are the same
     assert "live-badge-detached" in frame["rows"][session_id] and "left" in frame["rows"][session_id]
     assert sorted(frame["order"]) == sorted(first["order"])
     await kept.disconnect()
+    await admin.disconnect()
+
+
+async def test_a_new_server_instance_shows_in_the_instance_filter_without_a_reload(
+    viewer_cookie, workspace, instance_with_sessions
+):
+    comm, _ = await open_session(workspace, ok=True)  # held by this process's instance
+    accepted, admin = await admin_live_connect(viewer_cookie)
+    assert accepted
+    first = await admin_watch(admin, query="?state=attached")
+    assert first["filters"].startswith('<nav id="changelist-filter"')
+    assert "By server instance" in first["filters"] and "other-host:7" not in first["filters"]
+
+    # Another server starts and opens a session: its row, and its nudge to the watchers.
+    await sync_to_async(instance_with_sessions)(workspaces=["/srv/ws/elsewhere"], host="other-host", pid=7)
+    await get_channel_layer().group_send(REGISTRY_GROUP, {"type": "registry.changed"})
+    frame = await admin_frame_until(admin, lambda f: "other-host:7" in f.get("filters", ""))
+    assert re.search(r'<a href="\?instance__id__exact=[0-9a-f-]+&amp;state=attached">other-host:7 \(', frame["filters"])
+    # The page's own filter stays chosen in the new sidebar.
+    assert re.search(r'<li class="selected">\s*<a href="\?state=attached">attached</a>', frame["filters"])
+    await comm.disconnect()
     await admin.disconnect()
 
 

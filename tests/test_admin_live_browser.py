@@ -175,3 +175,70 @@ def test_a_dropped_live_channel_is_shown_and_the_page_catches_up_when_it_returns
         expect(page.locator("#live-status")).to_have_attribute("data-state", "live", timeout=15_000)
         expect(row(page, opened.session_id)).to_be_visible()  # caught up
         assert page.evaluate("window.loadedOnce") is True
+
+
+def test_a_terminate_from_the_list_asks_first_then_the_session_leaves_the_list_and_filters_follow(
+    servers, workspace, open_client, django_user_model, browser: Browser, request
+):
+    from django.utils import timezone
+
+    from sessions_app.models import LiveSession, ServerInstance
+
+    # The default heartbeat (5 s): what moves the page within 2 s is the registry's nudge.
+    server = servers(WSS_HEARTBEAT_SECONDS="5", WSS_INSTANCE_TIMEOUT_SECONDS="25")
+    django_user_model.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    deep = workspace / "projects" / "a-rather-long-customer-name" / "repositories" / "service-with-a-long-name"
+    deep.mkdir(parents=True)
+    doomed = open_client(server.url, deep)
+    kept = open_client(server.url, workspace)
+
+    with browser_tabs(browser, server, request.node.name) as context:
+        page = context.new_page()
+        page.set_viewport_size({"width": 1280, "height": 800})
+        log_in(page, CHANGELIST)
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+        expect(row(page, doomed.session_id)).to_be_visible()
+        instance_filter = page.locator('#changelist-filter details[data-filter-title="server instance"]')
+        expect(instance_filter).not_to_contain_text("other-host:7")
+
+        # Another server instance starts holding a session after the page loaded; the next
+        # change on this server (a session opening) re-renders the page: its sidebar too.
+        page.evaluate("window.loadedOnce = true")
+        other = ServerInstance.objects.create(host="other-host", pid=7, heartbeat_at=timezone.now())
+        LiveSession.objects.create(workspace_dir="/srv", channel_name="c", client_addr="127.0.0.1:1", instance=other)
+        nudge = open_client(server.url, workspace)
+        expect(instance_filter).to_contain_text("other-host:7", timeout=2_000)
+        expect(row(page, nudge.session_id)).to_be_visible()
+        assert page.evaluate("window.loadedOnce") is True  # no reload
+
+        def ask() -> None:
+            page.check(f'input.action-select[value="{doomed.session_id}"]')
+            page.select_option('select[name="action"]', "terminate_sessions")
+            page.click('button[name="index"]')
+            expect(page.locator("h1")).to_have_text("Terminate 1 live session?")
+
+        ask()
+        expect(page.locator("td.live-selected-id")).to_have_text([doomed.session_id])
+        expect(page.locator(".live-selected .live-badge")).to_have_text(["attached"])
+        expect(page.locator('input[name="_selected_action"]')).to_have_count(1)
+        assert LiveSession.objects.filter(pk=doomed.session_id).exists()  # nothing ended yet
+        for size, (width, height) in SIZES.items():
+            page.set_viewport_size({"width": width, "height": height})
+            assert_no_horizontal_overflow(page)
+            screenshot(page, f"{size}-6-terminate-confirmation")
+        page.set_viewport_size({"width": 1280, "height": 800})
+
+        page.click("text=No, take me back")
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+        expect(row(page, doomed.session_id)).to_be_visible()
+        assert LiveSession.objects.filter(pk=doomed.session_id).exists()
+
+        ask()
+        page.click('input[type="submit"][value="Yes, terminate"]')
+        expect(page.locator(".messagelist")).to_contain_text(
+            f"Session {doomed.session_id}: terminate delivered: its server closes it."
+        )
+        expect(row(page, doomed.session_id)).to_have_count(0, timeout=2_000)
+        expect(row(page, kept.session_id)).to_be_visible()
+        screenshot(page, "1280x800-7-terminated-and-gone-from-the-list")
+        assert json.loads(doomed.ws.recv(timeout=5))["code"] == "session_terminated"

@@ -41,10 +41,10 @@ def assert_recorded(caplog, session: LiveSession, user, via: str) -> None:
 @pytest.mark.django_db(transaction=True)  # the terminate deletes on the registry writer's own connection
 def test_an_admin_terminate_is_in_the_admins_history_and_the_log(admin_client, admin_user, dead_session, caplog):
     with caplog.at_level(logging.INFO, logger="sessions_app.events"):
-        admin_client.post(
-            "/admin/sessions_app/livesession/",
-            {"action": "terminate_sessions", "_selected_action": [str(dead_session.pk)]},
-        )
+        action = {"action": "terminate_sessions", "_selected_action": [str(dead_session.pk)]}
+        admin_client.post("/admin/sessions_app/livesession/", {**action, "index": "0"})  # the confirmation page
+        assert LiveSession.objects.exists() and not audit_lines(caplog)
+        admin_client.post("/admin/sessions_app/livesession/", {**action, "post": "yes"})
     assert not LiveSession.objects.exists()
     assert_recorded(caplog, dead_session, admin_user, "admin")
     assert str(dead_session.pk) in admin_client.get("/admin/").content.decode()  # under Recent actions

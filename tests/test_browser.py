@@ -89,7 +89,11 @@ def test_a_session_opened_on_the_page_is_listed_and_terminated_in_the_admin(
         admin.check(f'input[name="_selected_action"][value="{session_id}"]')
         admin.select_option('select[name="action"]', "terminate_sessions")
         admin.click('button[name="index"]')
-        expect(admin.locator(".messagelist")).to_contain_text("Terminate delivered to 1 session: its server closes it.")
+        expect(admin.locator("h1")).to_have_text("Terminate 1 live session?")
+        admin.click('input[type="submit"][value="Yes, terminate"]')
+        expect(admin.locator(".messagelist")).to_contain_text(
+            f"Session {session_id}: terminate delivered: its server closes it."
+        )
         screenshot(admin, "3-admin-terminated-it")
 
         console.bring_to_front()

@@ -107,7 +107,7 @@ async def test_terminate_beside_process_a_ends_a_session_held_by_process_b_with_
 
 
 def admin_terminate(server: ServerProcess, session_id: str) -> str:
-    """Log in to the admin on `server` over HTTP and run "Terminate selected sessions" on one row."""
+    """Log in to the admin on `server` over HTTP, run "Terminate selected sessions" on one row and confirm it."""
     cookies = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cookies))
 
@@ -122,7 +122,10 @@ def admin_terminate(server: ServerProcess, session_id: str) -> str:
     opener.open(server.http_url + "/admin/login/", timeout=30).read()
     post("/admin/login/", {"username": "operator", "password": "operator-pass", "next": "/admin/"})
     changelist = "/admin/sessions_app/livesession/"
-    return post(changelist, {"action": "terminate_sessions", "_selected_action": session_id, "index": "0"})
+    action = {"action": "terminate_sessions", "_selected_action": session_id}
+    asked = post(changelist, {**action, "index": "0"})
+    assert "Terminate 1 live session?" in asked, asked
+    return post(changelist, {**action, "post": "yes"})
 
 
 async def test_the_admin_on_process_a_terminates_a_session_held_by_process_b(servers, workspace, django_user_model):
@@ -130,7 +133,7 @@ async def test_the_admin_on_process_a_terminates_a_session_held_by_process_b(ser
     a, b = servers(), servers()
     [(ws, session_id)] = await open_sessions(b.url, workspace, 1)
     page = await asyncio.to_thread(admin_terminate, a, session_id)
-    assert "Terminate delivered to 1 session: its server closes it." in page
+    assert f"Session {session_id}: terminate delivered: its server closes it." in page
     frame, code = await last_words(ws)
     assert (frame["code"], code) == ("session_terminated", 4410)
     assert not await LiveSession.objects.filter(pk=session_id).aexists()

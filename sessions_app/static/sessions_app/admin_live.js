@@ -1,6 +1,7 @@
 /* The admin's live channel: keep this page in step with the registry (sessions_app/admin_live.py).
-   The page says what it shows (`watch`); the server sends what changed. Ticked boxes, scroll,
-   filters, search and sort stay as the operator left them. */
+   The page says what it shows (`watch`); the server sends what changed: rows, the paginator,
+   the filter sidebar's choices. Ticked boxes, scroll, filters, search and sort stay as the
+   operator left them. */
 "use strict";
 (function () {
   const root = document.getElementById("live-root");
@@ -103,7 +104,35 @@
       const paginator = document.querySelector("#changelist-form .paginator");
       if (paginator) paginator.outerHTML = frame.paginator;
     }
+    if ("filters" in frame) applyFilters(frame.filters);
     countSelected();
+  }
+
+  // The filter sidebar's choices follow the registry (a new instance, a new user). The server
+  // renders it for this page's query string, so the chosen filter stays chosen; folded
+  // sections stay folded.
+  function applyFilters(html) {
+    const current = document.getElementById("changelist-filter");
+    const holder = document.createElement("div");
+    holder.innerHTML = html;
+    const fresh = holder.querySelector("#changelist-filter");
+    if (!current || !fresh) return;
+    const open = new Map(Array.from(current.querySelectorAll("details[data-filter-title]")).map(function (details) {
+      return [details.dataset.filterTitle, details.open];
+    }));
+    fresh.querySelectorAll("details[data-filter-title]").forEach(function (details) {
+      if (open.has(details.dataset.filterTitle)) details.open = open.get(details.dataset.filterTitle);
+      details.addEventListener("toggle", rememberFolding);
+    });
+    current.replaceWith(fresh);
+  }
+
+  // What Django's filters.js does for the sections it saw at load: a fold survives a reload.
+  function rememberFolding(event) {
+    const key = "django.admin.filtersState";
+    const state = JSON.parse(sessionStorage.getItem(key)) || {};
+    state[event.target.dataset.filterTitle] = event.target.open;
+    sessionStorage.setItem(key, JSON.stringify(state));
   }
 
   // Django's actions.js knows only the rows the page loaded with: keep its counter true.
