@@ -266,6 +266,8 @@ class Bench:
         if a.profile:
             print(f"\nprofile of {targets[0].spec.label} (raw stacks in {a.profile}):\n", flush=True)
             print(profile.summarize(a.profile), flush=True)
+            print(f"\nwhere a session's CPU goes, {targets[0].spec.label}:\n", flush=True)
+            print(profile.features_table(a.profile, rows[0]["server_cpu_us"]), flush=True)
 
     async def steady(self, targets: list[Target]) -> None:
         a = self.args

@@ -66,5 +66,77 @@ def summarize(collapsed: Path, top: int = 20) -> str:
     return "\n".join(lines)
 
 
+# Where a session's CPU goes, by the project module deepest in each sampled stack: a sample
+# with no project frame is the server's and the framework's (daphne or uvicorn, Channels,
+# asyncio) on the project's behalf or its own.
+FEATURES = {
+    "inbox task (frame queue, rate limit, size check)": ("inbox.py", "ratelimit.py"),
+    "handshake checks and auth (address, origin, cookie fast path, API token)": (
+        "addresses.py",
+        "origin.py",
+        "auth_fastpath.py",
+        "middleware.py",
+        "permissions.py",
+    ),
+    "registry round trip (writer thread, insert and delete)": (
+        "sessions.py",
+        "registry_writer.py",
+        "database.py",
+        "instances.py",
+        "models.py",
+    ),
+    "event lines, logs, metrics, admin activity": ("events.py", "logqueue.py", "metrics.py", "activity.py", "live.py"),
+    "lifecycle: lease, connections, process state": (
+        "lease.py",
+        "heartbeat.py",
+        "server_hooks.py",
+        "process.py",
+        "connections.py",
+    ),
+    "resume bookkeeping (token, release policy)": ("tokens.py", "release.py"),
+    "session events (delivery)": ("delivery.py",),
+    "protocol: decode, validate, reply": ("protocol.py", "session_messages.py", "message_types.py", "errors.py"),
+    "workspace resolution (thread pool)": ("resolver.py", "workspaces.py"),
+    "consumer glue (dispatch, send)": ("consumers.py", "compat.py"),
+}
+FRAMEWORK = "server and framework (daphne or uvicorn, Channels, Django, asyncio)"
+
+
+def feature_of(frames: list[str]) -> str:
+    """The feature of the deepest project frame of a stack (leaf last)."""
+    for frame in reversed(frames):
+        if "sessions_app/" not in frame:
+            continue
+        module = frame.rsplit("sessions_app/", 1)[1].split(":", 1)[0]
+        for feature, modules in FEATURES.items():
+            if module in modules:
+                return feature
+        return f"other ({module})"
+    return FRAMEWORK
+
+
+def features(collapsed: Path) -> dict[str, float]:
+    """Each feature's share (0-1) of the samples in a py-spy raw file, largest first."""
+    shares: Counter = Counter()
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            shares[feature_of(stack.split(";"))] += int(count_text)
+    total = sum(shares.values()) or 1
+    return {feature: count / total for feature, count in shares.most_common()}
+
+
+def features_table(collapsed: Path, cpu_us_per_session: float | None = None) -> str:
+    """A Markdown table of where a session's CPU goes, as shares and, given the total, microseconds."""
+    lines = ["| where | share | µs per session |", "|---|---:|---:|"]
+    for feature, share in features(collapsed).items():
+        micros = f"{share * cpu_us_per_session:,.0f}" if cpu_us_per_session else ""
+        lines.append(f"| {feature} | {100 * share:.1f} % | {micros} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(summarize(Path(sys.argv[1]), top=int(sys.argv[2]) if len(sys.argv) > 2 else 20))
+    path = Path(sys.argv[1])
+    print(summarize(path, top=int(sys.argv[2]) if len(sys.argv) > 2 else 20))
+    print()
+    print(features_table(path, float(sys.argv[3]) if len(sys.argv) > 3 else None))

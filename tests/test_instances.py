@@ -49,6 +49,12 @@ def test_reap_defaults_to_the_instance_timeout_setting(fresh_process, settings, 
     assert instances.sessions_reap_sync() == 1
 
 
+def test_reap_goes_by_the_timeout_it_is_given(fresh_process, instance_with_sessions):
+    instance_with_sessions(sessions=1, age=60)  # beyond the default timeout, within the one given
+    assert instances.sessions_reap_sync(timeout=100) == 0
+    assert instances.sessions_reap_sync(timeout=50) == 1
+
+
 def test_reap_with_nothing_dead_removes_nothing(fresh_process, instance_with_sessions):
     instance_with_sessions(sessions=2, age=1)
     assert instances.sessions_reap_sync(timeout=30) == 0
