@@ -7,9 +7,12 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
+from sessions_app import logqueue
 from sessions_app.logqueue import ThreadedStreamHandler
 
+from .polling import wait_until_sync
 from .servers import ROOT
 
 
@@ -63,6 +66,46 @@ def test_arguments_are_merged_when_logged_not_when_written():
         assert stream.getvalue().splitlines() == ["INFO fields ['before']"]
     finally:
         stream.release.set()
+        handler.close()
+
+
+class CountedStream(io.StringIO):
+    """A stream that counts its write calls."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_info_lines_wait_for_their_batch_and_a_warning_brings_them_out_with_it(monkeypatch):
+    monkeypatch.setattr(logqueue, "WRITE_SECONDS", 30.0)  # the timer never fires within the test
+    stream = CountedStream()
+    log, handler = handler_on(stream)
+    try:
+        for number in range(100):
+            log.info("line %d", number)
+        time.sleep(0.3)  # a listener woken per line would have written them by now
+        assert stream.getvalue() == ""
+        log.warning("the warning")
+        wait_until_sync(lambda: "the warning" in stream.getvalue(), 5, what="the warning written")
+        assert stream.getvalue().splitlines() == [f"INFO line {n}" for n in range(100)] + ["WARNING the warning"]
+        assert stream.writes == 1
+    finally:
+        handler.close()
+
+
+def test_a_full_batch_is_written_without_waiting_for_the_timer(monkeypatch):
+    monkeypatch.setattr(logqueue, "WRITE_SECONDS", 30.0)
+    stream = CountedStream()
+    log, handler = handler_on(stream)
+    try:
+        for number in range(logqueue.BATCH):
+            log.info("line %d", number)
+        wait_until_sync(lambda: len(stream.getvalue().splitlines()) == logqueue.BATCH, 5, what="the batch written")
+        assert stream.writes <= 2  # one write per batch (two if the listener took it in two goes)
+    finally:
         handler.close()
 
 
