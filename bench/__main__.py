@@ -82,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sessions", type=int, default=3000, help="churn: sessions per round (S)")
     parser.add_argument("--concurrency", type=int, default=50, help="churn and hold: concurrent clients (C)")
-    parser.add_argument("--rounds", type=int, default=3, help="churn: rounds, interleaved across targets; medians")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="churn and steady: rounds, interleaved across targets; medians"
+    )
     parser.add_argument("--hold-sessions", type=int, default=8000, help="hold: live sessions (K)")
     parser.add_argument("--steady-connections", type=int, default=50, help="steady: open sessions (C)")
     parser.add_argument("--steady-messages", type=int, default=20000, help="steady: messages in all")
@@ -271,28 +273,56 @@ class Bench:
 
     async def steady(self, targets: list[Target]) -> None:
         a = self.args
+        rounds: dict[str, list[dict]] = {t.spec.label: [] for t in targets}
+        # Rounds interleaved across targets, as churn's: one pass per target moved by up to
+        # a third between identical builds on this machine.
+        for number in range(a.rounds):
+            for target in targets:
+                figures, usage = await self.measured(
+                    target,
+                    loadgen.steady,
+                    f"steady {number + 1}/{a.rounds}",
+                    connections=a.steady_connections,
+                    messages=a.steady_messages,
+                )
+                left, _ = await self.registry_settles(target)
+                rounds[target.spec.label].append(
+                    {
+                        "messages_per_s": figures.rate,
+                        "server_cpu_us": cpu_us_per(usage["server_cpu_pct"], figures.rate),
+                        "p50_ms": figures.percentile_ms(50),
+                        "p99_ms": figures.percentile_ms(99),
+                        "errors": dict(figures.errors),
+                        "registry_after": left,
+                        **usage,
+                    }
+                )
         rows = []
         for target in targets:
-            figures, usage = await self.measured(
-                target, loadgen.steady, "steady", connections=a.steady_connections, messages=a.steady_messages
+            runs = rounds[target.spec.label]
+            error_kinds: dict[str, int] = {}
+            for run in runs:
+                for kind, count in run["errors"].items():
+                    error_kinds[kind] = error_kinds.get(kind, 0) + count
+            rows.append(
+                {
+                    **identity(target.spec),
+                    **{
+                        key: statistics.median(run[key] for run in runs)
+                        for key in ("messages_per_s", "server_cpu_us", "p50_ms", "p99_ms")
+                    },
+                    "errors": sum(error_kinds.values()),
+                    "error_kinds": error_kinds,
+                    "registry_after": max(run["registry_after"] for run in runs),
+                    "server_cpu_pct": statistics.median(run["server_cpu_pct"] for run in runs),
+                    "bench_cpu_pct": statistics.median(run["bench_cpu_pct"] for run in runs),
+                    "rounds": runs,
+                }
             )
-            left, _ = await self.registry_settles(target)
-            row = {
-                **identity(target.spec),
-                "messages_per_s": figures.rate,
-                "server_cpu_us": cpu_us_per(usage["server_cpu_pct"], figures.rate),
-                "p50_ms": figures.percentile_ms(50),
-                "p99_ms": figures.percentile_ms(99),
-                "errors": sum(figures.errors.values()),
-                "error_kinds": dict(figures.errors),
-                "registry_after": left,
-                **usage,
-            }
-            rows.append(row)
         self.results["steady"] = rows
         self.table(
-            f"steady: {a.steady_messages} messages over {a.steady_connections} open sessions "
-            "(a repeated new_session, answered session_exists)",
+            f"steady: {a.steady_messages} messages over {a.steady_connections} open sessions x {a.rounds} rounds "
+            "(a repeated new_session, answered session_exists; medians)",
             [
                 ("messages/s", "messages_per_s"),
                 ("p50 ms", "p50_ms"),
