@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Instructions a tree's server spends on N churned sessions, counted by valgrind's callgrind:
+# the same count whatever else the machine does, where timings on this 2-core machine move
+# by 10 % between identical builds. Per-session cost = the difference of two runs (N1, N2)
+# divided by N2 - N1, which cancels the start and the stop.
+#
+#   bench/instructions.sh ROOT N TAG      # e.g. a `git archive REV` exported to ROOT
+#
+# daphne at default settings (INFO lines), a fresh SQLite registry, 5 concurrent clients
+# (bench/loadgen.py, with its progress bar). Prints callgrind's instruction total.
+set -euo pipefail
+ROOT=$1; N=$2; TAG=$3
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+PY=$HERE/.venv/bin/python
+OUT=${BENCH_INSTRUCTIONS_DIR:-/tmp/wss-instructions}; mkdir -p "$OUT"
+DB=$OUT/$TAG-$N.sqlite3; rm -f "$DB"*
+(cd "$ROOT" && DATABASE_URL=sqlite:///$DB "$PY" manage.py migrate -v0)
+PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+(cd "$ROOT" && exec env PYTHONHASHSEED=0 DATABASE_URL=sqlite:///$DB DJANGO_DEBUG=false WSS_RATE_LIMIT=0 \
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/$TAG-$N.out" --dump-instr=no \
+  "$PY" "$HERE/.venv/bin/daphne" -b 127.0.0.1 -p "$PORT" wssproject.asgi:application > "$OUT/$TAG-$N.log" 2>&1) &
+SERVER=$!
+for _ in $(seq 1 600); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 1; done
+(cd "$HERE" && "$PY" -c "
+import asyncio, tempfile
+from bench import loadgen
+async def main():
+    figures = await loadgen.churn('ws://127.0.0.1:$PORT/ws', workspace=tempfile.mkdtemp(), sessions=$N,
+                                  concurrency=5, timeout=900, desc='churn $TAG')
+    assert not figures.errors, dict(figures.errors)
+asyncio.run(main())
+")
+sleep 2
+kill -TERM "$SERVER"; wait "$SERVER" || true
+grep -h "^summary" "$OUT/$TAG-$N.out"
