@@ -5,8 +5,9 @@
 # divided by N2 - N1, which cancels the start and the stop.
 #
 #   bench/instructions.sh ROOT N TAG      # e.g. a `git archive REV` exported to ROOT
+#   BENCH_INSTRUCTIONS_SERVER=uvicorn-fast bench/instructions.sh ROOT N TAG
 #
-# daphne at default settings (INFO lines), a fresh SQLite registry, 5 concurrent clients
+# daphne (or the fast command) at default settings (INFO lines), a fresh SQLite registry, 5 concurrent clients
 # (bench/loadgen.py, with its progress bar). Prints callgrind's instruction total.
 set -euo pipefail
 ROOT=$1; N=$2; TAG=$3
@@ -16,9 +17,15 @@ OUT=${BENCH_INSTRUCTIONS_DIR:-/tmp/wss-instructions}; mkdir -p "$OUT"
 DB=$OUT/$TAG-$N.sqlite3; rm -f "$DB"*
 (cd "$ROOT" && DATABASE_URL=sqlite:///$DB "$PY" manage.py migrate -v0)
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+if [ "${BENCH_INSTRUCTIONS_SERVER:-daphne}" = uvicorn-fast ]; then  # the README's fast command
+  SERVER_COMMAND=("$HERE/.venv/bin/uvicorn" --ws websockets --http httptools --loop uvloop --ws-max-size 131072
+    --timeout-graceful-shutdown 5 --host 127.0.0.1 --port "$PORT")
+else
+  SERVER_COMMAND=("$HERE/.venv/bin/daphne" -b 127.0.0.1 -p "$PORT")
+fi
 (cd "$ROOT" && exec env PYTHONHASHSEED=0 DATABASE_URL=sqlite:///$DB DJANGO_DEBUG=false WSS_RATE_LIMIT=0 \
   valgrind --tool=callgrind --callgrind-out-file="$OUT/$TAG-$N.out" --dump-instr=no \
-  "$PY" "$HERE/.venv/bin/daphne" -b 127.0.0.1 -p "$PORT" wssproject.asgi:application > "$OUT/$TAG-$N.log" 2>&1) &
+  "$PY" "${SERVER_COMMAND[@]}" wssproject.asgi:application > "$OUT/$TAG-$N.log" 2>&1) &
 SERVER=$!
 for _ in $(seq 1 600); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 1; done
 (cd "$HERE" && "$PY" -c "
