@@ -47,10 +47,18 @@ def stopping() -> bool:
     return process_state().stopping
 
 
-async def closes_wait(timeout: float) -> None:
-    """Give the clients' close handshakes up to `timeout` seconds, so they see our close frame."""
+# How long a stop waits for the clients' close handshakes before letting the server exit.
+CLOSE_HANDSHAKE_SECONDS = 2.0
+
+
+async def closes_wait() -> None:
+    """Give the clients' close handshakes up to CLOSE_HANDSHAKE_SECONDS, so they see our close frame.
+
+    A connection leaves `connections` when its consumer ends: after the client's answer, or
+    after the same bound when the server cancelled it (`SessionConsumer.close_handshake_finish`).
+    """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + CLOSE_HANDSHAKE_SECONDS
     state = process_state()
     while state.connections and loop.time() < deadline:
         await asyncio.sleep(0.05)

@@ -59,6 +59,9 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
         )
         try:
             await super().__call__(scope, inbox, send)
+        except asyncio.CancelledError:
+            await self.close_handshake_finish(inbox)
+            raise
         finally:
             inbox.close()
             # daphne calls disconnect() only after a clean end. An exception escaping the
@@ -66,6 +69,19 @@ class SessionConsumer(WithoutConnectionHop, AsyncJsonWebsocketConsumer):
             if self.session is not None:
                 self.closing_error = self.closing_error or "internal_error"
             await self.disconnect(1011)
+
+    async def close_handshake_finish(self, inbox: Inbox) -> None:
+        """Cancelled while the process stops: wait (bounded) for the client's answer to the stop's close frame.
+
+        daphne cancels every application as it shuts down, beside the stop that has just sent
+        each client its close frame. Ending at once would let the process exit before the
+        frame leaves: the client would see the connection drop instead of 4503.
+        """
+        if not connections.stopping():
+            return
+        code = await inbox.disconnected(connections.CLOSE_HANDSHAKE_SECONDS)
+        if code is not None:
+            await self.disconnect(code)
 
     async def connect(self) -> None:
         """Accept every handshake that the middleware let through, unless this process is stopping."""

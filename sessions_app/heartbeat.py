@@ -39,9 +39,6 @@ from .reconcile import reconcile
 
 logger = logging.getLogger(__name__)
 
-# How long a stop waits for the clients' close handshakes before letting the server exit.
-CLOSE_HANDSHAKE_SECONDS = 2.0
-
 
 async def start() -> None:
     """Register this instance, reap this host's dead predecessors, start the heartbeat. Never raises."""
@@ -177,7 +174,7 @@ async def stop() -> int:
         logger.error("the registry did not answer within %g s; peers will reap this instance", timeout)
     except Exception:
         logger.exception("could not remove this instance's sessions; peers will reap them")
-    await closes_wait(CLOSE_HANDSHAKE_SECONDS)
+    await closes_wait()
     with contextlib.suppress(Exception):  # after the closes, so their ends count; it says "stopped", not reaped
         await activity_write(stopped=True)
     await registry_close()

@@ -61,6 +61,12 @@ class Inbox:
                 self._waiter = None
         return self._events.pop(0)
 
+    async def disconnected(self, timeout: float) -> int | None:
+        """Wait up to `timeout` seconds for the server's `websocket.disconnect`: its close code, or None."""
+        if self._pump is not None:
+            await asyncio.wait({self._pump}, timeout=timeout)
+        return next((e.get("code", 1005) for e in self._events if e.get("type") == "websocket.disconnect"), None)
+
     def close(self) -> None:
         """Stop reading from the server. Idempotent."""
         if self._pump is not None:

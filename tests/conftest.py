@@ -92,11 +92,11 @@ async def communicator() -> AsyncIterator[WebsocketCommunicator]:
 @pytest.fixture
 async def fresh_process(monkeypatch) -> AsyncIterator["ProcessState"]:
     """A fresh process state: a new boot id, neither registered nor started; whatever a test starts ends with it."""
-    from sessions_app import heartbeat, process
+    from sessions_app import connections, process
 
     state = process.ProcessState()
     monkeypatch.setattr(process, "_state", state)
-    monkeypatch.setattr(heartbeat, "CLOSE_HANDSHAKE_SECONDS", 0.2)
+    monkeypatch.setattr(connections, "CLOSE_HANDSHAKE_SECONDS", 0.2)
     yield state
     await state.aclose()
 

@@ -171,6 +171,18 @@ class ServerProcess:
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
+    def stacks(self) -> str:
+        """Every thread's Python stack and the event loop's tasks, for a failure message (py-spy)."""
+        if self.process.poll() is not None:
+            return f"(exited with {self.process.returncode})"
+        dump = subprocess.run(
+            [str(BIN / "py-spy"), "dump", "--pid", str(self.process.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return dump.stdout + dump.stderr
+
     def wait(self, timeout: float = 20) -> int:
         return self.process.wait(timeout=timeout)
 

@@ -216,7 +216,11 @@ async def test_graceful_stop_with_200_sessions_leaves_no_row_and_tells_clients_t
     assert await sessions_of(instance.pk) == LOAD
     started = time.monotonic()
     process.signal(signum)
-    results = await asyncio.gather(*(last_words(ws) for ws, _ in connections))
+    try:
+        results = await asyncio.gather(*(last_words(ws) for ws, _ in connections))
+    except BaseException as failure:  # pytest.fail's exception too: say what the server was doing
+        log, stacks = process.log()[-6000:], process.stacks()
+        raise AssertionError(f"{failure}\n--- server log (end) ---\n{log}\n--- stacks ---\n{stacks}") from failure
     # uvicorn re-raises the signal once it has shut down gracefully, so it dies of it.
     assert await asyncio.to_thread(process.wait, STOP_SECONDS[server] + SLACK) in {0, -signum}
     took = time.monotonic() - started

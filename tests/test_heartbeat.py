@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.db import DatabaseError
 from django.utils import timezone
 
-from sessions_app import heartbeat, instances
+from sessions_app import connections, heartbeat, instances
 from sessions_app.models import LiveSession, ServerInstance
 from sessions_app.process import process_state
 
@@ -98,6 +98,24 @@ async def test_stop_tells_every_connection_server_shutting_down_then_closes_4503
         assert (reply["type"], reply["code"]) == ("error", "server_shutting_down")
         assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
         await comm.disconnect(code=4503)
+
+
+async def test_a_stop_beside_daphnes_cancelling_of_every_application_still_waits_for_the_close_handshake(
+    workspace, monkeypatch
+):
+    """daphne's shutdown cancels every application as our stop begins: the client still gets its answer time."""
+    monkeypatch.setattr(connections, "CLOSE_HANDSHAKE_SECONDS", 5)
+    comm, _ = await open_session(workspace, ok=True)
+    stop = asyncio.ensure_future(heartbeat.stop())  # our "before shutdown" trigger, then daphne's:
+    comm.future.cancel()
+    assert (await comm.receive_json_from(timeout=5))["code"] == "server_shutting_down"
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
+    await asyncio.sleep(0.5)  # the client has not answered the close frame yet
+    assert not comm.future.done() and not stop.done()
+    await comm.send_input({"type": "websocket.disconnect", "code": 4503})
+    await asyncio.wait_for(stop, timeout=SLACK)
+    with pytest.raises(asyncio.CancelledError):
+        await comm.future
 
 
 async def test_stop_removes_this_instance_and_every_session_of_it(workspace):
