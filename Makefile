@@ -32,12 +32,13 @@ test-embedded: $(STAMP)  ## The suite on the embedded default (SQLite, in-memory
 	$(BIN)/python -m pytest -m "not production" --durations=25
 
 # The production path: the same suite on PostgreSQL and channels-redis, plus the tests
-# marked `production` (several server processes sharing both). Override the URLs to
-# point elsewhere.
+# marked `production` (several server processes sharing both), less those marked
+# `path_independent` (the browser's pages, start-up checks, pure code), which the embedded
+# run has already run. Override the URLs to point elsewhere.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 test-production: $(STAMP)  ## The suite on PostgreSQL + Redis (must be reachable)
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest --durations=25
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest -m "not path_independent" --durations=25
 
 lint: $(STAMP)  ## ruff check and format check
 	$(BIN)/ruff check .

@@ -21,7 +21,7 @@ DB=$OUT/$TAG-$N.sqlite3; rm -f "$DB"* "$OUT/$TAG-$N.out"*
 (cd "$ROOT" && DATABASE_URL=sqlite:///$DB "$PY" manage.py migrate -v0)
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 if [ "${BENCH_INSTRUCTIONS_SERVER:-daphne}" = uvicorn-fast ]; then  # the README's fast command
-  SERVER_COMMAND=("$HERE/.venv/bin/uvicorn" --ws websockets --http httptools --loop uvloop --ws-max-size 131072
+  SERVER_COMMAND=("$HERE/.venv/bin/uvicorn" --ws websockets --http httptools --loop uvloop --ws-max-size 131072 --ws-per-message-deflate false
     --timeout-graceful-shutdown 5 --host 127.0.0.1 --port "$PORT")
 else
   SERVER_COMMAND=("$HERE/.venv/bin/daphne" -b 127.0.0.1 -p "$PORT")

@@ -266,6 +266,8 @@ UVICORN_FAST_OPTIONS = [
     "uvloop",
     "--ws-max-size",
     "131072",
+    "--ws-per-message-deflate",
+    "false",
     "--timeout-graceful-shutdown",
     "5",
 ]

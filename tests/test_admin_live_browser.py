@@ -21,7 +21,9 @@ from .test_browser import PASSWORD, browser_tabs
 from .test_browser import browser as browser
 from .test_browser import orm_beside_playwright as orm_beside_playwright
 
-pytestmark = pytest.mark.live
+# The pages' JavaScript does the same on either path; the live channel behind it runs on
+# both, in test_admin_live.py, and across processes in test_admin_live_deployment.py.
+pytestmark = [pytest.mark.live, pytest.mark.path_independent]
 
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 SIZES = {"1280x800": (1280, 800), "1024x768": (1024, 768)}

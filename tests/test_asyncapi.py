@@ -25,6 +25,8 @@ from .frames import (
     error_codes,
 )
 
+pytestmark = pytest.mark.path_independent
+
 
 def test_every_error_code_in_the_code_is_in_the_schema_with_its_close_code():
     in_code = {cls.code: cls.close_code for cls in all_error_classes()}

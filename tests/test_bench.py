@@ -1,7 +1,6 @@
 """The bench's smallest configuration, end to end, so it cannot rot: figures, no errors, empty registries."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,9 +12,7 @@ pytestmark = pytest.mark.live
 
 # These runs start their own SQLite registries and in-memory layers whatever the suite's
 # DATABASE_URL: the embedded run covers them, and the production run would repeat them.
-own_registries = pytest.mark.skipif(
-    bool(os.environ.get("DATABASE_URL")), reason="the bench keeps its own registries: run on the embedded path"
-)
+own_registries = pytest.mark.path_independent
 
 TINY = [
     "--quick",

@@ -15,7 +15,9 @@ from sessions_app.models import LiveSession
 
 from .servers import ROOT
 
-pytestmark = pytest.mark.live
+# The pages' JavaScript does the same on either path; what the server does behind it runs on
+# both, in test_admin_live.py, test_resume_live.py and test_deployment.py.
+pytestmark = [pytest.mark.live, pytest.mark.path_independent]
 
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

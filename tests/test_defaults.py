@@ -16,6 +16,8 @@ from wssproject.secretkey import secret_key_load_or_create
 
 from .servers import ROOT, bare_environment
 
+pytestmark = pytest.mark.path_independent
+
 
 def test_the_signing_key_is_generated_once_private_and_reused(tmp_path: Path):
     path = tmp_path / ".secret_key"

@@ -7,6 +7,8 @@ import pytest
 
 from sessions_app.display import minute_chart_svg, short_id, short_span
 
+pytestmark = pytest.mark.path_independent
+
 
 @pytest.mark.parametrize(
     ("seconds", "text"),

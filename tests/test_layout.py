@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.path_independent
+
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ["sessions_app", "wssproject", "workspace_files"]
 

@@ -95,6 +95,14 @@ async def test_the_server_registers_its_instance_at_start_and_retires_it_on_sigt
     assert not await LiveSession.objects.aexists()
 
 
+async def test_a_client_offering_compression_gets_none(daphne_server, workspace):
+    """Compression would keep ~100 kB of zlib state per session resident (docs/performance.md)."""
+    async with websockets.connect(daphne_server.url, compression="deflate") as ws:
+        assert "Sec-WebSocket-Extensions" in ws.request.headers
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        await ws_open_session(ws, workspace)
+
+
 async def test_a_10_mib_frame_is_refused_with_1009_before_the_fast_server_reads_it(server_factory, workspace):
     server = server_factory(server="uvicorn-fast")
     async with websockets.connect(server.url) as warm:  # the first session sets up the registry and layer clients

@@ -9,11 +9,15 @@ import textwrap
 import threading
 import time
 
+import pytest
+
 from sessions_app import logqueue
 from sessions_app.logqueue import ThreadedStreamHandler
 
 from .polling import wait_until_sync
 from .servers import ROOT
+
+pytestmark = pytest.mark.path_independent
 
 
 def handler_on(stream: io.StringIO) -> tuple[logging.Logger, ThreadedStreamHandler]:

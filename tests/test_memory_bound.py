@@ -17,7 +17,8 @@ from bench.flood import MIB, RssSampler, flood
 
 from .locks import sessions_table_locked
 
-pytestmark = pytest.mark.live
+# The bound is the inbox's and the server's, the same whatever registry and layer.
+pytestmark = [pytest.mark.live, pytest.mark.path_independent]
 
 # The documented bound on what one flooding connection makes the server grow by (docs/security.md).
 RSS_GROWTH_BOUND_MIB = 16

@@ -16,6 +16,8 @@ from sessions_app.errors import (
     UnsupportedFrame,
 )
 
+pytestmark = pytest.mark.path_independent
+
 LIMIT = 65536
 
 

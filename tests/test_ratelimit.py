@@ -5,6 +5,8 @@ import pytest
 from sessions_app.errors import RateLimited, RateLimitExceeded
 from sessions_app.ratelimit import TokenBucket
 
+pytestmark = pytest.mark.path_independent
+
 
 def outcomes(bucket: TokenBucket, times: list[float]) -> list[str]:
     """Feed frames arriving at `times`: "ok", "limited" (stays open) or "closed" (4429), stopping at a close."""

@@ -4,7 +4,8 @@ import pytest
 
 from .servers import ServerExitedEarly
 
-pytestmark = pytest.mark.live
+# The checks at start stop a server before it reaches the registry or the layer.
+pytestmark = [pytest.mark.live, pytest.mark.path_independent]
 
 
 @pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
