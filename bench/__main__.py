@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--before",
         help="also run the project as it was: a checkout's directory, or a git revision of this repository",
     )
+    parser.add_argument(
+        "--client-compression",
+        choices=["none", "deflate"],
+        default="none",
+        help="whether the generator's clients offer permessage-deflate (the websockets client's own default)",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy the project server during its first churn round")
     parser.add_argument("--json", type=Path, help="write every figure here (default bench/results/<time>.json)")
     args = parser.parse_args(argv)
@@ -583,6 +589,7 @@ def fmt(value) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    loadgen.CLIENT_OPTIONS["compression"] = None if args.client_compression == "none" else args.client_compression
     try:
         import uvloop
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Instructions a tree's server spends on N churned sessions, counted by valgrind's callgrind:
-# the same count whatever else the machine does, where timings on this 2-core machine move
-# by 10 % between identical builds. Per-session cost = the difference of two runs (N1, N2)
+# the event loop thread's count repeats within 1 % whatever else the machine does, where
+# timings on this 2-core machine move by 10 % between identical builds. Per-session cost = the difference of two runs (N1, N2)
 # divided by N2 - N1, which cancels the start and the stop.
 #
 #   bench/instructions.sh ROOT N TAG      # e.g. a `git archive REV` exported to ROOT
-#   BENCH_INSTRUCTIONS_SERVER=uvicorn-fast bench/instructions.sh ROOT N TAG
+#   BENCH_INSTRUCTIONS_SERVER=uvicorn-fast bench/instructions.sh ROOT N TAG    # or uvicorn-sansio
 #
 # daphne (or the fast command) at default settings (INFO lines), a fresh SQLite registry, 5 concurrent clients
 # (bench/loadgen.py, with its progress bar). Prints the instructions of the event loop's thread (the
@@ -20,12 +20,14 @@ OUT=${BENCH_INSTRUCTIONS_DIR:-/tmp/wss-instructions}; mkdir -p "$OUT"
 DB=$OUT/$TAG-$N.sqlite3; rm -f "$DB"* "$OUT/$TAG-$N.out"*
 (cd "$ROOT" && DATABASE_URL=sqlite:///$DB "$PY" manage.py migrate -v0)
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-if [ "${BENCH_INSTRUCTIONS_SERVER:-daphne}" = uvicorn-fast ]; then  # the README's fast command
-  SERVER_COMMAND=("$HERE/.venv/bin/uvicorn" --ws websockets --http httptools --loop uvloop --ws-max-size 131072 --ws-per-message-deflate false
-    --timeout-graceful-shutdown 5 --host 127.0.0.1 --port "$PORT")
-else
-  SERVER_COMMAND=("$HERE/.venv/bin/daphne" -b 127.0.0.1 -p "$PORT")
-fi
+case "${BENCH_INSTRUCTIONS_SERVER:-daphne}" in
+  daphne) SERVER_COMMAND=("$HERE/.venv/bin/daphne" -b 127.0.0.1 -p "$PORT") ;;
+  uvicorn-fast|uvicorn-sansio)  # the README's fast command, or the same on Sans-I/O: bench/targets.py's options
+    NAME=$(echo "${BENCH_INSTRUCTIONS_SERVER#uvicorn-}" | tr a-z A-Z)
+    read -ra OPTIONS <<< "$(cd "$HERE" && "$PY" -c "from bench import targets; print(' '.join(targets.UVICORN_${NAME}_OPTIONS))")"
+    SERVER_COMMAND=("$HERE/.venv/bin/uvicorn" "${OPTIONS[@]}" --host 127.0.0.1 --port "$PORT") ;;
+  *) echo "BENCH_INSTRUCTIONS_SERVER: daphne, uvicorn-fast or uvicorn-sansio" >&2; exit 2 ;;
+esac
 (cd "$ROOT" && exec env PYTHONHASHSEED=0 DATABASE_URL=sqlite:///$DB DJANGO_DEBUG=false WSS_RATE_LIMIT=0 \
   valgrind --tool=callgrind --callgrind-out-file="$OUT/$TAG-$N.out" --dump-instr=no --separate-threads=yes \
   "$PY" "${SERVER_COMMAND[@]}" wssproject.asgi:application > "$OUT/$TAG-$N.log" 2>&1) &
