@@ -5,7 +5,7 @@
 # divided by N2 - N1, which cancels the start and the stop.
 #
 #   bench/instructions.sh ROOT N TAG      # e.g. a `git archive REV` exported to ROOT
-#   BENCH_INSTRUCTIONS_SERVER=uvicorn-fast bench/instructions.sh ROOT N TAG    # or uvicorn-sansio
+#   BENCH_INSTRUCTIONS_SERVER=uvicorn-fast bench/instructions.sh ROOT N TAG    # or uvicorn-websockets
 #
 # daphne (or the fast command) at default settings (INFO lines), a fresh SQLite registry, 5 concurrent clients
 # (bench/loadgen.py, with its progress bar). Prints the instructions of the event loop's thread (the
@@ -22,11 +22,11 @@ DB=$OUT/$TAG-$N.sqlite3; rm -f "$DB"* "$OUT/$TAG-$N.out"*
 PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 case "${BENCH_INSTRUCTIONS_SERVER:-daphne}" in
   daphne) SERVER_COMMAND=("$HERE/.venv/bin/daphne" -b 127.0.0.1 -p "$PORT") ;;
-  uvicorn-fast|uvicorn-sansio)  # the README's fast command, or the same on Sans-I/O: bench/targets.py's options
+  uvicorn-fast|uvicorn-websockets)  # the README's fast command, or the same on uvicorn's older protocol
     NAME=$(echo "${BENCH_INSTRUCTIONS_SERVER#uvicorn-}" | tr a-z A-Z)
     read -ra OPTIONS <<< "$(cd "$HERE" && "$PY" -c "from bench import targets; print(' '.join(targets.UVICORN_${NAME}_OPTIONS))")"
     SERVER_COMMAND=("$HERE/.venv/bin/uvicorn" "${OPTIONS[@]}" --host 127.0.0.1 --port "$PORT") ;;
-  *) echo "BENCH_INSTRUCTIONS_SERVER: daphne, uvicorn-fast or uvicorn-sansio" >&2; exit 2 ;;
+  *) echo "BENCH_INSTRUCTIONS_SERVER: daphne, uvicorn-fast or uvicorn-websockets" >&2; exit 2 ;;
 esac
 (cd "$ROOT" && exec env PYTHONHASHSEED=0 DATABASE_URL=sqlite:///$DB DJANGO_DEBUG=false WSS_RATE_LIMIT=0 \
   valgrind --tool=callgrind --callgrind-out-file="$OUT/$TAG-$N.out" --dump-instr=no --separate-threads=yes \

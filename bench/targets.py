@@ -33,7 +33,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 # How each server is started: the production command (README), on a free loopback port.
 # Access logs off and a deep backlog for every server, so the bench measures the same work.
-SERVERS = ("daphne", "uvicorn-fast", "uvicorn", "uvicorn-sansio", "granian")
+SERVERS = ("daphne", "uvicorn-fast", "uvicorn", "uvicorn-websockets", "granian")
 
 
 @dataclass(frozen=True)
@@ -245,21 +245,21 @@ def server_command(server: str, port: int, app: str) -> list[str]:
         return [*uvicorn, "--backlog", "4096", app]
     if server == "uvicorn-fast":
         return [*uvicorn, *UVICORN_FAST_OPTIONS, "--backlog", "4096", app]
-    if server == "uvicorn-sansio":
-        return [*uvicorn, *UVICORN_SANSIO_OPTIONS, "--backlog", "4096", app]
+    if server == "uvicorn-websockets":
+        return [*uvicorn, *UVICORN_WEBSOCKETS_OPTIONS, "--backlog", "4096", app]
     raise ValueError(f"unknown server {server!r}")
 
 
 # granian, measured but not supported (docs/performance.md): one worker, uvloop.
 GRANIAN_OPTIONS = ["--interface", "asgi", "--loop", "uvloop", "--workers", "1", "--no-access-log"]
-# The fast production command's options (README): uvicorn's `websockets` protocol, httptools,
-# uvloop, and frames above twice WSS_MAX_MESSAGE_BYTES refused (1009) before they are read.
-# --timeout-graceful-shutdown: by the time uvicorn shuts down, the lifecycle's stop has closed
-# every connection and retired the registry; on the Redis layer some consumers' tasks then
-# never finish (docs/decisions.md), and uvicorn would wait for them forever.
+# The fast production command's options (README): uvicorn's Sans-I/O `websockets-sansio`
+# protocol, httptools, uvloop; frames above twice WSS_MAX_MESSAGE_BYTES refused (1009) from
+# their header, before they are read; no permessage-deflate (about 100 kB of zlib state per
+# session a client could ask for). --timeout-graceful-shutdown caps what could still hold
+# uvicorn's shutdown once the lifecycle's stop has closed every connection.
 UVICORN_FAST_OPTIONS = [
     "--ws",
-    "websockets",
+    "websockets-sansio",
     "--http",
     "httptools",
     "--loop",
@@ -271,17 +271,9 @@ UVICORN_FAST_OPTIONS = [
     "--timeout-graceful-shutdown",
     "5",
 ]
-# The same on websockets' Sans-I/O protocol: measured, not supported (docs/decisions.md).
-UVICORN_SANSIO_OPTIONS = [
-    "--ws",
-    "websockets-sansio",
-    "--http",
-    "httptools",
-    "--loop",
-    "uvloop",
-    "--ws-max-size",
-    "131072",
-]
+# The same on uvicorn's older `websockets` protocol, the fast command until 2026-12-07:
+# measured beside it (docs/performance.md).
+UVICORN_WEBSOCKETS_OPTIONS = ["--ws", "websockets", *UVICORN_FAST_OPTIONS[2:]]
 
 
 def target_start(

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +17,18 @@ from .servers import FAST_ENV, ServerProcess, start_server
 
 if TYPE_CHECKING:
     from sessions_app.process import ProcessState
+
+
+def pytest_configure(config) -> None:
+    """Let the servers the tests start take SIGINT, however the suite itself was started.
+
+    A non-interactive shell starts a background job (`make test &`) with SIGINT ignored,
+    and an ignored signal stays ignored across exec: every server would inherit it, and
+    the tests that stop one with SIGINT would wait on a server that never heard it. With
+    Python's own handler here instead, a child starts with the default, as from a terminal.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Real server processes for tests: daphne, uvicorn, uvicorn-fast (the fast production command) on a free port.
 
-WSS_TEST_SERVER=uvicorn-sansio (or another name below) starts every server process of the
+WSS_TEST_SERVER=uvicorn-websockets (or another name below) starts every server process of the
 run under that server instead, to try a candidate on the whole live suite.
 """
 
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from django.db import connection
 
-from bench.targets import UVICORN_FAST_OPTIONS, UVICORN_SANSIO_OPTIONS  # the commands' options, in one place
+from bench.targets import UVICORN_FAST_OPTIONS, UVICORN_WEBSOCKETS_OPTIONS  # the commands' options, in one place
 
 if TYPE_CHECKING:
     from sessions_app.models import ServerInstance
@@ -181,7 +181,9 @@ class ServerProcess:
             text=True,
             timeout=60,
         )
-        return dump.stdout + dump.stderr
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        signals = "".join(line + "\n" for line in status.splitlines() if line.startswith(("Sig", "ShdPnd")))
+        return signals + dump.stdout + dump.stderr
 
     def wait(self, timeout: float = 20) -> int:
         return self.process.wait(timeout=timeout)
@@ -214,8 +216,9 @@ def start_server(
             *(args or []),
             "wssproject.asgi:application",
         ]
-    elif server in {"uvicorn", "uvicorn-fast", "uvicorn-sansio"}:
-        options = {"uvicorn-fast": UVICORN_FAST_OPTIONS, "uvicorn-sansio": UVICORN_SANSIO_OPTIONS}.get(server, [])
+    elif server in {"uvicorn", "uvicorn-fast", "uvicorn-websockets"}:
+        named = {"uvicorn-fast": UVICORN_FAST_OPTIONS, "uvicorn-websockets": UVICORN_WEBSOCKETS_OPTIONS}
+        options = named.get(server, [])
         command = [
             str(BIN / "uvicorn"),
             *options,

@@ -137,7 +137,8 @@ async def test_a_frame_over_daphnes_1_mib_cut_off_drops_only_that_connection(dap
     async with websockets.connect(daphne_server.url) as good:
         session_id = await ws_open_session(good, workspace)
         async with websockets.connect(daphne_server.url, max_size=None) as bad:
-            await bad.send("x" * (1024 * 1024 + 1))
+            with contextlib.suppress(websockets.ConnectionClosedError):  # the cut can come mid-send
+                await bad.send("x" * (1024 * 1024 + 1))
             assert await close_code_after(bad) == 1006  # autobahn's cut: no error frame, no close frame
         assert await LiveSession.objects.acount() == 1
         await good.send(new_session_frame(workspace))
