@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from sessions_app.models import ServerInstance
 
 from .polling import wait_until
-from .servers import test_database_url
+from .servers import suite_database_url
 
 
 @contextlib.contextmanager
@@ -29,7 +29,7 @@ def sessions_table_locked() -> Iterator[None]:
         holder = sqlite3.connect(params["NAME"], isolation_level=None, timeout=5)
         holder.execute("BEGIN IMMEDIATE")
     else:
-        holder = psycopg.connect(test_database_url())
+        holder = psycopg.connect(suite_database_url())
         holder.execute("LOCK TABLE sessions_app_livesession IN EXCLUSIVE MODE")
     try:
         yield

@@ -101,7 +101,7 @@ async def row_ids_equal(expected: set[str]) -> bool:
     return await session_ids() == expected
 
 
-def test_database_url() -> str:
+def suite_database_url() -> str:
     """A URL for the database pytest-django created, so a server process shares it."""
     params = connection.settings_dict
     if connection.vendor == "sqlite":
@@ -205,7 +205,7 @@ def start_server(
     """Start a server on `port` (default: a free one) against the test database; wait until it accepts TCP."""
     server = os.environ.get("WSS_TEST_SERVER") or server
     port = port or free_port()
-    full_env = {**os.environ, "DATABASE_URL": test_database_url(), "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "DATABASE_URL": suite_database_url(), "PYTHONUNBUFFERED": "1", **(env or {})}
     if server == "daphne":
         command = [
             str(BIN / "daphne"),

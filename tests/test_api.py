@@ -280,9 +280,9 @@ def test_post_event_while_the_registry_cannot_take_it_is_503_and_nothing_is_done
     """Another connection holds the session's row past DATABASE_LOCK_TIMEOUT: PostgreSQL gives up the wait."""
     import psycopg
 
-    from .servers import test_database_url
+    from .servers import suite_database_url
 
-    with psycopg.connect(test_database_url()) as other:
+    with psycopg.connect(suite_database_url()) as other:
         other.execute("SELECT 1 FROM sessions_app_livesession WHERE id = %s FOR UPDATE", [sessions[0].pk])
         response = post_event(admin_client, sessions[0].pk, {"event": "x", "data": 1})
     assert response.status_code == 503

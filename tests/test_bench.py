@@ -86,7 +86,7 @@ def test_smallest_admin_live_bench_prints_every_figure_and_the_page_hears_the_ch
 
 @pytest.mark.production
 def test_smallest_scale_run_holds_every_session_once_and_drains_to_zero(tmp_path, production_services, settings):
-    from .servers import test_database_url
+    from .servers import suite_database_url
 
     output = tmp_path / "scale.json"
     run = run_bench(
@@ -94,7 +94,7 @@ def test_smallest_scale_run_holds_every_session_once_and_drains_to_zero(tmp_path
         "--sessions=90",
         "--clients=2",
         "--timeout=60",
-        f"--postgres-url={test_database_url()}_scale",  # a database of its own: the run drops it
+        f"--postgres-url={suite_database_url()}_scale",  # a database of its own: the run drops it
         f"--redis-url={settings.REDIS_URL}",
         f"--json={output}",
     )
@@ -106,7 +106,7 @@ def test_smallest_scale_run_holds_every_session_once_and_drains_to_zero(tmp_path
 
 @pytest.mark.production
 def test_smallest_delivery_run_measures_every_path(production_services, settings):
-    from .servers import test_database_url
+    from .servers import suite_database_url
 
     run = run_bench(
         "bench.delivery",
@@ -114,7 +114,7 @@ def test_smallest_delivery_run_measures_every_path(production_services, settings
         "--events=20",
         "--sessions=2",
         "--kept=20",
-        f"--postgres-url={test_database_url()}_delivery",  # a database of its own: the run drops it
+        f"--postgres-url={suite_database_url()}_delivery",  # a database of its own: the run drops it
         f"--redis-url={settings.REDIS_URL}",
         f"--redis-prefix={settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}-bench-delivery",
     )

@@ -10,7 +10,7 @@ from django.db import connections
 
 from sessions_app.models import LiveSession
 
-from .servers import test_database_url as database_url
+from .servers import suite_database_url as database_url
 
 pytestmark = pytest.mark.django_db
 

@@ -21,7 +21,7 @@ from sessions_app.models import LiveSession
 
 from .communicators import connect, detached_session, expect_close, new_session, open_session
 from .polling import wait_until
-from .servers import test_database_url as database_url
+from .servers import suite_database_url as database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -26,7 +26,7 @@ from .polling import SLACK, wait_until
 from .servers import FAST_HEARTBEAT as HEARTBEAT
 from .servers import FAST_TIMEOUT as TIMEOUT
 from .servers import ROOT, STOP_SECONDS, ServerProcess, instance_of
-from .servers import test_database_url as database_url
+from .servers import suite_database_url as database_url
 
 # `servers` (tests/conftest.py) start processes that beat every second and are declared dead after
 # 5 s; here they share the production Postgres and Redis.

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from .servers import ROOT, bare_environment, test_database_url
+from .servers import ROOT, bare_environment, suite_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,7 +21,7 @@ def probe(code: str, **env: str) -> dict:
     """Run `code` in a fresh process whose Django is set up from `env`; the JSON it prints."""
     script = "import json, django\ndjango.setup()\n" + textwrap.dedent(code)
     environment = bare_environment(
-        DJANGO_SETTINGS_MODULE="wssproject.settings", DATABASE_URL=test_database_url(), **env
+        DJANGO_SETTINGS_MODULE="wssproject.settings", DATABASE_URL=suite_database_url(), **env
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60
