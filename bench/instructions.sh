@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Instructions a tree's server spends on N churned sessions, counted by valgrind's callgrind:
 # the event loop thread's count repeats within 1 % whatever else the machine does, where
-# timings on this 2-core machine move by 10 % between identical builds. Per-session cost = the difference of two runs (N1, N2)
-# divided by N2 - N1, which cancels the start and the stop.
+# timings on this 2-core machine move by 10 % between identical builds. Per-session cost =
+# the difference of two runs (N1, N2) divided by N2 - N1, which cancels the start and the stop.
 #
 #   bench/instructions.sh ROOT N TAG      # e.g. a `git archive REV` exported to ROOT
 #   BENCH_INSTRUCTIONS_SERVER=uvicorn-fast bench/instructions.sh ROOT N TAG    # or uvicorn-websockets

@@ -172,7 +172,7 @@ class ServerProcess:
         self.process.send_signal(signum)
 
     def stacks(self) -> str:
-        """Every thread's Python stack and the event loop's tasks, for a failure message (py-spy)."""
+        """The process's signal masks (/proc) and every thread's Python stack (py-spy), for a failure message."""
         if self.process.poll() is not None:
             return f"(exited with {self.process.returncode})"
         dump = subprocess.run(
