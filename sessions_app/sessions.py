@@ -26,6 +26,7 @@ from .instances import instance_registered_run, resume_grace_seconds
 from .lease import lease_held
 from .models import LiveSession
 from .process import process_state
+from .registry_rows import rows_delete, rows_insert
 from .registry_writer import GroupCommitWriter
 from .tokens import token_hash
 
@@ -268,19 +269,19 @@ class SessionResume:
     last_seq: int | None = None  # v1.2: replay the kept events after it
 
 
-def _session_row(operation: SessionInsert) -> LiveSession:
-    """The one place a session row is built."""
-    return LiveSession(
-        id=operation.session_id,
-        workspace_dir=operation.workspace_dir,
-        created_at=operation.created_at,
-        channel_name=operation.channel_name,
-        client_addr=operation.client_addr,
-        instance_id=process_state().identity.boot_id,
-        user_id=operation.user_id,
-        resumable=operation.resume_token_hash != "",
-        resume_token_hash=operation.resume_token_hash,
-    )
+def _session_row(operation: SessionInsert) -> dict:
+    """The one place a session row is built: its values by attribute name (the rest are defaults)."""
+    return {
+        "id": operation.session_id,
+        "workspace_dir": operation.workspace_dir,
+        "created_at": operation.created_at,
+        "channel_name": operation.channel_name,
+        "client_addr": operation.client_addr,
+        "instance_id": process_state().identity.boot_id,
+        "user_id": operation.user_id,
+        "resumable": operation.resume_token_hash != "",
+        "resume_token_hash": operation.resume_token_hash,
+    }
 
 
 def registry_apply_sync(operations: list[SessionInsert | SessionDelete]) -> None:
@@ -295,10 +296,8 @@ def _apply(operations: list[SessionInsert | SessionDelete]) -> None:
     deleted = [op.session_id for op in operations if isinstance(op, SessionDelete) and op.channel_name is None]
     held = [op for op in operations if isinstance(op, SessionDelete) and op.channel_name is not None]
     with transaction.atomic():
-        if rows:
-            LiveSession.objects.bulk_create(rows)
-        if deleted:
-            LiveSession.objects.filter(pk__in=deleted).delete()
+        rows_insert(rows)
+        rows_delete(deleted)
         for op in held:
             LiveSession.objects.filter(pk=op.session_id, channel_name=op.channel_name).delete()
 
