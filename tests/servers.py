@@ -1,7 +1,8 @@
 """Real server processes for tests: daphne, uvicorn, uvicorn-fast (the fast production command) on a free port.
 
-WSS_TEST_SERVER=uvicorn-websockets (or another name below) starts every server process of the
-run under that server instead, to try a candidate on the whole live suite.
+WSS_TEST_SERVER=uvicorn-websockets (or another name below: granian too, measured but not
+supported) starts every server process of the run under that server instead, to try a
+candidate on the whole live suite.
 """
 
 import asyncio
@@ -16,13 +17,19 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import psutil
 from django.db import connection
 
-from bench.targets import UVICORN_FAST_OPTIONS, UVICORN_WEBSOCKETS_OPTIONS  # the commands' options, in one place
+from bench.targets import (  # the commands' options, in one place
+    GRANIAN_OPTIONS,
+    UVICORN_FAST_OPTIONS,
+    UVICORN_WEBSOCKETS_OPTIONS,
+)
 
 if TYPE_CHECKING:
     from sessions_app.models import ServerInstance
@@ -86,7 +93,7 @@ async def instance_of(server: "ServerProcess") -> "ServerInstance | None":
     """The registry row of a server process (None once it is gone)."""
     from sessions_app.models import ServerInstance  # models load after Django is set up
 
-    return await ServerInstance.objects.filter(pid=server.process.pid).afirst()
+    return await ServerInstance.objects.filter(pid=server.serving_pid).afirst()
 
 
 async def session_ids() -> set[str]:
@@ -139,6 +146,20 @@ class ServerProcess:
     process: subprocess.Popen
     log_path: Path
     extra: dict = field(default_factory=dict)
+    server: str = "daphne"
+
+    @property
+    def serving_pid(self) -> int:
+        """The process that holds the connections and the registry row: granian's worker, or the server itself."""
+        if self.server != "granian":
+            return self.process.pid
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            children = psutil.Process(self.process.pid).children()
+            if children:
+                return children[0].pid
+            time.sleep(0.05)
+        raise RuntimeError(f"granian {self.process.pid} started no worker within 30 s")
 
     @property
     def url(self) -> str:
@@ -176,7 +197,7 @@ class ServerProcess:
         if self.process.poll() is not None:
             return f"(exited with {self.process.returncode})"
         dump = subprocess.run(
-            [str(BIN / "py-spy"), "dump", "--pid", str(self.process.pid)],
+            [str(BIN / "py-spy"), "dump", "--pid", str(self.serving_pid)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -190,7 +211,10 @@ class ServerProcess:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            if self.server == "granian":  # its worker too, which holds the database connections
+                os.killpg(self.process.pid, signal.SIGKILL)
+            else:
+                self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
 
 
@@ -229,18 +253,34 @@ def start_server(
             *(args or []),
             "wssproject.asgi:application",
         ]
+    elif server == "granian":
+        command = [
+            str(BIN / "granian"),
+            *GRANIAN_OPTIONS,
+            *("--host", "127.0.0.1", "--port", str(port)),
+            *(args or []),
+            "wssproject.asgi:application",
+        ]
     else:
         raise ValueError(server)
     log_path = log_dir / f"{server}-{port}-{time.monotonic_ns()}.log"  # a restart on the same port keeps both logs
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+        # granian in a process group of its own, so that stop() reaches its worker too.
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=server == "granian",
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise ServerExitedEarly(server, process.returncode, log_path.read_text(errors="replace"))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return ServerProcess(port=port, process=process, log_path=log_path)
+                return ServerProcess(port=port, process=process, log_path=log_path, server=server)
         except OSError:
             time.sleep(0.1)
     process.kill()
@@ -281,8 +321,11 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
-def post_event_sync(server: ServerProcess, token: str, session_id: str, body: dict) -> tuple[int, dict, dict]:
-    """POST /api/sessions/<id>/events on a real server with a bearer token: status, JSON body, headers."""
+def post_event_sync(server: ServerProcess, token: str, session_id: str, body: dict) -> tuple[int, dict, Message]:
+    """POST /api/sessions/<id>/events on a real server with a bearer token: status, JSON body, headers.
+
+    The headers keep their case-insensitive lookup: granian sends their names in lower case.
+    """
     request = urllib.request.Request(
         f"{server.http_url}/api/sessions/{session_id}/events",
         data=json.dumps(body).encode(),
@@ -291,9 +334,9 @@ def post_event_sync(server: ServerProcess, token: str, session_id: str, body: di
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
+            return response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}"), dict(error.headers)
+        return error.code, json.loads(error.read() or b"{}"), error.headers
 
 
 async def post_event(server: ServerProcess, token: str, session_id: str, data, event: str = "tick") -> int:

@@ -43,7 +43,7 @@ def proxied_server(server_factory, proxy: TcpProxy, **env: str) -> ServerProcess
 
 
 async def heartbeat_of(server: ServerProcess) -> datetime | None:
-    row = await ServerInstance.objects.filter(pid=server.process.pid).afirst()
+    row = await ServerInstance.objects.filter(pid=server.serving_pid).afirst()
     return row.heartbeat_at if row else None
 
 

@@ -79,7 +79,7 @@ async def test_bad_clients_do_not_disturb_a_good_session(daphne_server, workspac
 
 async def test_the_server_registers_its_instance_at_start_and_retires_it_on_sigterm(daphne_server, workspace):
     async def registered() -> bool:
-        return await ServerInstance.objects.filter(pid=daphne_server.process.pid).aexists()
+        return await ServerInstance.objects.filter(pid=daphne_server.serving_pid).aexists()
 
     await wait_until(registered, 10, what="the instance registered by the start hook, before any session")
     async with websockets.connect(daphne_server.url) as ws:
@@ -109,7 +109,7 @@ async def test_a_10_mib_frame_is_refused_with_1009_before_the_fast_server_reads_
         await warm.send(new_session_frame(workspace))
         assert json.loads(await warm.recv())["type"] == "new_session"
     await asyncio.sleep(0.2)
-    worker = psutil.Process(server.process.pid)
+    worker = psutil.Process(server.serving_pid)
     before = worker.memory_info().rss
     peak = before
 

@@ -41,8 +41,8 @@ async def test_a_flooding_client_cannot_grow_the_server_past_the_bound(
         await warm.send(json.dumps({"type": "new_session", "workspace_dir": str(tmp_path)}))
         await warm.recv()
     await asyncio.sleep(0.3)
-    baseline = psutil.Process(server.process.pid).memory_info().rss
-    sampler = RssSampler(server.process.pid)
+    baseline = psutil.Process(server.serving_pid).memory_info().rss
+    sampler = RssSampler(server.serving_pid)
     sampler.start()
     with sessions_table_locked():
         task = asyncio.ensure_future(flood(server.url, frames=frames, size=size, workspace=str(tmp_path)))

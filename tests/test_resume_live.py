@@ -184,7 +184,7 @@ def test_the_cli_holds_a_resumable_session_across_a_server_restart(servers, work
         restarted = servers(port=port)  # the same address, a new process
         wait_until_sync(
             lambda: LiveSession.objects.filter(
-                pk=printed["session_id"], instance__pid=restarted.process.pid, detached_at__isnull=True
+                pk=printed["session_id"], instance__pid=restarted.serving_pid, detached_at__isnull=True
             ).exists(),
             20,
             what="the CLI's session resumed on the restarted server",
