@@ -5,8 +5,8 @@ the ORM (`bulk_create`, a queryset's `delete()`) a batch of two inserts and two 
 took 325 µs of that thread's CPU on the bench machine, against 159 µs for the same
 statements on the same cursor: the ORM builds a model instance per row, compiles its SQL
 and runs the deletion collector on every batch. Here each statement's SQL is composed once
-per database connection from the model's columns, and every value still goes
-through its field's own `get_db_prep_save`, so a row is what `bulk_create` would write
+per database vendor from the model's columns, and every value still goes through its
+field's own `get_db_prep_save`, so a row is what `bulk_create` would write
 (tests/test_registry_rows.py compares them on SQLite and PostgreSQL).
 """
 

@@ -26,7 +26,7 @@ from .instances import instance_registered_run, resume_grace_seconds
 from .lease import lease_held
 from .models import LiveSession
 from .process import process_state
-from .registry_rows import rows_delete, rows_insert
+from .registry_rows import Row, rows_delete, rows_insert
 from .registry_writer import GroupCommitWriter
 from .tokens import token_hash
 
@@ -269,7 +269,7 @@ class SessionResume:
     last_seq: int | None = None  # v1.2: replay the kept events after it
 
 
-def _session_row(operation: SessionInsert) -> dict:
+def _session_row(operation: SessionInsert) -> Row:
     """The one place a session row is built: its values by attribute name (the rest are defaults)."""
     return {
         "id": operation.session_id,

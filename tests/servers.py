@@ -6,6 +6,7 @@ candidate on the whole live suite.
 """
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -210,12 +211,13 @@ class ServerProcess:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            if self.server == "granian":  # its worker too, which holds the database connections
+        if self.server == "granian":
+            # The whole group: its worker holds the database connections, and outlives a killed main process.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            else:
-                self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
+        elif self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
 
 
 def start_server(
