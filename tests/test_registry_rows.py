@@ -6,7 +6,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from sessions_app import process, registry_rows
+from sessions_app import registry_rows
 from sessions_app.instances import instance_register_sync
 from sessions_app.models import LiveSession, SessionEvent
 
@@ -16,8 +16,8 @@ COLUMNS = [field.column for field in LiveSession._meta.concrete_fields if not fi
 
 
 @pytest.fixture
-def instance_id(monkeypatch) -> uuid.UUID:
-    monkeypatch.setattr(process, "_state", process.ProcessState())
+def instance_id(fresh_process) -> uuid.UUID:
+    """A registered instance of a fresh process state, for the rows' foreign key."""
     return instance_register_sync()
 
 
