@@ -83,7 +83,7 @@ async def flood(url: str, *, frames: int, size: int, workspace: str) -> dict:
     """One connection: new_session (held up by the registry lock), then `frames` frames; what came back."""
     payload = json.dumps({"type": "new_session", "workspace_dir": workspace, "pad": "x" * max(size - 80, 0)})
     sent = replies = 0
-    close_code = None
+    close_code = ended_by = None
     try:
         async with websockets.connect(url, max_size=None, open_timeout=10, close_timeout=2) as ws:
             await ws.send(json.dumps({"type": "new_session", "workspace_dir": workspace}))
@@ -95,7 +95,8 @@ async def flood(url: str, *, frames: int, size: int, workspace: str) -> dict:
                 replies += 1
     except (websockets.ConnectionClosed, TimeoutError) as error:
         close_code = getattr(getattr(error, "rcvd", None), "code", None)
-    return {"sent": sent, "replies": replies, "close_code": close_code}
+        ended_by = repr(error)
+    return {"sent": sent, "replies": replies, "close_code": close_code, "ended_by": ended_by}
 
 
 def registry_lock(database: Path) -> sqlite3.Connection:
