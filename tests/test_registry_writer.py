@@ -1,12 +1,13 @@
 """The group-commit writer on its own: batching, error classes, withdrawal and undo, calls. No database."""
 
 import asyncio
+import math
 import threading
 
 import pytest
 from django.db import DataError, IntegrityError, OperationalError
 
-from sessions_app.registry_writer import GroupCommitWriter
+from sessions_app.registry_writer import BURST_GAP_SECONDS, GroupCommitWriter
 
 from .polling import wait_until
 
@@ -61,6 +62,38 @@ async def test_concurrent_operations_share_a_batch():
     results = await submit_together(writer, list(range(50)))
     assert results == [None] * 50
     assert recorder.calls == [list(range(50))]
+
+
+async def test_inside_a_burst_operations_that_arrive_while_the_writer_lingers_join_its_batch():
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply, burst_gap_seconds=math.inf)  # every batch after the first
+    lingering, resume = threading.Event(), threading.Event()
+
+    def linger() -> None:
+        lingering.set()
+        resume.wait(timeout=10)
+
+    writer.linger = linger
+    await writer.submit("the burst's first batch")
+    first = asyncio.create_task(writer.submit("taken"))
+    await wait_until(lingering.is_set, 5, what="the writer lingering")
+    second = asyncio.create_task(writer.submit("arrived while it lingered"))
+    await asyncio.sleep(0)  # queued
+    resume.set()
+    await asyncio.gather(first, second)
+    assert recorder.calls == [["the burst's first batch"], ["taken", "arrived while it lingered"]]
+
+
+async def test_a_write_on_a_quiet_writer_is_taken_without_lingering():
+    recorder = Recorder()
+    writer = GroupCommitWriter(apply=recorder.apply)
+    lingered = []
+    writer.linger = lambda: lingered.append(True)
+    await writer.submit("the first write of the process")
+    await asyncio.sleep(10 * BURST_GAP_SECONDS)  # a quiet moment: no burst
+    await writer.submit("a write after a quiet moment")
+    assert lingered == []
+    assert recorder.committed == ["the first write of the process", "a write after a quiet moment"]
 
 
 @pytest.mark.parametrize(
