@@ -25,8 +25,10 @@ def this_instance_rows() -> list[ActivityMinute]:
 
 
 async def this_instance_totals() -> tuple[int, int, bool]:
-    """Opened and ended summed over this process's rows (a test may cross a minute), and whether the newest says
-    stopped."""
+    """This process's opened and ended counts, summed over its rows, and whether its newest row says stopped.
+
+    A test may cross a minute boundary, so its counts may span two rows.
+    """
     rows = [
         row
         async for row in ActivityMinute.objects.filter(instance_id=process_state().identity.boot_id).order_by("minute")
