@@ -31,6 +31,7 @@ CHECKED_VERSIONS: dict[str, str] = {
     "channels-redis": "4.3.0",
     "daphne": "4.2.3",
     "autobahn": "26.11.1",
+    "txaio": "26.6.1",
     "uvicorn": "0.54.0",
     "djangorestframework": "3.18.3",
     "redis": "8.1.0",
@@ -227,6 +228,85 @@ def autobahn_debug_formatting_deferred() -> bool:
     for replacement in (pformat, hltype, hlval):
         replacement.deferred = True  # type: ignore[attr-defined]
     protocol.pformat, protocol.hltype, protocol.hlval = pformat, hltype, hlval
+    return True
+
+
+# --- autobahn (daphne's WebSocket protocol): a close handshake timeout rounded down ------------
+# autobahn starts its close handshake timeout (1 s by default; daphne does not set it) on
+# txaio's batched timer, whose `call_later` rounds `now + delay` down to the whole second:
+# a 1 s timeout fires anywhere from 0 to 1 s later. When it fires, autobahn aborts the
+# TCP connection, and Twisted drops whatever the transport has not written yet. If the
+# timer's second ends within the reactor turn that queued the close frame (a busy turn
+# after a stall, or one near a second's end), the abort comes before the write: the
+# client gets neither the error frame nor the close, only a reset. daphne gives no option
+# for it; autobahn's factory takes `closeHandshakeTimeout`, and daphne makes its factory
+# with `WebSocketFactory(...)`, whose `resetProtocolOptions` sets autobahn's defaults.
+
+
+def daphne_close_handshake_timeout(seconds: float) -> bool:
+    """Give daphne's WebSocket factory a close handshake timeout of `seconds`; whether it could.
+
+    Relies on: daphne builds its factory from `daphne.ws_protocol.WebSocketFactory` after
+    the ASGI application is imported, and autobahn's `WebSocketServerFactory.__init__`
+    calls `resetProtocolOptions`, which sets `closeHandshakeTimeout`; daphne's own
+    `setProtocolOptions` call leaves that option alone.
+    """
+    try:
+        from daphne.ws_protocol import WebSocketFactory
+    except ImportError:
+        return False
+    reset = WebSocketFactory.resetProtocolOptions
+    if getattr(reset, "close_handshake_timeout", None) is not None:
+        reset.close_handshake_timeout = seconds
+        return True
+
+    @functools.wraps(reset)
+    def reset_with_timeout(factory: Any) -> None:
+        reset(factory)
+        factory.closeHandshakeTimeout = reset_with_timeout.close_handshake_timeout
+
+    reset_with_timeout.close_handshake_timeout = seconds  # type: ignore[attr-defined]
+    WebSocketFactory.resetProtocolOptions = reset_with_timeout  # type: ignore[method-assign]
+    return True
+
+
+# --- daphne: `Server.kill_all_applications` and a connection whose application has ended ---
+# daphne's "before shutdown" trigger cancels every application, reading
+# `details["application_instance"]` of every connection. Its `application_checker` deletes
+# that key once an application ends while the connection stays open (an HTTP keep-alive
+# connection after its response, a WebSocket whose consumer ended before the client's close
+# reply). The trigger then raises KeyError, and the applications after that one are not
+# cancelled nor waited for. The wrapper below hands it only the connections that still
+# have an application (the others have nothing left to cancel).
+
+
+def daphne_kill_skips_ended_applications() -> bool:
+    """Make daphne's `Server.kill_all_applications` pass over connections whose application has ended; whether it could.
+
+    Relies on: `daphne.server.Server` keeps `connections` ({protocol: details}) with the
+    application's future under "application_instance" while it runs, and `run()` adds
+    `self.kill_all_applications` as a "before shutdown" trigger after the ASGI
+    application is imported.
+    """
+    try:
+        from daphne.server import Server
+    except ImportError:
+        return False
+    kill = Server.kill_all_applications
+    if getattr(kill, "skips_ended_applications", False):
+        return True
+
+    @functools.wraps(kill)
+    def kill_running_applications(server: Any) -> Any:
+        connections = server.connections
+        server.connections = {p: d for p, d in connections.items() if "application_instance" in d}
+        try:
+            return kill(server)
+        finally:
+            server.connections = connections
+
+    kill_running_applications.skips_ended_applications = True  # type: ignore[attr-defined]
+    Server.kill_all_applications = kill_running_applications  # type: ignore[method-assign]
     return True
 
 

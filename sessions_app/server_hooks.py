@@ -7,12 +7,13 @@ uvicorn closes the sockets (`uvicorn_signals_chain`).
 """
 
 import asyncio
+import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import compat
-from .connections import stopping
+from .connections import CLOSE_HANDSHAKE_SECONDS, stopping
 from .heartbeat import start, stop
 
 
@@ -27,6 +28,11 @@ def daphne_install() -> bool:
     if reactor is None:
         return False
     compat.autobahn_debug_formatting_deferred()
+    # autobahn's timeout fires up to a second early (compat.py): a client has from one
+    # second to CLOSE_HANDSHAKE_SECONDS to answer a close, and the close frame leaves first.
+    compat.daphne_close_handshake_timeout(CLOSE_HANDSHAKE_SECONDS)
+    compat.daphne_kill_skips_ended_applications()
+    twisted_problems_logged()
     from twisted.internet import defer
 
     # The reactor's loop is the process's current asyncio loop: daphne sets it before it runs
@@ -40,6 +46,32 @@ def daphne_install() -> bool:
     reactor.callWhenRunning(start_soon)
     reactor.addSystemEventTrigger("before", "shutdown", stop_before_shutdown)
     return True
+
+
+# Twisted's log levels that reach the `twisted` logger, and the level each is logged at.
+TWISTED_LEVELS_LOGGED = {"warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+
+
+def twisted_problems_logged() -> None:
+    """Send Twisted's warnings and errors (autobahn's dropped connections, exceptions in protocols) to logging.
+
+    daphne discards Twisted's whole log unless it runs with `-v 2`, which turns on every
+    debug line too: a connection that Twisted or autobahn dropped would leave no trace.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    logger = logging.getLogger("twisted")
+
+    def observe(event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        failure = event.get("log_failure")
+        logged_at = TWISTED_LEVELS_LOGGED.get(getattr(level, "name", ""))
+        if logged_at is None and failure is None:
+            return
+        exc_info = (failure.type, failure.value, failure.getTracebackObject()) if failure is not None else None
+        logger.log(logged_at or logging.ERROR, "%s", formatEvent(event), exc_info=exc_info)
+
+    globalLogPublisher.addObserver(observe)
 
 
 def uvicorn_signals_chain() -> bool:

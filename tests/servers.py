@@ -227,6 +227,7 @@ def start_server(
     env: dict[str, str] | None = None,
     args: list[str] | None = None,
     port: int | None = None,
+    application: str = "wssproject.asgi:application",
 ) -> ServerProcess:
     """Start a server on `port` (default: a free one) against the test database; wait until it accepts TCP."""
     server = os.environ.get("WSS_TEST_SERVER") or server
@@ -240,7 +241,7 @@ def start_server(
             "-p",
             str(port),
             *(args or []),
-            "wssproject.asgi:application",
+            application,
         ]
     elif server in {"uvicorn", "uvicorn-fast", "uvicorn-websockets"}:
         named = {"uvicorn-fast": UVICORN_FAST_OPTIONS, "uvicorn-websockets": UVICORN_WEBSOCKETS_OPTIONS}
@@ -253,7 +254,7 @@ def start_server(
             "--port",
             str(port),
             *(args or []),
-            "wssproject.asgi:application",
+            application,
         ]
     elif server == "granian":
         command = [
@@ -261,7 +262,7 @@ def start_server(
             *GRANIAN_OPTIONS,
             *("--host", "127.0.0.1", "--port", str(port)),
             *(args or []),
-            "wssproject.asgi:application",
+            application,
         ]
     else:
         raise ValueError(server)

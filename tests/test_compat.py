@@ -2,7 +2,9 @@
 
 import ast
 import asyncio
+import contextlib
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import channels.exceptions
 import channels_redis.core
 import pytest
 import redis.asyncio
+import websockets
 from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 from django.core import checks
@@ -18,6 +21,7 @@ from django.core import checks
 from sessions_app import compat
 from sessions_app.layers import RedisChannelLayer
 
+from . import close_race_app
 from .servers import free_port
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
@@ -238,3 +242,108 @@ def test_a_daphne_connection_no_longer_formats_its_debug_lines(autobahn_as_shipp
     monkeypatch.setattr(autobahn_as_shipped, "hlval", util.hlval)
     assert compat.autobahn_debug_formatting_deferred()
     assert a_connection_opens_and_is_lost() == []
+
+
+def test_txaio_batched_timer_still_rounds_a_delay_down_to_the_whole_second():
+    from txaio._common import _BatchedTimer
+
+    scheduled = []
+    timer = _BatchedTimer(
+        200.0, 1000, seconds_provider=lambda: 100.9, delayed_call_creator=lambda delay, *_: scheduled.append(delay)
+    )
+    timer.call_later(1.0, lambda: None)
+    assert scheduled == [pytest.approx(0.1)]  # a second asked for, a tenth given: the reason for the override
+
+
+def test_daphnes_websocket_factory_gets_the_close_handshake_timeout_and_keeps_its_other_options(monkeypatch):
+    from autobahn.twisted.websocket import WebSocketServerFactory
+    from daphne.ws_protocol import WebSocketFactory
+
+    # autobahn's own method, whether or not the project's ASGI module was imported in this process.
+    monkeypatch.setattr(WebSocketFactory, "resetProtocolOptions", WebSocketServerFactory.resetProtocolOptions)
+    as_shipped = WebSocketFactory(server_class=None)
+    assert as_shipped.closeHandshakeTimeout == 1
+    assert compat.daphne_close_handshake_timeout(2.0)
+    assert compat.daphne_close_handshake_timeout(3.0)  # a second call sets the value, without wrapping again
+    factory = WebSocketFactory(server_class=None)
+    assert factory.closeHandshakeTimeout == 3.0
+
+    def other_options(factory) -> dict:
+        options = {name: value for name, value in vars(factory).items() if not name.startswith("_")}
+        return {
+            name: value for name, value in options.items() if not callable(value) and name != "closeHandshakeTimeout"
+        }
+
+    assert other_options(factory) == other_options(as_shipped)
+    assert WebSocketFactory.resetProtocolOptions.__wrapped__ is WebSocketServerFactory.resetProtocolOptions
+
+
+@pytest.mark.live
+@pytest.mark.path_independent
+@pytest.mark.parametrize(
+    "with_project_timeout, expected",
+    [(False, (None, 1006)), (True, (close_race_app.ERROR.code, close_race_app.ERROR.close_code))],
+    ids=["autobahn-default", "project-timeout"],
+)
+async def test_a_close_sent_in_the_turn_its_timer_fires_reaches_the_client_only_with_the_project_timeout(
+    server_factory, with_project_timeout, expected
+):
+    server = server_factory(
+        application="tests.close_race_app:application", env={"WITH_PROJECT_TIMEOUT": str(int(with_project_timeout))}
+    )
+
+    async def one_connection() -> tuple[str | None, int]:
+        async with websockets.connect(server.url) as ws:
+            await ws.send("go")
+            frames = []
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    frames.append(await asyncio.wait_for(ws.recv(), timeout=5))
+            return (json.loads(frames[0])["code"] if frames else None), ws.close_code
+
+    assert [await one_connection() for _ in range(3)] == [expected] * 3
+    server.assert_no_traceback()
+
+
+class FakeDaphneServer:
+    """What `Server.kill_all_applications` reads of daphne's server: its connections."""
+
+    def __init__(self, connections: dict) -> None:
+        self.connections = connections
+
+
+async def test_daphnes_shutdown_trigger_raises_on_a_connection_whose_application_has_ended():
+    from daphne.server import Server
+
+    shipped = getattr(Server.kill_all_applications, "__wrapped__", Server.kill_all_applications)
+    running = asyncio.get_running_loop().create_future()
+    server = FakeDaphneServer({"keep-alive": {"connected": 1.0}, "websocket": {"application_instance": running}})
+    with pytest.raises(KeyError, match="application_instance"):
+        shipped(server)
+    assert not running.cancelled()  # the applications after the ended one are never cancelled
+
+
+async def test_daphnes_shutdown_trigger_cancels_the_running_applications_past_an_ended_one(monkeypatch):
+    from daphne.server import Server
+
+    monkeypatch.setattr(
+        Server,
+        "kill_all_applications",
+        getattr(Server.kill_all_applications, "__wrapped__", Server.kill_all_applications),
+    )
+    assert compat.daphne_kill_skips_ended_applications()
+    assert compat.daphne_kill_skips_ended_applications()  # once is enough: a second call changes nothing
+    running, ended = asyncio.get_running_loop().create_future(), asyncio.get_running_loop().create_future()
+    ended.set_result(None)
+    connections = {
+        "keep-alive": {"connected": 1.0},
+        "websocket": {"application_instance": running},
+        "closing": {"application_instance": ended},
+    }
+    server = FakeDaphneServer(connections)
+    waited = Server.kill_all_applications(server)
+    assert running.cancelled() and server.connections is connections and len(connections) == 3
+    results = []
+    waited.addBoth(results.append)
+    await asyncio.sleep(0.01)
+    assert results == [None]  # daphne's reactor waits for the cancelled ones to end

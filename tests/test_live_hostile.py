@@ -332,13 +332,16 @@ async def test_100_good_sessions_survive_2000_bad_frames_on_other_connections(da
 
 
 def wrong_answers_explained(wrong: list, log: str) -> str:
-    """The wrong outcomes, and for each failed client the server's log lines about its port."""
+    """The wrong outcomes, for each failed client the server's log lines about its port, and its first warnings."""
     lines = [f"{len(wrong)} bad connections got the wrong answer:"]
     for outcome in wrong[:3]:
         lines.append(f"  {outcome!r}")
         port = re.search(r"client port (\d+)", str(outcome))
         if port:
             lines.extend(f"    | {line}" for line in log.splitlines() if f":{port[1]}" in line)
+    loud = [line for line in log.splitlines() if re.search(r" (WARNING|ERROR|CRITICAL) |Traceback", line)]
+    lines.append(f"the server's log has {len(loud)} warnings and errors; the first ones:")
+    lines.extend(f"    | {line}" for line in loud[:10])
     return "\n".join(lines)
 
 

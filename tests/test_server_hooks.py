@@ -7,6 +7,7 @@ test_deployment.py and test_lifecycle_live.py.
 
 import asyncio
 import inspect
+import logging
 import signal
 import sys
 
@@ -18,6 +19,7 @@ from uvicorn import Config
 from uvicorn.server import Server as UvicornServer
 
 from sessions_app import compat
+from sessions_app.connections import CLOSE_HANDSHAKE_SECONDS
 from sessions_app.models import ServerInstance
 from sessions_app.process import process_state
 from wssproject.asgi import application
@@ -70,6 +72,35 @@ def test_uvicorn_captures_signals_before_the_lifespan_starts():
 @pytest.mark.parametrize("handler", [signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler, print, None])
 def test_other_signal_handlers_are_not_uvicorns(handler):
     assert not compat.uvicorn_signal_handler(handler)
+
+
+# --- What the project's ASGI module sets on daphne (imported above, under daphne's reactor) ------
+
+
+def test_daphnes_websocket_factories_get_the_projects_close_handshake_timeout():
+    from daphne.ws_protocol import WebSocketFactory
+
+    assert WebSocketFactory(server_class=None).closeHandshakeTimeout == CLOSE_HANDSHAKE_SECONDS
+
+
+def test_daphnes_shutdown_trigger_skips_connections_whose_application_has_ended():
+    assert getattr(DaphneServer.kill_all_applications, "skips_ended_applications", False)
+
+
+def test_twisteds_warnings_and_errors_reach_the_twisted_logger_and_its_info_does_not(caplog):
+    from twisted.logger import Logger
+    from twisted.python.failure import Failure
+
+    log = Logger(namespace="autobahn.websocket.protocol")
+    with caplog.at_level(logging.INFO, logger="twisted"):
+        log.info("an info line {n}", n=1)
+        log.warn("dropping connection to peer {peer}", peer="tcp4:127.0.0.1:5")
+        log.failure("while handling a frame", failure=Failure(ZeroDivisionError("division by zero")))
+    records = [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records if r.name == "twisted"]
+    assert records == [
+        (logging.WARNING, "dropping connection to peer tcp4:127.0.0.1:5", False),
+        (logging.CRITICAL, "while handling a frame", True),
+    ]
 
 
 # --- The ASGI lifespan (lifespan_app), through the project's application -----------------------
